@@ -1,0 +1,117 @@
+"""Command line: argument parsing and wiring. Nothing imports this module."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+import yaml
+
+from controlplane import __version__
+from controlplane import log as logsetup
+from controlplane.bootstrap import bootstrap
+from controlplane.pipeline import PushLoop
+from controlplane.sources.files import FileSource
+from controlplane.status.sync import SyncRegistry
+from controlplane.store import Store
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.server import AdsServer, start_grpc_server
+
+log = structlog.get_logger("controlplane")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config-dir", required=True,
+                   help="directory of Kubernetes/Istio YAML to load and watch")
+    p.add_argument("--xds-address", default="127.0.0.1:15010",
+                   help="where Envoys connect for ADS (default %(default)s)")
+    p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS",
+                   help="push once changes were quiet this long (default %(default)s)")
+    p.add_argument("--debounce-max", type=float, default=1.0, metavar="SECONDS",
+                   help="push at the latest this long after the first change "
+                        "(default %(default)s)")
+    p.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS",
+                   help="how often --config-dir is checked for changes (default %(default)s)")
+    p.add_argument("--answer-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long a push waits for the proxy's ACK before going on to the "
+                        "next type (default %(default)s)")
+
+
+def _bootstrap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--cluster", default="", help="node cluster (default: the node id)")
+    p.add_argument("--namespace", default="",
+                   help="the proxy's namespace: where short service names resolve")
+    p.add_argument("--xds-address", default="127.0.0.1:15010")
+    p.add_argument("--admin-address", default="127.0.0.1:15000")
+    p.add_argument("--instance-ip", default="",
+                   help="the proxy's IP: outbound listeners bind to it (default 0.0.0.0)")
+    p.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
+    p.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="controlplane", description=__doc__)
+    p.add_argument("--version", action="version", version=__version__)
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="console", choices=["console", "json"])
+    sub = p.add_subparsers(dest="command", required=True)
+    _serve_args(sub.add_parser("serve", help="run the control plane"))
+    _bootstrap_args(sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar"))
+    return p
+
+
+async def serve(args: argparse.Namespace) -> None:
+    store = Store()
+    cache = SnapshotCache()
+    registry = SyncRegistry()
+    ads = AdsServer(cache, registry, answer_timeout=args.answer_timeout)
+    source = FileSource(store, args.config_dir, interval=args.poll_interval)
+    push = PushLoop(store, cache, quiet=args.debounce_quiet, max_delay=args.debounce_max)
+    server, port = await start_grpc_server([ads.handler()], args.xds_address)
+    log.info("serving", xds_address=args.xds_address, port=port,
+             config_dir=args.config_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(source.run(), name="files"),
+             asyncio.create_task(push.run(), name="push")]
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not waiter and task.exception():
+            log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
+    log.info("stopping")
+    for task in tasks:
+        task.cancel()
+    await server.stop(grace=1.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logsetup.configure(args.log_level, args.log_format)
+    if args.command == "serve":
+        asyncio.run(serve(args))
+        return 0
+    if args.command == "bootstrap":
+        text = yaml.safe_dump(bootstrap(
+            node_id=args.node_id, cluster=args.cluster, xds_address=args.xds_address,
+            admin_address=args.admin_address, instance_ip=args.instance_ip,
+            namespace=args.namespace, delta=args.delta), sort_keys=False)
+        if args.output == "-":
+            sys.stdout.write(text)
+        else:
+            with open(args.output, "w") as f:
+                f.write(text)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""What each connected proxy was sent and what it said back, per xDS type.
+
+The ADS server records here; the admin API, metrics and `proxy-status` read here. It
+imports nothing of ours, so it can be read without the protocol machinery.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(enum.Enum):
+    SYNCED = "SYNCED"
+    NOT_SENT = "NOT SENT"
+    STALE = "STALE"
+    NACKED = "NACKED"
+    PENDING = "PENDING"  # sent moments ago, answer not in yet; STALE past the threshold
+
+
+@dataclass
+class Nack:
+    version: str
+    nonce: str
+    at: float
+    message: str
+
+
+@dataclass
+class TypeSync:
+    sent_version: str = ""
+    sent_nonce: str = ""
+    sent_at: float = 0.0
+    acked_version: str = ""
+    acked_nonce: str = ""
+    acked_at: float = 0.0
+    nack: Nack | None = None
+    names: tuple[str, ...] = ()  # subscribed names; empty: wildcard
+
+    def status(self, now: float, stale_after: float) -> Status:
+        if not self.sent_nonce:
+            return Status.NOT_SENT
+        if self.acked_nonce == self.sent_nonce:
+            return Status.SYNCED
+        if self.nack is not None and self.nack.nonce == self.sent_nonce:
+            return Status.NACKED
+        return Status.STALE if now - self.sent_at > stale_after else Status.PENDING
+
+
+@dataclass
+class ProxySync:
+    stream_id: int
+    node_id: str
+    cluster: str
+    peer: str
+    connected_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    build_version: str = ""
+    types: dict[str, TypeSync] = field(default_factory=dict)
+
+    def type(self, type_url: str) -> TypeSync:
+        return self.types.setdefault(type_url, TypeSync())
+
+
+Listener = Callable[[str, ProxySync, str], None]  # (event, proxy, type_url)
+
+
+class SyncRegistry:
+    def __init__(self, stale_after: float = 5.0) -> None:
+        self.stale_after = stale_after
+        self.proxies: dict[int, ProxySync] = {}
+        self.listeners: list[Listener] = []
+
+    def _emit(self, event: str, proxy: ProxySync, type_url: str = "") -> None:
+        for listener in self.listeners:
+            listener(event, proxy, type_url)
+
+    def connect(self, proxy: ProxySync) -> None:
+        self.proxies[proxy.stream_id] = proxy
+        self._emit("connected", proxy)
+
+    def disconnect(self, stream_id: int) -> None:
+        proxy = self.proxies.pop(stream_id, None)
+        if proxy is not None:
+            self._emit("disconnected", proxy)
+
+    def sent(self, proxy: ProxySync, type_url: str, version: str, nonce: str) -> None:
+        t = proxy.type(type_url)
+        t.sent_version, t.sent_nonce, t.sent_at = version, nonce, time.time()
+        self._emit("sent", proxy, type_url)
+
+    def acked(self, proxy: ProxySync, type_url: str, version: str, nonce: str) -> None:
+        t = proxy.type(type_url)
+        t.acked_version, t.acked_nonce, t.acked_at = version, nonce, time.time()
+        self._emit("acked", proxy, type_url)
+
+    def nacked(self, proxy: ProxySync, type_url: str, version: str, nonce: str,
+               message: str) -> None:
+        proxy.type(type_url).nack = Nack(version, nonce, time.time(), message)
+        self._emit("nacked", proxy, type_url)
+
+    def subscribed(self, proxy: ProxySync, type_url: str, names: tuple[str, ...]) -> None:
+        proxy.type(type_url).names = names
+
+    def by_node(self, node_id: str) -> list[ProxySync]:
+        return [p for p in self.proxies.values() if p.node_id == node_id]

@@ -1,0 +1,42 @@
+"""EDS: one ClusterLoadAssignment per cluster, named like the cluster."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+
+from controlplane.model.mesh import Endpoint, Mesh
+from controlplane.translate.clusters import proxied_ports
+from controlplane.translate.names import cluster_name
+
+
+def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
+    return endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
+                address=ep.ip, port_value=ep.port)),
+            hostname=ep.hostname,
+        ),
+        health_status=health_check_pb2.HEALTHY,
+    )
+
+
+def load_assignment(name: str, endpoints: tuple[Endpoint, ...]
+                    ) -> endpoint_pb2.ClusterLoadAssignment:
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    if endpoints:
+        cla.endpoints.add().lb_endpoints.extend(_lb_endpoint(ep) for ep in endpoints)
+    return cla
+
+
+def build_load_assignments(mesh: Mesh) -> list[endpoint_pb2.ClusterLoadAssignment]:
+    out = []
+    for fqdn, service in mesh.services.items():
+        rule = mesh.destination_rules.get(fqdn)
+        for port in proxied_ports(service):
+            endpoints = mesh.endpoints.get((fqdn, port.port), ())
+            out.append(load_assignment(cluster_name(port.port, fqdn), endpoints))
+            for subset in rule.subsets if rule else ():
+                chosen = tuple(e for e in endpoints if subset.labels <= e.labels)
+                out.append(load_assignment(cluster_name(port.port, fqdn, subset.name), chosen))
+    return out

@@ -1,0 +1,96 @@
+"""LDS: one outbound listener per service port number, bound to the proxy's IP."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import wrappers_pb2
+
+from controlplane.model.mesh import Mesh
+from controlplane.translate.names import cluster_name, listener_name, route_name
+from controlplane.translate.ports import PortGroup, port_groups
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+ROUTER_FILTER = "envoy.filters.http.router"
+
+
+def _filter(name: str, config: object) -> listener_components_pb2.Filter:
+    f = listener_components_pb2.Filter(name=name)
+    f.typed_config.Pack(config)
+    return f
+
+
+def _http_chain(bind_ip: str, port: int) -> listener_components_pb2.FilterChain:
+    router = hcm_pb2.HttpFilter(name=ROUTER_FILTER)
+    router.typed_config.Pack(router_pb2.Router())
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=f"outbound_{bind_ip}_{port}",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(
+            config_source=config_source_pb2.ConfigSource(
+                ads=config_source_pb2.AggregatedConfigSource(),
+                resource_api_version=config_source_pb2.V3,
+            ),
+            route_config_name=route_name(port),
+        ),
+        http_filters=[router],
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+    )
+    return listener_components_pb2.FilterChain(filters=[_filter(HCM_FILTER, hcm)])
+
+
+def _tcp_chain(cluster: str, cluster_ip: str = "") -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(filters=[_filter(
+        TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster))])
+    if cluster_ip:
+        chain.filter_chain_match.prefix_ranges.add(
+            address_prefix=cluster_ip, prefix_len=wrappers_pb2.UInt32Value(
+                value=128 if ":" in cluster_ip else 32))
+    return chain
+
+
+def build_listener(group: PortGroup, bind_ip: str) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener(
+        name=listener_name(bind_ip, group.port),
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
+            address=bind_ip, port_value=group.port)),
+        traffic_direction=2,  # OUTBOUND
+    )
+    tcp = list(group.tcp)
+    if group.is_http:
+        listener.default_filter_chain.CopyFrom(_http_chain(bind_ip, group.port))
+    elif tcp:
+        # Without an HTTP service on the port, the first TCP service (by FQDN) takes every
+        # connection; others are told apart by their cluster IP (iptables-redirected traffic).
+        service, port = tcp.pop(0)
+        listener.default_filter_chain.CopyFrom(_tcp_chain(cluster_name(port.port, service.fqdn)))
+    seen_ips: set[str] = set()
+    for service, port in tcp:
+        if service.cluster_ip and service.cluster_ip not in seen_ips:
+            seen_ips.add(service.cluster_ip)
+            listener.filter_chains.append(
+                _tcp_chain(cluster_name(port.port, service.fqdn), service.cluster_ip))
+    return listener
+
+
+def build_listeners(mesh: Mesh, bind_ip: str) -> list[listener_pb2.Listener]:
+    return [build_listener(g, bind_ip) for g in port_groups(mesh).values()]
+
+
+def route_names(listener: listener_pb2.Listener) -> list[str]:
+    """The RDS names a listener subscribes to, for the push order's dependencies."""
+    names = []
+    for chain in [listener.default_filter_chain, *listener.filter_chains]:
+        for f in chain.filters:
+            if f.name == HCM_FILTER:
+                hcm = hcm_pb2.HttpConnectionManager()
+                f.typed_config.Unpack(hcm)
+                if hcm.HasField("rds"):
+                    names.append(hcm.rds.route_config_name)
+    return names

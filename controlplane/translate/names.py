@@ -1,0 +1,33 @@
+"""Istio's resource names, so users' knowledge and tools carry over."""
+
+from __future__ import annotations
+
+from controlplane.model.service import Service
+
+
+def cluster_name(port: int, fqdn: str, subset: str = "") -> str:
+    return f"outbound|{port}|{subset}|{fqdn}"
+
+
+def listener_name(bind_ip: str, port: int) -> str:
+    return f"{bind_ip}_{port}"
+
+
+def route_name(port: int) -> str:
+    return str(port)
+
+
+def virtual_host_name(fqdn: str, port: int) -> str:
+    return f"{fqdn}:{port}"
+
+
+def host_aliases(service: Service, proxy_namespace: str) -> list[str]:
+    """Every name a client may use for the service, longest first. The bare short name
+    only resolves from the proxy's own namespace, as with Kubernetes DNS."""
+    name, ns = service.meta.name, service.meta.namespace
+    names = [service.fqdn, f"{name}.{ns}.svc", f"{name}.{ns}"]
+    if ns == proxy_namespace:
+        names.append(name)
+    if service.cluster_ip:
+        names.append(service.cluster_ip)
+    return names

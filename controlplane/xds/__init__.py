@@ -1,0 +1,1 @@
+"""The snapshot cache and the ADS server: versions, bytes, streams, ACK and NACK."""

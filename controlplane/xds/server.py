@@ -1,0 +1,276 @@
+"""The ADS server (state of the world): one reader and one sender per stream.
+
+The reader records what the proxy says (subscriptions, ACK, NACK) and wakes the sender;
+only the sender writes, so a stream's responses are strictly ordered. Rules that bite
+(see docs/architecture.md):
+
+- A NACK names the last *accepted* version; the rejected one is never resent. A new
+  version has to come from a new snapshot.
+- A response whose nonce is not the latest one sent for its type is stale and ignored.
+- After a cluster or listener changes, Envoy re-requests its EDS/RDS names with the
+  same version and nonce as before, which looks exactly like an ACK: the sender forgets
+  what it sent for the names those resources depend on, so they are answered again.
+- Push order CDS, EDS, LDS, RDS, waiting for the proxy's answer to CDS and LDS before
+  going on; clusters the new routes no longer use stay until the routes are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.status.sync import ProxySync, SyncRegistry
+from controlplane.translate.proxy import ProxyView, proxy_from_node
+from controlplane.xds import types, wire
+from controlplane.xds.cache import Resource, Snapshot, SnapshotCache
+
+log = structlog.get_logger("controlplane.xds")
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+_stream_ids = itertools.count(1)
+
+
+@dataclass
+class TypeState:
+    requested: bool = False
+    names: set[str] = field(default_factory=set)  # EDS/RDS subscriptions
+    sent: dict[str, Resource] = field(default_factory=dict)  # what the proxy was sent
+    dirty: set[str] = field(default_factory=set)  # names to answer whatever their version
+    retained: set[str] = field(default_factory=set)  # removed clusters kept for routes
+    version: str = ""  # version_info of the last response
+    nonce: str = ""  # nonce of the last response
+    generation: int = 0  # snapshot generation the named resources were compared at
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SotwStream:
+    def __init__(self, server: AdsServer, context: grpc.aio.ServicerContext) -> None:
+        self.server = server
+        self.cache = server.cache
+        self.context = context
+        self.id = next(_stream_ids)
+        self.peer = context.peer() or ""
+        self.proxy: ProxyView | None = None
+        self.sync: ProxySync | None = None
+        self.states = {t: TypeState() for t in types.PUSH_ORDER}
+        self.wake = self.cache.watch()
+        self._nonces = itertools.count(1)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def run(self, requests: Any) -> None:
+        reader = asyncio.create_task(self._read(requests), name=f"ads-read-{self.id}")
+        sender = asyncio.create_task(self._send_loop(), name=f"ads-send-{self.id}")
+        try:
+            done, _ = await asyncio.wait({reader, sender},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    log.warning("stream_error", stream=self.id, node=self.node_id,
+                                error=f"{type(exc).__name__}: {exc}")
+        finally:
+            for task in (reader, sender):
+                task.cancel()
+            await asyncio.gather(reader, sender, return_exceptions=True)
+            self.cache.unwatch(self.wake)
+            self.server.registry.disconnect(self.id)
+            if self.proxy is not None:
+                log.info("disconnected", stream=self.id, node=self.node_id)
+
+    @property
+    def node_id(self) -> str:
+        return self.proxy.node_id if self.proxy else ""
+
+    async def _read(self, requests: Any) -> None:
+        async for request in requests:
+            self.on_request(request)
+
+    # -- requests ---------------------------------------------------------------------------
+    def _connect(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        if request.HasField("node"):
+            self.proxy = proxy_from_node(request.node)
+        else:
+            self.proxy = ProxyView(node_id=f"unknown-{self.id}")
+            log.warning("no_node", stream=self.id, peer=self.peer)
+        p = self.proxy
+        self.sync = ProxySync(stream_id=self.id, node_id=p.node_id, cluster=p.cluster,
+                              peer=self.peer, connected_at=time.time(), metadata=p.metadata,
+                              build_version=p.build_version)
+        self.server.registry.connect(self.sync)
+        log.info("connected", stream=self.id, node=p.node_id, cluster=p.cluster,
+                 peer=self.peer, bind_ip=p.bind_ip, namespace=p.namespace)
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        if self.proxy is None:
+            self._connect(request)
+        assert self.sync is not None
+        type_url = request.type_url
+        st = self.states.get(type_url)
+        if st is None:
+            log.warning("unsupported_type", node=self.node_id, type=type_url)
+            return
+        short = types.short(type_url)
+        nonce = request.response_nonce
+        if nonce and nonce != st.nonce:
+            log.debug("stale_nonce", node=self.node_id, type=short, nonce=nonce,
+                      latest=st.nonce)
+            return
+        if nonce:
+            if request.HasField("error_detail"):
+                message = request.error_detail.message
+                self.server.registry.nacked(self.sync, type_url, st.version, nonce, message)
+                log.warning("nack", node=self.node_id, type=short, version=st.version,
+                            nonce=nonce, accepted_version=request.version_info,
+                            error=message)
+            else:
+                self.server.registry.acked(self.sync, type_url, request.version_info, nonce)
+                log.info("ack", node=self.node_id, type=short, version=request.version_info,
+                         nonce=nonce)
+            st.answered.set()
+        names = set(request.resource_names)
+        if type_url not in types.WILDCARD_TYPES:
+            for gone in st.names - names:
+                st.sent.pop(gone, None)
+            st.dirty |= names if not st.requested else names - st.names
+            st.names = names
+        st.requested = True
+        self.server.registry.subscribed(self.sync, type_url, tuple(sorted(names)))
+        self.wake.set()
+
+    # -- responses --------------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        await self.cache.ready.wait()  # never serve before the initial load finished
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            snap = self.cache.snapshot
+            if self.proxy is None or snap is None:
+                continue
+            for type_url in types.PUSH_ORDER:
+                if not self.states[type_url].requested:
+                    continue
+                if type_url in types.WILDCARD_TYPES:
+                    await self._push_all(type_url, snap, retain=True)
+                else:
+                    await self._push_named(type_url, snap)
+            if self.states[types.CLUSTER].retained:
+                # Routes moved off the removed clusters (and were answered): drop them now.
+                await self._push_all(types.CLUSTER, snap, retain=False)
+
+    async def _push_all(self, type_url: str, snap: Snapshot, *, retain: bool) -> None:
+        assert self.proxy is not None
+        st = self.states[type_url]
+        res = snap.resources(type_url, self.proxy)
+        items: dict[str, Resource] = dict(res.items)
+        version = res.version
+        retained: dict[str, Resource] = {}
+        if retain and type_url == types.CLUSTER and self.states[types.LISTENER].requested:
+            retained = {n: r for n, r in st.sent.items() if n not in items}
+            if retained:
+                version = f"{res.version}+{len(retained)}"
+        if version == st.version:
+            return  # current, or rejected: a rejected version is never resent
+        changed = [n for n, r in items.items()
+                   if (old := st.sent.get(n)) is None or old.version != r.version]
+        await self._send(type_url, version, [*items.values(), *retained.values()])
+        st.sent = {**items, **retained}
+        st.retained = set(retained)
+        dependent = self.states[types.DEPENDENT[type_url]]
+        for name in changed:
+            for dep in items[name].deps:
+                dependent.sent.pop(dep, None)
+                dependent.dirty.add(dep)
+        await self._await_answer(type_url)
+
+    async def _push_named(self, type_url: str, snap: Snapshot) -> None:
+        assert self.proxy is not None
+        st = self.states[type_url]
+        res = snap.resources(type_url, self.proxy)
+        changed = (self.cache.changed_since(type_url, st.generation)
+                   if type_url in snap.source.shared_types else None)
+        candidates = st.names if changed is None else (changed & st.names) | st.dirty
+        to_send = sorted(
+            n for n in candidates
+            if n in st.names and (r := res.items.get(n)) is not None
+            and ((old := st.sent.get(n)) is None or old.version != r.version))
+        st.dirty.clear()
+        st.generation = snap.generation
+        if not to_send:
+            return
+        resources = [res.items[n] for n in to_send]
+        await self._send(type_url, res.version, resources)
+        for r in resources:
+            st.sent[r.name] = r
+        if self.states[types.CLUSTER].retained and type_url == types.ROUTE:
+            await self._await_answer(type_url)
+
+    async def _send(self, type_url: str, version: str, resources: list[Resource]) -> None:
+        assert self.sync is not None
+        st = self.states[type_url]
+        nonce = f"{self.id}-{next(self._nonces)}"
+        data = wire.discovery_response(version, [r.entry for r in resources], type_url, nonce)
+        st.version, st.nonce = version, nonce
+        st.answered.clear()
+        self.server.registry.sent(self.sync, type_url, version, nonce)
+        log.info("push", node=self.node_id, type=types.short(type_url), version=version,
+                 nonce=nonce, resources=len(resources), bytes=len(data))
+        await self.context.write(data)
+
+    async def _await_answer(self, type_url: str) -> None:
+        try:
+            await asyncio.wait_for(self.states[type_url].answered.wait(),
+                                   self.server.answer_timeout)
+        except TimeoutError:
+            log.warning("no_answer", node=self.node_id, type=types.short(type_url),
+                        nonce=self.states[type_url].nonce,
+                        waited_s=self.server.answer_timeout)
+
+
+class AdsServer:
+    def __init__(self, cache: SnapshotCache, registry: SyncRegistry,
+                 answer_timeout: float = 5.0) -> None:
+        self.cache = cache
+        self.registry = registry
+        self.answer_timeout = answer_timeout
+        self.streams: dict[int, SotwStream] = {}
+
+    async def _sotw(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        stream = SotwStream(self, context)
+        self.streams[stream.id] = stream
+        try:
+            await stream.run(requests)
+        finally:
+            self.streams.pop(stream.id, None)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(ADS_SERVICE, {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._sotw,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=None,  # responses are assembled as bytes (wire.py)
+            ),
+        })
+
+
+async def start_grpc_server(handlers: list[grpc.GenericRpcHandler], address: str
+                            ) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(options=[
+        ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ])
+    server.add_generic_rpc_handlers(handlers)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    return server, port

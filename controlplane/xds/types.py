@@ -1,0 +1,23 @@
+"""xDS type URLs and the order in which ADS pushes them."""
+
+from __future__ import annotations
+
+PREFIX = "type.googleapis.com/"
+CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
+
+# Make before break: clusters before the endpoints that warm them, before the listeners
+# and routes that send traffic to them.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# Types whose SotW responses must carry every resource (a missing one is a deletion).
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+# The type whose resources each of these names (cluster -> its EDS name, listener -> RDS).
+DEPENDENT = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
+SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
+BY_SHORT = {v: k for k, v in SHORT.items()}
+
+
+def short(type_url: str) -> str:
+    return SHORT.get(type_url, type_url.removeprefix(PREFIX))

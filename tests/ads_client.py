@@ -1,0 +1,110 @@
+"""An in-process ADS client that speaks exactly as Envoy does, for protocol tests that
+assert on the DiscoveryResponses themselves (Contour's feature-test style)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
+
+from controlplane.xds import types
+
+METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+
+
+class AdsClient:
+    def __init__(self, port: int, node_id: str, metadata: dict[str, Any] | None = None
+                 ) -> None:
+        self.port = port
+        self.node = base_pb2.Node(id=node_id, cluster=node_id)
+        if metadata:
+            s = struct_pb2.Struct()
+            s.update(metadata)
+            self.node.metadata.CopyFrom(s)
+        self.first = True
+        self.channel: grpc.aio.Channel | None = None
+        self.call: Any = None
+
+    async def open(self) -> None:
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        stream = self.channel.stream_stream(
+            METHOD, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
+        self.call = stream()
+        self.first = True
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
+    async def send(self, type_url: str, names: tuple[str, ...] | list[str] = (),
+                   version: str = "", nonce: str = "", error: str | None = None) -> None:
+        req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names),
+                                             version_info=version, response_nonce=nonce)
+        if self.first:
+            req.node.CopyFrom(self.node)
+            self.first = False
+        if error is not None:
+            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        await self.call.write(req)
+
+    async def recv(self, timeout: float = 3.0) -> discovery_pb2.DiscoveryResponse:
+        # One read in flight at a time: a read left pending by silent() gets the message.
+        resp = await asyncio.wait_for(asyncio.shield(self._read_task()), timeout)
+        self._pending = None
+        return resp
+
+    async def silent(self, timeout: float = 0.4) -> bool:
+        """True when nothing arrives within `timeout` seconds."""
+        try:
+            resp = await asyncio.wait_for(asyncio.shield(self._read_task()), timeout)
+        except TimeoutError:
+            return True
+        raise AssertionError(f"expected no response, got {types.short(resp.type_url)} "
+                             f"version {resp.version_info}")
+
+    def _read_task(self) -> asyncio.Task[Any]:
+        if getattr(self, "_pending", None) is None:
+            self._pending = asyncio.ensure_future(self.call.read())
+        return self._pending
+
+    async def ack(self, resp: discovery_pb2.DiscoveryResponse,
+                  names: tuple[str, ...] | list[str] = ()) -> None:
+        await self.send(resp.type_url, names, resp.version_info, resp.nonce)
+
+    async def nack(self, resp: discovery_pb2.DiscoveryResponse, accepted_version: str,
+                   message: str, names: tuple[str, ...] | list[str] = ()) -> None:
+        await self.send(resp.type_url, names, accepted_version, resp.nonce, error=message)
+
+
+_CLASSES = {
+    types.CLUSTER: cluster_pb2.Cluster,
+    types.ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    types.LISTENER: listener_pb2.Listener,
+    types.ROUTE: route_pb2.RouteConfiguration,
+}
+
+
+def decode(resp: discovery_pb2.DiscoveryResponse) -> list[Any]:
+    """The resources of a response, parsed with the generated classes."""
+    out = []
+    for any_msg in resp.resources:
+        assert any_msg.type_url == resp.type_url
+        msg = _CLASSES[resp.type_url]()
+        any_msg.Unpack(msg)
+        out.append(msg)
+    return out
+
+
+def names_of(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
+    return [m.cluster_name if resp.type_url == types.ENDPOINT else m.name
+            for m in decode(resp)]

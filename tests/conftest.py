@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane import log as logsetup
+from controlplane.model.parse import key_of, parse_object
+from tests.harness import ControlPlane, Envoy, Upstream, iter_ips
+
+logsetup.configure("warning")
+
+_IPS = iter_ips(10)
+
+
+@pytest.fixture
+def ip() -> Callable[[], str]:
+    """A fresh loopback address (all of 127.0.0.0/8 reaches lo) for each call."""
+    return lambda: next(_IPS)
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "config"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def cp() -> Iterator[ControlPlane]:
+    plane = ControlPlane()
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture
+def file_cp(config_dir: Path) -> Iterator[ControlPlane]:
+    plane = ControlPlane(config_dir)
+    yield plane
+    plane.stop()
+
+
+def apply_docs(plane: ControlPlane, *docs: dict[str, Any]) -> None:
+    objs = [parse_object(d) for d in docs]
+    plane.run(lambda: [plane.store.apply(o) for o in objs])
+
+
+def delete_docs(plane: ControlPlane, *docs: dict[str, Any]) -> None:
+    keys = [key_of(parse_object(d)) for d in docs]
+    plane.run(lambda: [plane.store.delete(k) for k in keys])
+
+
+@pytest.fixture
+def upstream() -> Iterator[Callable[..., Upstream]]:
+    started: list[Upstream] = []
+
+    def make(*args: Any, **kwargs: Any) -> Upstream:
+        u = Upstream(*args, **kwargs)
+        started.append(u)
+        return u
+    yield make
+    for u in started:
+        u.stop()
+
+
+@pytest.fixture
+def envoy() -> Iterator[Callable[..., Envoy]]:
+    """Start real Envoys. Each must end with zero `update_rejected`: everything the
+    translator produced was accepted. A test that injects a bad resource on purpose
+    passes allow_rejections=True."""
+    started: list[tuple[Envoy, bool]] = []
+
+    def make(*args: Any, allow_rejections: bool = False, ready: bool = True,
+             **kwargs: Any) -> Envoy:
+        e = Envoy(*args, **kwargs)
+        started.append((e, allow_rejections))
+        if ready:
+            e.wait_ready()
+        return e
+    yield make
+    try:
+        for e, allowed in started:
+            if not allowed and e.proc and e.proc.poll() is None:
+                assert e.update_rejected() == {}, f"envoy {e.node_id} rejected config"
+    finally:
+        for e, _ in started:
+            e.stop()

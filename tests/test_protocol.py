@@ -1,0 +1,243 @@
+"""The ADS conversation, asserted on the exact DiscoveryResponses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+
+from controlplane.pipeline import MeshTranslation
+from controlplane.xds import types
+from tests.ads_client import AdsClient, decode, names_of
+from tests.conftest import apply_docs
+from tests.harness import ControlPlane, wait_until
+from tests.manifests import destination_rule, pod, service
+
+REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
+RATINGS = "outbound|9080||ratings.default.svc.cluster.local"
+
+
+def mesh_docs() -> list[dict[str, Any]]:
+    return [
+        service("reviews", 9080), service("ratings", 9080),
+        pod("reviews-1", "127.1.0.1", {"app": "reviews", "version": "v1"}),
+        pod("ratings-1", "127.1.0.2", {"app": "ratings"}),
+    ]
+
+
+@pytest.fixture
+def plane(cp: ControlPlane) -> ControlPlane:
+    apply_docs(cp, *mesh_docs())
+    wait_until(lambda: {REVIEWS, RATINGS} <= cp.cluster_names(), what="first snapshot")
+    return cp
+
+
+@pytest.fixture
+def client(plane: ControlPlane) -> Any:
+    c = AdsClient(plane.port, "sidecar-1", {"INSTANCE_IPS": "127.0.9.1"})
+    plane.call(c.open())
+    yield c
+    plane.call(c.close())
+
+
+def test_initial_push_in_order_and_ack_is_silent(plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    cds = run(client.recv())
+    assert cds.type_url == types.CLUSTER
+    assert sorted(names_of(cds)) == [RATINGS, REVIEWS]
+    assert cds.version_info and cds.nonce
+    run(client.send(types.ENDPOINT, [REVIEWS]))  # Envoy subscribes before it ACKs CDS
+    run(client.ack(cds))
+    eds = run(client.recv())
+    assert eds.type_url == types.ENDPOINT and names_of(eds) == [REVIEWS]
+    [cla] = decode(eds)
+    ep = cla.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (ep.address, ep.port_value) == ("127.1.0.1", 9080)
+    run(client.ack(eds, [REVIEWS]))
+    assert run(client.silent())
+    run(client.send(types.LISTENER))
+    lds = run(client.recv())
+    assert names_of(lds) == ["127.0.9.1_9080"]
+    run(client.send(types.ROUTE, ["9080"]))
+    run(client.ack(lds))
+    rds = run(client.recv())
+    assert names_of(rds) == ["9080"]
+    run(client.ack(rds, ["9080"]))
+    assert run(client.silent())
+    sync = plane.registry.by_node("sidecar-1")[0]
+    for t in types.PUSH_ORDER:
+        assert sync.types[t].acked_nonce == sync.types[t].sent_nonce
+
+
+def test_subscription_to_missing_name_is_answered_when_it_appears(
+        plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    future = "outbound|9080||details.default.svc.cluster.local"
+    run(client.send(types.ENDPOINT, [future]))
+    assert run(client.silent())
+    apply_docs(plane, service("details", 9080), pod("details-1", "127.1.0.3",
+                                                    {"app": "details"}))
+    eds = run(client.recv())
+    assert names_of(eds) == [future]
+
+
+def test_nack_is_recorded_and_never_resent(plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    first = run(client.recv())
+    run(client.ack(first))
+    apply_docs(plane, service("details", 9080))
+    second = run(client.recv())
+    assert second.version_info != first.version_info
+    run(client.nack(second, first.version_info, "cluster details: bad things"))
+    assert run(client.silent(1.0))  # no resend of the rejected version
+    sync = plane.registry.by_node("sidecar-1")[0]
+    nack = sync.types[types.CLUSTER].nack
+    assert nack is not None and nack.message == "cluster details: bad things"
+    assert nack.version == second.version_info and nack.nonce == second.nonce
+    apply_docs(plane, service("more", 9080))  # a new version is sent
+    third = run(client.recv())
+    assert third.version_info not in (first.version_info, second.version_info)
+
+
+def test_stale_nonce_is_ignored(plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    first = run(client.recv())
+    run(client.ack(first))
+    apply_docs(plane, service("details", 9080))
+    second = run(client.recv())
+    # A NACK for the superseded response: stale, so neither recorded nor answered.
+    run(client.nack(first, "", "too late"))
+    assert run(client.silent())
+    sync = plane.registry.by_node("sidecar-1")[0]
+    assert sync.types[types.CLUSTER].nack is None
+    run(client.ack(second))
+    assert sync.types[types.CLUSTER].sent_nonce == second.nonce
+    wait_until(lambda: sync.types[types.CLUSTER].acked_nonce == second.nonce)
+
+
+def test_endpoint_change_pushes_eds_alone(plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    cds = run(client.recv())
+    run(client.send(types.ENDPOINT, [REVIEWS, RATINGS]))
+    run(client.ack(cds))
+    eds = run(client.recv())
+    run(client.ack(eds, [REVIEWS, RATINGS]))
+    run(client.send(types.LISTENER))
+    lds = run(client.recv())
+    run(client.ack(lds))
+    assert run(client.silent())
+    apply_docs(plane, pod("reviews-2", "127.1.0.9", {"app": "reviews"}))
+    update = run(client.recv())
+    assert update.type_url == types.ENDPOINT
+    assert names_of(update) == [REVIEWS]  # only the changed assignment
+    [cla] = decode(update)
+    assert {e.endpoint.address.socket_address.address
+            for e in cla.endpoints[0].lb_endpoints} == {"127.1.0.1", "127.1.0.9"}
+    run(client.ack(update, [REVIEWS, RATINGS]))
+    assert run(client.silent())
+
+
+def test_eds_rerequest_after_cluster_change_is_answered(
+        plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    cds = run(client.recv())
+    run(client.send(types.ENDPOINT, [REVIEWS, RATINGS]))
+    run(client.ack(cds))
+    eds = run(client.recv())
+    run(client.ack(eds, [REVIEWS, RATINGS]))
+    assert run(client.silent())
+    # The reviews cluster changes (a subset appears and the port turns HTTP/2): Envoy
+    # rebuilds it and re-requests its endpoints with the old version and nonce.
+    apply_docs(plane, {**service("reviews", 9080, port_name="grpc")},
+               destination_rule("reviews", "reviews", {"v1": {"version": "v1"}}))
+    cds2 = run(client.recv())
+    assert cds2.type_url == types.CLUSTER
+    run(client.send(types.ENDPOINT, [REVIEWS, RATINGS], eds.version_info, eds.nonce))
+    run(client.ack(cds2))
+    eds2 = run(client.recv())
+    assert eds2.type_url == types.ENDPOINT
+    assert REVIEWS in names_of(eds2)
+
+
+def test_reconnect_gets_full_state(plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    cds = run(client.recv())
+    run(client.ack(cds))
+    run(client.close())
+    wait_until(lambda: not plane.registry.by_node("sidecar-1"), what="disconnect")
+    again = AdsClient(plane.port, "sidecar-1")
+    run(again.open())
+    run(again.send(types.CLUSTER, version=cds.version_info, nonce=""))
+    cds2 = run(again.recv())
+    assert cds2.version_info == cds.version_info
+    assert sorted(names_of(cds2)) == sorted(names_of(cds))
+    run(again.close())
+
+
+def test_nothing_served_before_initial_load() -> None:
+    cp = ControlPlane(pending_sources=("slow",))
+    apply_docs(cp, *mesh_docs())
+    c = AdsClient(cp.port, "early")
+    cp.call(c.open())
+    cp.call(c.send(types.CLUSTER))
+    assert cp.call(c.silent(0.5))
+    cp.run(lambda: cp.store.mark_synced("slow"))
+    cds = cp.call(c.recv())
+    assert sorted(names_of(cds)) == [RATINGS, REVIEWS]
+    cp.call(c.close())
+    cp.stop()
+
+
+def test_removed_cluster_kept_until_routes_answered(
+        plane: ControlPlane, client: AdsClient) -> None:
+    """Make before break: a subset cluster the routes stop using disappears only after
+    the proxy answered the new routes."""
+    run = plane.call
+    apply_docs(plane, destination_rule("reviews", "reviews", {"v1": {"version": "v1"}}))
+    subset = "outbound|9080|v1|reviews.default.svc.cluster.local"
+    wait_until(lambda: subset in plane.cluster_names())
+    run(client.send(types.CLUSTER))
+    cds = run(client.recv())
+    assert subset in names_of(cds)
+    run(client.ack(cds))
+    run(client.send(types.LISTENER))
+    lds = run(client.recv())
+    run(client.send(types.ROUTE, ["9080"]))
+    run(client.ack(lds))
+    rds = run(client.recv())
+    run(client.ack(rds, ["9080"]))
+    assert run(client.silent())
+    plane.run(lambda: plane.store.delete(next(
+        k for k in plane.store._objects if k.kind == "DestinationRule")))
+    keep = run(client.recv())
+    assert keep.type_url == types.CLUSTER and subset in names_of(keep)
+    run(client.ack(keep))
+    drop = run(client.recv())
+    assert drop.type_url == types.CLUSTER and subset not in names_of(drop)
+    run(client.ack(drop))
+
+
+def test_bad_resource_never_reaches_a_consistent_snapshot(plane: ControlPlane) -> None:
+    """A translation whose cluster names an endpoint assignment that does not exist is
+    refused by the cache's consistency check; the previous snapshot stays."""
+
+    class Broken(MeshTranslation):
+        def messages(self, type_url: str, key: Any) -> list[Any]:
+            out = list(super().messages(type_url, key))
+            if type_url == types.CLUSTER:
+                bad = cluster_pb2.Cluster(name="orphan", type=cluster_pb2.Cluster.EDS)
+                bad.eds_cluster_config.service_name = "orphan"
+                out.append(bad)
+            return out
+
+    before = plane.generation()
+    with pytest.raises(Exception, match="missing"):
+        plane.publish(Broken(plane.run(plane.store.mesh)))
+    assert plane.generation() == before
