@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 import yaml
@@ -63,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the control plane"))
     _bootstrap_args(sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar"))
+    demo = sub.add_parser("demo", help="run the local demo: workloads, Envoy, traffic shifts")
+    demo.add_argument("--no-interactive", action="store_true",
+                      help="run every step unattended; exit 0 only if all saw the "
+                           "expected traffic")
+    demo.add_argument("--config-dir", default=None,
+                      help="demo manifests to start from (default: config/demo)")
     return p
 
 
@@ -110,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.output, "w") as f:
                 f.write(text)
         return 0
+    if args.command == "demo":
+        from controlplane.demo.story import run  # the demo needs Envoy: a test extra
+
+        interactive = not args.no_interactive and sys.stdin.isatty()
+        return run(Path(args.config_dir) if args.config_dir else None, interactive)
     return 2
 
 

@@ -103,6 +103,12 @@ class Envoy:
     def config_dump(self) -> dict[str, Any]:
         return json.loads(self.admin("/config_dump"))
 
+    def route_versions(self) -> dict[str, str]:
+        """version_info of each route configuration the sidecar holds."""
+        dump = json.loads(self.admin("/config_dump?resource=dynamic_route_configs"))
+        return {c["route_config"]["name"]: c.get("version_info", "")
+                for c in dump.get("configs", [])}
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
