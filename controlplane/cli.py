@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from controlplane import log as logsetup
 from controlplane.bootstrap import bootstrap
 from controlplane.pipeline import PushLoop
 from controlplane.sources.files import FileSource
+from controlplane.sources.kubernetes import KubernetesSource, load_api_client
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
 from controlplane.xds.cache import SnapshotCache
@@ -26,8 +28,21 @@ log = structlog.get_logger("controlplane")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config-dir", required=True,
-                   help="directory of Kubernetes/Istio YAML to load and watch")
+    src = p.add_argument_group("sources (one or both; in a pod, in-cluster config is used "
+                               "when neither is given)")
+    src.add_argument("--config-dir", help="directory of Kubernetes/Istio YAML to load and watch")
+    src.add_argument("--kubeconfig", help="watch the Kubernetes API server of this kubeconfig")
+    src.add_argument("--in-cluster", action="store_true",
+                     help="watch the API server of the cluster this pod runs in")
+    src.add_argument("--namespaces", default="",
+                     help="comma-separated namespaces to watch (default: all)")
+    src.add_argument("--revision", default=None,
+                     help="serve only namespaces labelled istio.io/rev=REVISION")
+    src.add_argument("--endpoints-api", choices=["endpointslices", "endpoints"],
+                     default="endpointslices",
+                     help="where endpoints come from (default %(default)s)")
+    src.add_argument("--watch-timeout", type=int, default=300, metavar="SECONDS",
+                     help="timeoutSeconds of each watch request (default %(default)s)")
     p.add_argument("--xds-address", default="127.0.0.1:15010",
                    help="where Envoys connect for ADS (default %(default)s)")
     p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS",
@@ -73,22 +88,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sources(args: argparse.Namespace, store: Store) -> list[FileSource | KubernetesSource]:
+    sources: list[FileSource | KubernetesSource] = []
+    if args.config_dir:
+        sources.append(FileSource(store, args.config_dir, interval=args.poll_interval))
+    in_cluster = args.in_cluster or (not args.config_dir and not args.kubeconfig
+                                     and "KUBERNETES_SERVICE_HOST" in os.environ)
+    if args.kubeconfig or in_cluster:
+        namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip())
+        sources.append(KubernetesSource(
+            store, load_api_client(args.kubeconfig), namespaces=namespaces or None,
+            revision=args.revision, endpoints_api=args.endpoints_api,
+            watch_timeout=args.watch_timeout))
+    if not sources:
+        raise SystemExit("controlplane serve: give --config-dir, --kubeconfig or --in-cluster")
+    return sources
+
+
 async def serve(args: argparse.Namespace) -> None:
     store = Store()
     cache = SnapshotCache()
     registry = SyncRegistry()
     ads = AdsServer(cache, registry, answer_timeout=args.answer_timeout)
-    source = FileSource(store, args.config_dir, interval=args.poll_interval)
+    sources = _sources(args, store)
     push = PushLoop(store, cache, quiet=args.debounce_quiet, max_delay=args.debounce_max)
     server, port = await start_grpc_server([ads.handler()], args.xds_address)
     log.info("serving", xds_address=args.xds_address, port=port,
-             config_dir=args.config_dir)
+             sources=[type(s).__name__ for s in sources])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(source.run(), name="files"),
-             asyncio.create_task(push.run(), name="push")]
+    tasks = [asyncio.create_task(s.run(), name=type(s).__name__) for s in sources]
+    tasks.append(asyncio.create_task(push.run(), name="push"))
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
     for task in done:

@@ -20,6 +20,7 @@ from controlplane.demo.traffic import Client
 from controlplane.demo.workload import Workload
 from controlplane.pipeline import PROBE, MeshTranslation, PushLoop
 from controlplane.sources.files import FileSource
+from controlplane.sources.kubernetes import KubernetesSource
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
 from controlplane.xds.cache import SnapshotCache
@@ -76,7 +77,8 @@ class ControlPlane:
 
     def __init__(self, config_dir: Path | None = None, *, poll_interval: float = 0.05,
                  quiet: float = 0.05, max_delay: float = 0.5, answer_timeout: float = 5.0,
-                 pending_sources: tuple[str, ...] = ()) -> None:
+                 pending_sources: tuple[str, ...] = (),
+                 kubernetes: dict[str, Any] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -94,6 +96,9 @@ class ControlPlane:
             if config_dir is not None:
                 self.files = FileSource(self.store, config_dir, interval=poll_interval)
                 self._tasks.append(asyncio.create_task(self.files.run()))
+            if kubernetes is not None:  # KubernetesSource's arguments, api_client included
+                self.kube = KubernetesSource(self.store, **kubernetes)
+                self._tasks.append(asyncio.create_task(self.kube.run()))
             self.server, self.port = await start_grpc_server(
                 [self.ads.handler()], "127.0.0.1:0")
             self._tasks.append(asyncio.create_task(self.push.run()))
@@ -133,6 +138,7 @@ class ControlPlane:
         async def teardown() -> None:
             for task in self._tasks:
                 task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.server.stop(grace=0.2)
         try:
             self.call(teardown())

@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from controlplane.model.mesh import Mesh
 from controlplane.model.service import Protocol, Service, ServicePort
+from controlplane.translate.headless import pod_hosts
 from controlplane.translate.names import cluster_name
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -45,8 +46,7 @@ def _http2_options() -> http_protocol_options_pb2.HttpProtocolOptions:
     )
 
 
-def build_cluster(service: Service, port: ServicePort, subset: str = "") -> cluster_pb2.Cluster:
-    name = cluster_name(port.port, service.fqdn, subset)
+def build_cluster(name: str, port: ServicePort) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
@@ -75,7 +75,9 @@ def build_clusters(mesh: Mesh) -> list[cluster_pb2.Cluster]:
     for fqdn, service in mesh.services.items():
         rule = mesh.destination_rules.get(fqdn)
         for port in proxied_ports(service):
-            out.append(build_cluster(service, port))
+            out.append(build_cluster(cluster_name(port.port, fqdn), port))
             for subset in rule.subsets if rule else ():
-                out.append(build_cluster(service, port, subset.name))
+                out.append(build_cluster(cluster_name(port.port, fqdn, subset.name), port))
+            for pod_fqdn, _ in pod_hosts(mesh, service, port):
+                out.append(build_cluster(cluster_name(port.port, pod_fqdn), port))
     return out

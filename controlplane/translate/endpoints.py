@@ -7,6 +7,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from controlplane.model.mesh import Endpoint, Mesh
 from controlplane.translate.clusters import proxied_ports
+from controlplane.translate.headless import pod_hosts
 from controlplane.translate.names import cluster_name
 
 
@@ -39,4 +40,6 @@ def build_load_assignments(mesh: Mesh) -> list[endpoint_pb2.ClusterLoadAssignmen
             for subset in rule.subsets if rule else ():
                 chosen = tuple(e for e in endpoints if subset.labels <= e.labels)
                 out.append(load_assignment(cluster_name(port.port, fqdn, subset.name), chosen))
+            for pod_fqdn, pod_endpoints in pod_hosts(mesh, service, port):
+                out.append(load_assignment(cluster_name(port.port, pod_fqdn), pod_endpoints))
     return out

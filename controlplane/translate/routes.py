@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from controlplane.model.istio import HTTPMatch, HTTPRoute, StringMatch, VirtualService
 from controlplane.model.mesh import Mesh
-from controlplane.model.service import Service, ServicePort
+from controlplane.translate.headless import pod_aliases, pod_hosts
 from controlplane.translate.names import (
     cluster_name,
     host_aliases,
@@ -127,13 +127,26 @@ def _vs_routes(mesh: Mesh, vs: VirtualService, port: int) -> list[rc.Route]:
     return routes
 
 
-def _default_route(service: Service, port: ServicePort) -> rc.Route:
+def _default_route(cluster: str) -> rc.Route:
     return rc.Route(
         name="default",
         match=rc.RouteMatch(prefix="/"),
-        route=rc.RouteAction(cluster=cluster_name(port.port, service.fqdn),
+        route=rc.RouteAction(cluster=cluster,
                              timeout=_duration(0), retry_policy=default_retry_policy()),
     )
+
+
+def _add_host(config: route_pb2.RouteConfiguration, used: set[str], port: int, fqdn: str,
+              aliases: list[str], routes: list[rc.Route]) -> None:
+    vhost = config.virtual_hosts.add(name=virtual_host_name(fqdn, port))
+    for alias in aliases:
+        # A domain twice in one route configuration makes Envoy reject all of it: the
+        # first service (by FQDN) keeps it.
+        for domain in (alias, f"{alias}:{port}"):
+            if domain not in used:
+                used.add(domain)
+                vhost.domains.append(domain)
+    vhost.routes.extend(routes)
 
 
 def build_route_configs(mesh: Mesh, namespace: str) -> list[route_pb2.RouteConfiguration]:
@@ -145,16 +158,14 @@ def build_route_configs(mesh: Mesh, namespace: str) -> list[route_pb2.RouteConfi
                                               validate_clusters=wrappers_pb2.BoolValue())
         used: set[str] = set()
         for service, port in group.http:
-            vhost = config.virtual_hosts.add(name=virtual_host_name(service.fqdn, number))
-            for alias in host_aliases(service, namespace):
-                # A domain twice in one route configuration makes Envoy reject all of it;
-                # the first service (by FQDN) keeps it. mesh.problems reports the clash.
-                for domain in (alias, f"{alias}:{number}"):
-                    if domain not in used:
-                        used.add(domain)
-                        vhost.domains.append(domain)
             vs = mesh.virtual_services.get(service.fqdn)
-            vhost.routes.extend(_vs_routes(mesh, vs, number) if vs else
-                                [_default_route(service, port)])
+            routes = (_vs_routes(mesh, vs, number) if vs
+                      else [_default_route(cluster_name(port.port, service.fqdn))])
+            _add_host(config, used, number, service.fqdn, host_aliases(service, namespace),
+                      routes)
+            for pod_fqdn, _ in pod_hosts(mesh, service, port):
+                _add_host(config, used, number, pod_fqdn,
+                          pod_aliases(pod_fqdn, service, namespace),
+                          [_default_route(cluster_name(port.port, pod_fqdn))])
         configs.append(config)
     return configs

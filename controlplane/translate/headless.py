@@ -1,0 +1,35 @@
+"""Per-pod hosts of headless services: `<hostname>.<service>.<namespace>.svc.cluster.local`
+reaches exactly that pod, as Kubernetes DNS promises StatefulSet pods.
+
+Each pod hostname gets an EDS cluster of its own, so a pod recreated with a new IP is an
+endpoint update (EDS only), never a cluster or route change.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from controlplane.model.mesh import Endpoint, Mesh
+from controlplane.model.service import Service, ServicePort
+
+
+def pod_hosts(mesh: Mesh, service: Service, port: ServicePort
+              ) -> list[tuple[str, tuple[Endpoint, ...]]]:
+    """(pod FQDN, its endpoints) for each hostname behind a headless service's HTTP port.
+    TCP ports cannot tell hosts apart, so they get none."""
+    if not service.headless or not port.l7.is_http:
+        return []
+    by_host: dict[str, list[Endpoint]] = defaultdict(list)
+    for ep in mesh.endpoints.get((service.fqdn, port.port), ()):
+        if ep.hostname:
+            by_host[ep.hostname].append(ep)
+    return [(f"{h}.{service.fqdn}", tuple(eps)) for h, eps in sorted(by_host.items())]
+
+
+def pod_aliases(pod_fqdn: str, service: Service, proxy_namespace: str) -> list[str]:
+    hostname = pod_fqdn.split(".", 1)[0]
+    name, ns = service.meta.name, service.meta.namespace
+    names = [pod_fqdn, f"{hostname}.{name}.{ns}.svc", f"{hostname}.{name}.{ns}"]
+    if ns == proxy_namespace:
+        names.append(f"{hostname}.{name}")
+    return names

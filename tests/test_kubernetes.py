@@ -1,0 +1,281 @@
+"""The Kubernetes watcher against a real API server and the real StatefulSet and
+EndpointSlice controllers (built from Go modules; see tools/kube/build.sh).
+
+Pods get 192.0.2.x addresses (the API server refuses loopback ones in EndpointSlices):
+scripts/test runs the suite in its own network namespace where that range is local.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from controlplane.model.meta import Key
+from controlplane.sources.kubernetes import load_api_client
+from tests.harness import ControlPlane, get, wait_until
+from tests.kube.kubelet import FakeKubelet
+from tests.manifests import destination_rule, service, virtual_service
+
+CRDS = Path(__file__).parents[1] / "config" / "kubernetes" / "crds.yaml"
+
+
+def require_pod_network() -> None:
+    try:
+        with socket.socket() as s:
+            s.bind(("192.0.2.1", 0))
+    except OSError:
+        pytest.fail("192.0.2.0/24 is not local here: these tests give pods such addresses "
+                    "(the API server refuses loopback ones). Run them through scripts/test, "
+                    "which runs the suite in a network namespace where the range is local.")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    from tests.kube.cluster import LocalCluster
+
+    require_pod_network()
+    with LocalCluster(controllers=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def api(cluster: Any) -> Any:
+    return load_api_client(str(cluster.kubeconfig_path))
+
+
+@pytest.fixture
+def ns(api: Any) -> str:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    client.CoreV1Api(api).create_namespace(client.V1Namespace(
+        metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+def install_crds(api: Any) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    for doc in yaml.safe_load_all(CRDS.read_text()):
+        try:
+            ext.create_custom_resource_definition(doc)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def established() -> bool:
+        return all(any(c.type == "Established" and c.status == "True"
+                       for c in (ext.read_custom_resource_definition(
+                           d["metadata"]["name"]).status.conditions or []))
+                   for d in yaml.safe_load_all(CRDS.read_text()))
+    wait_until(established, 30, what="CRDs established")
+    wait_until(lambda: client.CustomObjectsApi(api).list_cluster_custom_object(
+        "networking.istio.io", "v1", "virtualservices") is not None, 30)
+
+
+def delete_crds(api: Any) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    for doc in yaml.safe_load_all(CRDS.read_text()):
+        try:
+            ext.delete_custom_resource_definition(doc["metadata"]["name"])
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def gone() -> bool:
+        try:
+            client.CustomObjectsApi(api).list_cluster_custom_object(
+                "networking.istio.io", "v1", "virtualservices")
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+    wait_until(gone, 60, what="CRDs deleted")
+
+
+def create(api: Any, doc: dict[str, Any]) -> None:
+    ns = doc["metadata"]["namespace"]
+    if doc["kind"] == "Service":
+        client.CoreV1Api(api).create_namespaced_service(ns, doc)
+    elif doc["kind"] in ("VirtualService", "DestinationRule"):
+        group, version = doc["apiVersion"].split("/")
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            group, version, ns, doc["kind"].lower() + "s", doc)
+    else:
+        raise ValueError(doc["kind"])
+
+
+def kube_plane(api: Any, **kwargs: Any) -> ControlPlane:
+    return ControlPlane(kubernetes={"api_client": api, "crd_retry": 0.5, **kwargs},
+                        quiet=0.1, max_delay=1.0)
+
+
+def stored(plane: ControlPlane, kind: str, ns: str, name: str) -> Any:
+    return plane.run(lambda: plane.store.get(Key(kind, ns, name)))
+
+
+def test_missing_crds_are_retried_and_the_rest_is_served(api: Any, ns: str) -> None:
+    delete_crds(api)
+    create(api, service("web", 80, ns=ns))
+    with structlog.testing.capture_logs() as logs:
+        plane = kube_plane(api, namespaces=frozenset({ns}))
+        try:
+            wait_until(lambda: plane.run(lambda: plane.store.synced), 30, what="synced")
+            assert stored(plane, "Service", ns, "web") is not None
+            assert any(e["event"] == "istio_crds_missing" for e in logs)
+            install_crds(api)
+            vs = virtual_service("web", ["web"], [{"route": [{"destination": {"host": "web"}}]}],
+                                 ns=ns)
+            create(api, vs)
+            wait_until(lambda: stored(plane, "VirtualService", ns, "web"), 30,
+                       what="VirtualService mirrored once the CRDs exist")
+        finally:
+            plane.stop()
+
+
+def test_mirror_follows_creates_updates_deletes_and_rejects_bad_objects(
+        api: Any, ns: str) -> None:
+    install_crds(api)
+    create(api, service("reviews", 9080, ns=ns))
+    create(api, destination_rule("reviews", "reviews", {"v1": {"version": "v1"}}, ns=ns))
+    plane = kube_plane(api, namespaces=frozenset({ns}))
+    try:
+        wait_until(lambda: plane.run(lambda: plane.store.synced), 30, what="initial sync")
+        # Nothing was served before the initial lists: the first snapshot already has it.
+        first = plane.run(lambda: plane.cache.snapshot.generation)
+        assert first == 1
+        assert f"outbound|9080|v1|reviews.{ns}.svc.cluster.local" in plane.cluster_names()
+        # An object Istio would reject: logged, not mirrored, nothing else disturbed.
+        with structlog.testing.capture_logs() as logs:
+            create(api, virtual_service("bad", ["reviews"], [{"route": [
+                {"destination": {"host": "reviews", "subset": "v1"}, "weight": 30}]}],
+                ns=ns) | {"spec": {"hosts": ["reviews"], "http": [{"route": [
+                    {"destination": {"host": "reviews", "subset": "v1"}, "weight": 30},
+                    {"destination": {"host": "reviews", "subset": "v2"}, "weight": 30}]}]}})
+            create(api, service("ratings", 9080, ns=ns))
+            wait_until(lambda: stored(plane, "Service", ns, "ratings"), 10)
+        rejected = [e for e in logs if e["event"] == "object_rejected"]
+        assert rejected and rejected[0]["object"] == f"VirtualService {ns}/bad"
+        assert "weights must add up to 100, got 60" in rejected[0]["errors"][0]
+        assert stored(plane, "VirtualService", ns, "bad") is None
+        core = client.CoreV1Api(api)
+        core.patch_namespaced_service("ratings", ns, {"spec": {"ports": [
+            {"name": "http", "port": 9080, "targetPort": 9999}]}})
+        wait_until(lambda: stored(plane, "Service", ns, "ratings").ports[0].target_port
+                   == 9999, 10, what="update mirrored")
+        core.delete_namespaced_service("ratings", ns)
+        wait_until(lambda: stored(plane, "Service", ns, "ratings") is None, 10,
+                   what="delete mirrored")
+    finally:
+        plane.stop()
+
+
+def test_revision_serves_only_labelled_namespaces(api: Any) -> None:
+    core = client.CoreV1Api(api)
+    blue, green = (f"t-{c}-{uuid.uuid4().hex[:6]}" for c in ("blue", "green"))
+    for name, rev in ((blue, "blue"), (green, "green")):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+            name=name, labels={"istio.io/rev": rev})))
+        create(api, service("app", 80, ns=name))
+    plane = kube_plane(api, revision="blue")
+    try:
+        wait_until(lambda: stored(plane, "Service", blue, "app"), 30, what="blue served")
+        assert stored(plane, "Service", green, "app") is None
+        # Tenants move: relabel green to blue, blue to nothing.
+        core.patch_namespace(green, {"metadata": {"labels": {"istio.io/rev": "blue"}}})
+        core.patch_namespace(blue, {"metadata": {"labels": {"istio.io/rev": None}}})
+        wait_until(lambda: stored(plane, "Service", green, "app")
+                   and stored(plane, "Service", blue, "app") is None, 10,
+                   what="served namespaces follow the labels")
+    finally:
+        plane.stop()
+
+
+STATEFULSET_PORT = 19180
+
+
+def statefulset(ns: str, replicas: int = 3) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {
+            "serviceName": "web", "replicas": replicas, "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                    "name": "web", "image": "demo/web:1",
+                    "ports": [{"name": "http", "containerPort": 8080}]}]},
+            },
+        },
+    }
+
+
+def test_statefulset_pod_recreated_with_a_new_ip_reaches_every_envoy_within_a_second(
+        api: Any, ns: str, envoy: Any, ip: Any) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_service(ns, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
+        "spec": {"clusterIP": "None", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": STATEFULSET_PORT, "targetPort": 8080}]}})
+    client.AppsV1Api(api).create_namespaced_stateful_set(ns, statefulset(ns))
+    kubelet = FakeKubelet(core, ns)
+    plane = kube_plane(api, namespaces=frozenset({ns}))
+    try:
+        sidecars = [ip(), ip()]
+        proxies = [envoy(f"sts-{i}", plane.port, instance_ip=addr, namespace=ns)
+                   for i, addr in enumerate(sidecars)]
+        svc = f"web.{ns}.svc.cluster.local"
+        pod0 = f"web-0.web.{ns}.svc.cluster.local"
+        cluster0 = f"outbound|{STATEFULSET_PORT}||{pod0}"
+
+        def pods_answering() -> set[str]:
+            return {get(sidecars[0], STATEFULSET_PORT, svc)[1].get("pod") for _ in range(12)}
+        wait_until(lambda: pods_answering() == {"web-0", "web-1", "web-2"}, 60,
+                   what="all three pods behind the headless service")
+        for host in (pod0, f"web-0.web.{ns}", f"web-0.web.{ns}.svc", "web-0.web"):
+            status, body = get(sidecars[0], STATEFULSET_PORT, host)
+            assert status == 200 and body["pod"] == "web-0", (host, status, body)
+        old = core.read_namespaced_pod("web-0", ns)
+        old_ip = old.status.pod_ip
+        assert all(p.cluster_hosts(cluster0) == {f"{old_ip}:8080"} for p in proxies)
+
+        core.delete_namespaced_pod("web-0", ns)
+        disc = client.DiscoveryV1Api(api)
+
+        def slice_has_new_ip() -> str | None:
+            for s in disc.list_namespaced_endpoint_slice(
+                    ns, label_selector="kubernetes.io/service-name=web").items:
+                for e in s.endpoints or []:
+                    if e.hostname == "web-0" and e.addresses[0] != old_ip and (
+                            e.conditions.ready):
+                        return e.addresses[0]
+            return None
+        new_ip = wait_until(slice_has_new_ip, 60, interval=0.005,
+                            what="EndpointSlice with web-0's new IP")
+        slice_updated = time.monotonic()
+        wait_until(lambda: all(p.cluster_hosts(cluster0) == {f"{new_ip}:8080"}
+                               for p in proxies), 5, interval=0.01,
+                   what="every Envoy holding only the new IP")
+        took = time.monotonic() - slice_updated
+        print(f"new IP in every Envoy {took * 1000:.0f} ms after the EndpointSlice update")
+        assert took < 1.0, f"Envoys took {took:.2f}s after the EndpointSlice update"
+        for p in proxies:
+            hosts = {h for c in (cluster0, f"outbound|{STATEFULSET_PORT}||{svc}")
+                     for h in p.cluster_hosts(c)}
+            assert f"{old_ip}:8080" not in hosts
+        status, body = get(sidecars[1], STATEFULSET_PORT, pod0)
+        assert status == 200 and body["pod"] == "web-0"
+        assert kubelet.workloads  # the new web-0 answered from its new address
+        assert any(w.ip == new_ip and w.requests for w in kubelet.workloads.values())
+        wait_until(lambda: pods_answering() == {"web-0", "web-1", "web-2"}, 10)
+        assert not kubelet.errors, kubelet.errors
+    finally:
+        plane.stop()
+        kubelet.stop()
