@@ -279,3 +279,42 @@ def test_statefulset_pod_recreated_with_a_new_ip_reaches_every_envoy_within_a_se
     finally:
         plane.stop()
         kubelet.stop()
+
+
+def test_serve_with_kubeconfig(cluster: Any, api: Any, ns: str, tmp_path: Path) -> None:
+    """`controlplane serve --kubeconfig` as a user runs it, answering a real ADS client."""
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from controlplane.xds import types
+    from tests.ads_client import AdsClient, names_of
+    from tests.harness import free_port
+
+    create(api, service("api", 8080, ns=ns))
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "--log-format", "json",
+                             "serve", "--kubeconfig", str(cluster.kubeconfig_path),
+                             "--namespaces", ns, "--xds-address", f"127.0.0.1:{port}"],
+                            stdout=log, stderr=log)
+
+    async def fetch_clusters() -> list[str]:
+        ads = AdsClient(port, "kube-cli")
+        await ads.open()
+        try:
+            await ads.send(types.CLUSTER)
+            return names_of(await ads.recv(timeout=10))
+        finally:
+            await ads.close()
+    try:
+        names = wait_until(lambda: asyncio.run(fetch_clusters()), 30, interval=0.5,
+                           what="CDS from controlplane serve --kubeconfig")
+        assert names == [f"outbound|8080||api.{ns}.svc.cluster.local"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert '"event": "initial_sync_done"' in text, text[-2000:]
