@@ -15,14 +15,11 @@ import yaml
 
 from controlplane import __version__
 from controlplane import log as logsetup
+from controlplane.app import App, Settings
 from controlplane.bootstrap import bootstrap
-from controlplane.pipeline import PushLoop
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource, load_api_client
-from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
-from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.server import AdsServer, start_grpc_server
 
 log = structlog.get_logger("controlplane")
 
@@ -45,6 +42,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                      help="timeoutSeconds of each watch request (default %(default)s)")
     p.add_argument("--xds-address", default="127.0.0.1:15010",
                    help="where Envoys connect for ADS (default %(default)s)")
+    p.add_argument("--admin-address", default="127.0.0.1:15011",
+                   help="the admin gRPC API, for proxy-status (default %(default)s)")
+    p.add_argument("--http-address", default="127.0.0.1:15014",
+                   help="/healthz, /readyz, /metrics, /debug/* (default %(default)s)")
+    p.add_argument("--stale-after", type=float, default=5.0, metavar="SECONDS",
+                   help="a push unanswered this long shows as STALE (default %(default)s)")
     p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS",
                    help="push once changes were quiet this long (default %(default)s)")
     p.add_argument("--debounce-max", type=float, default=1.0, metavar="SECONDS",
@@ -106,30 +109,24 @@ def _sources(args: argparse.Namespace, store: Store) -> list[FileSource | Kubern
 
 
 async def serve(args: argparse.Namespace) -> None:
-    store = Store()
-    cache = SnapshotCache()
-    registry = SyncRegistry()
-    ads = AdsServer(cache, registry, answer_timeout=args.answer_timeout)
-    sources = _sources(args, store)
-    push = PushLoop(store, cache, quiet=args.debounce_quiet, max_delay=args.debounce_max)
-    server, port = await start_grpc_server([ads.handler()], args.xds_address)
-    log.info("serving", xds_address=args.xds_address, port=port,
-             sources=[type(s).__name__ for s in sources])
+    app = App(Settings(
+        xds_address=args.xds_address, admin_address=args.admin_address,
+        http_address=args.http_address, debounce_quiet=args.debounce_quiet,
+        debounce_max=args.debounce_max, answer_timeout=args.answer_timeout,
+        stale_after=args.stale_after))
+    app.sources = _sources(args, app.store)
+    await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(s.run(), name=type(s).__name__) for s in sources]
-    tasks.append(asyncio.create_task(push.run(), name="push"))
     waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([*app.tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
     for task in done:
-        if task is not waiter and task.exception():
+        if task is not waiter and not task.cancelled() and task.exception():
             log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
     log.info("stopping")
-    for task in tasks:
-        task.cancel()
-    await server.stop(grace=1.0)
+    await app.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

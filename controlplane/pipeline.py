@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import structlog
@@ -26,7 +26,7 @@ from controlplane.translate import (
     route_names,
 )
 from controlplane.xds import types
-from controlplane.xds.cache import InconsistentSnapshot, SnapshotCache
+from controlplane.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
 
 log = structlog.get_logger("controlplane.pipeline")
 
@@ -83,11 +83,14 @@ class PushLoop:
         self.quiet = quiet
         self.max_delay = max_delay
         self._problems: set[str] = set()
-        self.last_change_seen: float | None = None
+        # Called after each publish with (snapshot, mesh, first change seen or None,
+        # monotonic start of the publish, its duration in seconds).
+        self.on_publish: list[Callable[[Snapshot, Mesh, float | None, float, float],
+                                       None]] = []
 
     def publish(self) -> bool:
-        started = time.perf_counter()
-        self.last_change_seen = self.store.first_unseen_change
+        started = time.monotonic()
+        change_seen = self.store.first_unseen_change
         self.store.first_unseen_change = None
         try:
             mesh = self.store.mesh()
@@ -98,9 +101,12 @@ class PushLoop:
         except Exception:  # a translator bug must not take the server down
             log.exception("translation_failed")
             return False
+        took = time.monotonic() - started
         self._report_problems(mesh)
         log.info("snapshot", generation=snap.generation, services=len(mesh.services),
-                 took_ms=round((time.perf_counter() - started) * 1000, 2))
+                 took_ms=round(took * 1000, 2))
+        for notify in self.on_publish:
+            notify(snap, mesh, change_seen, started, took)
         return True
 
     def _report_problems(self, mesh: Mesh) -> None:

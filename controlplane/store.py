@@ -40,6 +40,10 @@ class Store:
             self._synced.set()
 
     @property
+    def pending_sources(self) -> frozenset[str]:
+        return frozenset(self._pending_sources)
+
+    @property
     def synced(self) -> bool:
         return self._synced.is_set()
 

@@ -15,16 +15,13 @@ from typing import Any
 
 import yaml
 
+from controlplane.app import App, Settings
 from controlplane.demo.envoy import Envoy, envoy_binary, free_port
 from controlplane.demo.traffic import Client
 from controlplane.demo.workload import Workload
-from controlplane.pipeline import PROBE, MeshTranslation, PushLoop
+from controlplane.pipeline import PROBE, MeshTranslation
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource
-from controlplane.status.sync import SyncRegistry
-from controlplane.store import Store
-from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.server import AdsServer, start_grpc_server
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
@@ -72,36 +69,37 @@ def get(ip: str, port: int, host: str, path: str = "/", headers: dict[str, str] 
 # -- the control plane in a thread ------------------------------------------------------------
 
 class ControlPlane:
-    """Store, push loop, cache and ADS server on their own event loop thread, as
-    `controlplane serve` wires them, with handles for tests to reach inside."""
+    """The wired control plane (controlplane.app.App, as `controlplane serve` runs it) on
+    its own event loop thread, on free ports, with handles for tests to reach inside."""
 
     def __init__(self, config_dir: Path | None = None, *, poll_interval: float = 0.05,
                  quiet: float = 0.05, max_delay: float = 0.5, answer_timeout: float = 5.0,
-                 pending_sources: tuple[str, ...] = (),
+                 stale_after: float = 5.0, pending_sources: tuple[str, ...] = (),
                  kubernetes: dict[str, Any] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.config_dir = config_dir
-        self._tasks: list[asyncio.Task[Any]] = []
 
         async def setup() -> None:
-            self.store = Store()
+            self.app = App(Settings(
+                xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
+                http_address="127.0.0.1:0", debounce_quiet=quiet, debounce_max=max_delay,
+                answer_timeout=answer_timeout, stale_after=stale_after))
+            self.store, self.cache = self.app.store, self.app.cache
+            self.registry, self.ads = self.app.registry, self.app.ads
             for name in pending_sources:  # sources that will report their initial load later
                 self.store.register_source(name)
-            self.cache = SnapshotCache()
-            self.registry = SyncRegistry()
-            self.ads = AdsServer(self.cache, self.registry, answer_timeout=answer_timeout)
-            self.push = PushLoop(self.store, self.cache, quiet=quiet, max_delay=max_delay)
             if config_dir is not None:
                 self.files = FileSource(self.store, config_dir, interval=poll_interval)
-                self._tasks.append(asyncio.create_task(self.files.run()))
+                self.app.sources.append(self.files)
             if kubernetes is not None:  # KubernetesSource's arguments, api_client included
                 self.kube = KubernetesSource(self.store, **kubernetes)
-                self._tasks.append(asyncio.create_task(self.kube.run()))
-            self.server, self.port = await start_grpc_server(
-                [self.ads.handler()], "127.0.0.1:0")
-            self._tasks.append(asyncio.create_task(self.push.run()))
+                self.app.sources.append(self.kube)
+            await self.app.start()
+            self.port = self.app.xds_port
+            self.admin_port = self.app.admin_port
+            self.http_port = self.app.http_port
 
         self.call(setup())
 
@@ -135,13 +133,8 @@ class ControlPlane:
         self.run(lambda: self.cache.publish(source, PROBE))
 
     def stop(self) -> None:
-        async def teardown() -> None:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.server.stop(grace=0.2)
         try:
-            self.call(teardown())
+            self.call(self.app.stop())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)

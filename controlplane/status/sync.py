@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,15 @@ class TypeSync:
     acked_at: float = 0.0
     nack: Nack | None = None
     names: tuple[str, ...] = ()  # subscribed names; empty: wildcard
+    # What the proxy holds: name -> an object with `.version` and `.body` (serialized
+    # bytes), shared with the ADS stream and replaced or updated on each ACK.
+    acked_resources: Mapping[str, Any] = field(default_factory=dict)
+    sent_generation: int = 0  # snapshot generation of the last response sent
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.sent_nonce) and (self.acked_nonce == self.sent_nonce or (
+            self.nack is not None and self.nack.nonce == self.sent_nonce))
 
     def status(self, now: float, stale_after: float) -> Status:
         if not self.sent_nonce:
@@ -60,6 +69,8 @@ class ProxySync:
     metadata: dict[str, Any] = field(default_factory=dict)
     build_version: str = ""
     types: dict[str, TypeSync] = field(default_factory=dict)
+    # The newest snapshot generation the stream finished a push pass for.
+    complete_generation: int = 0
 
     def type(self, type_url: str) -> TypeSync:
         return self.types.setdefault(type_url, TypeSync())
@@ -87,14 +98,23 @@ class SyncRegistry:
         if proxy is not None:
             self._emit("disconnected", proxy)
 
-    def sent(self, proxy: ProxySync, type_url: str, version: str, nonce: str) -> None:
+    def sent(self, proxy: ProxySync, type_url: str, version: str, nonce: str,
+             generation: int = 0) -> None:
         t = proxy.type(type_url)
         t.sent_version, t.sent_nonce, t.sent_at = version, nonce, time.time()
+        t.sent_generation = generation
         self._emit("sent", proxy, type_url)
 
-    def acked(self, proxy: ProxySync, type_url: str, version: str, nonce: str) -> None:
+    def pass_done(self, proxy: ProxySync, generation: int) -> None:
+        if generation > proxy.complete_generation:
+            proxy.complete_generation = generation
+            self._emit("pass_done", proxy)
+
+    def acked(self, proxy: ProxySync, type_url: str, version: str, nonce: str,
+              resources: Mapping[str, Any]) -> None:
         t = proxy.type(type_url)
         t.acked_version, t.acked_nonce, t.acked_at = version, nonce, time.time()
+        t.acked_resources = resources
         self._emit("acked", proxy, type_url)
 
     def nacked(self, proxy: ProxySync, type_url: str, version: str, nonce: str,

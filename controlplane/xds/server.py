@@ -42,8 +42,9 @@ _stream_ids = itertools.count(1)
 class TypeState:
     requested: bool = False
     names: set[str] = field(default_factory=set)  # EDS/RDS subscriptions
-    sent: dict[str, Resource] = field(default_factory=dict)  # what the proxy was sent
-    accepted: dict[str, Resource] = field(default_factory=dict)  # CDS/LDS: what it ACKed
+    sent: dict[str, Resource] = field(default_factory=dict)  # newest sent, per name
+    in_flight: dict[str, Resource] = field(default_factory=dict)  # in the `nonce` response
+    acked: dict[str, Resource] = field(default_factory=dict)  # what the proxy holds
     dirty: set[str] = field(default_factory=set)  # names to answer whatever their version
     retained: set[str] = field(default_factory=set)  # removed clusters kept for routes
     version: str = ""  # version_info of the last response
@@ -129,7 +130,7 @@ class SotwStream:
             if request.HasField("error_detail"):
                 # The proxy kept what it had before: that is what later diffs start from.
                 if type_url in types.WILDCARD_TYPES:
-                    st.sent = dict(st.accepted)
+                    st.sent = dict(st.acked)
                 message = request.error_detail.message
                 self.server.registry.nacked(self.sync, type_url, st.version, nonce, message)
                 log.warning("nack", node=self.node_id, type=short, version=st.version,
@@ -137,8 +138,11 @@ class SotwStream:
                             error=message)
             else:
                 if type_url in types.WILDCARD_TYPES:
-                    st.accepted = st.sent
-                self.server.registry.acked(self.sync, type_url, request.version_info, nonce)
+                    st.acked = st.in_flight
+                else:
+                    st.acked.update(st.in_flight)
+                self.server.registry.acked(self.sync, type_url, request.version_info, nonce,
+                                           st.acked)
                 log.info("ack", node=self.node_id, type=short, version=request.version_info,
                          nonce=nonce)
             st.answered = True
@@ -146,6 +150,7 @@ class SotwStream:
         if type_url not in types.WILDCARD_TYPES:
             for gone in st.names - names:
                 st.sent.pop(gone, None)
+                st.acked.pop(gone, None)
             st.dirty |= names if not st.requested else names - st.names
             st.names = names
         st.requested = True
@@ -169,10 +174,13 @@ class SotwStream:
                 continue
             await self._push_all(types.LISTENER, snap, retain=False)
             await self._push_named(types.ROUTE, snap)
-            if self.states[types.CLUSTER].retained and not (
-                    self._waiting(types.LISTENER) or self._waiting(types.ROUTE)):
+            if self.states[types.CLUSTER].retained:
+                if self._waiting(types.LISTENER) or self._waiting(types.ROUTE):
+                    continue
                 # Routes moved off the removed clusters and were answered: drop them now.
                 await self._push_all(types.CLUSTER, snap, retain=False)
+            if self.sync is not None:
+                self.server.registry.pass_done(self.sync, snap.generation)
 
     def _waiting(self, type_url: str) -> bool:
         """Sent, not answered yet, and not given up on (a silent proxy must not stall the
@@ -206,7 +214,8 @@ class SotwStream:
             for dep in items[name].deps:
                 dependent.sent.pop(dep, None)
                 dependent.dirty.add(dep)
-        await self._send(type_url, version, [*items.values(), *retained.values()])
+        await self._send(type_url, version, [*items.values(), *retained.values()],
+                         snap.generation)
 
     async def _push_named(self, type_url: str, snap: Snapshot) -> None:
         assert self.proxy is not None
@@ -228,18 +237,20 @@ class SotwStream:
         resources = [res.items[n] for n in to_send]
         for r in resources:
             st.sent[r.name] = r
-        await self._send(type_url, res.version, resources)
+        await self._send(type_url, res.version, resources, snap.generation)
 
-    async def _send(self, type_url: str, version: str, resources: list[Resource]) -> None:
+    async def _send(self, type_url: str, version: str, resources: list[Resource],
+                    generation: int) -> None:
         assert self.sync is not None
         st = self.states[type_url]
         nonce = f"{self.id}-{next(self._nonces)}"
         data = wire.discovery_response(version, [r.entry for r in resources], type_url, nonce)
         st.version, st.nonce, st.answered = version, nonce, False
+        st.in_flight = {r.name: r for r in resources}
         st.sent_at = time.monotonic()
         # Look again once the answer is overdue, whatever else happens.
         asyncio.get_running_loop().call_later(self.server.answer_timeout, self.wake.set)
-        self.server.registry.sent(self.sync, type_url, version, nonce)
+        self.server.registry.sent(self.sync, type_url, version, nonce, generation)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
                  nonce=nonce, resources=len(resources), bytes=len(data))
         await self.context.write(data)

@@ -384,13 +384,11 @@ class FakeApiServer:
         """Serve ``group`` at ``versions`` (first = preferred); an empty list withdraws the
         group, like deleting its CRDs."""
         with self._cond:
+            # Replaced, never mutated: a request handler reads one consistent snapshot.
+            served = {g: v for g, v in self._served.items() if g != group}
             if versions:
-                self._served[group] = list(versions)
-            else:
-                self._served.pop(group, None)
-
-    def _serves(self, group: str, version: str) -> bool:
-        return version in self._served.get(group, ())
+                served[group] = list(versions)
+            self._served = served
 
     # ------------------------------------------------------------------ state
     def _resource(self, group: str, kind: str) -> Resource:
@@ -526,6 +524,11 @@ def _shutdown(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_RDWR)
 
 
+def _group(group: str, versions: list[str]) -> Obj:
+    listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+    return {"name": group, "versions": listed, "preferredVersion": listed[0]}
+
+
 def _is_true(value: str | None) -> bool:
     return value is not None and value.lower() in ("1", "true")
 
@@ -599,7 +602,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api":
             self._send_json(200, self._api_versions())
         elif path == "/apis":
-            self._send_json(200, self._group_list())
+            groups = [_group(g, v) for g, v in api._served.items() if g]
+            self._send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
         elif path == "/version":
             self._send_json(200, _VERSION)
         elif path in ("/healthz", "/readyz", "/livez"):
@@ -627,23 +631,23 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
 
     def _route(self, parts: list[str], query: dict[str, str]) -> None:
-        api = self.server.api
+        served = self.server.api._served
         if parts[0] == "api" and len(parts) >= 2:
             group, version, rest = "", parts[1], parts[2:]
         elif parts[0] == "apis" and len(parts) >= 2:
             group = parts[1]
             if len(parts) == 2:
-                if group not in api._served:
+                if group not in served:
                     self._send_text_404()
                 else:
-                    self._send_json(200, {"kind": "APIGroup", "apiVersion": "v1",
-                                          **self._group(group)})
+                    body = {"kind": "APIGroup", "apiVersion": "v1", **_group(group, served[group])}
+                    self._send_json(200, body)
                 return
             version, rest = parts[2], parts[3:]
         else:
             self._send_text_404()
             return
-        if not api._serves(group, version):
+        if version not in served.get(group, ()):
             self._send_text_404()
             return
         if not rest:
@@ -685,16 +689,6 @@ class _Handler(BaseHTTPRequestHandler):
                 {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.server.api.port}"}
             ],
         }
-
-    def _group(self, group: str) -> Obj:
-        versions = [
-            {"groupVersion": f"{group}/{v}", "version": v} for v in self.server.api._served[group]
-        ]
-        return {"name": group, "versions": versions, "preferredVersion": versions[0]}
-
-    def _group_list(self) -> Obj:
-        groups = [self._group(g) for g in list(self.server.api._served) if g]
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
     def _resource_list(self, group: str, version: str) -> Obj:
         resources = [

@@ -1,0 +1,1 @@
+"""Admin surfaces: the gRPC admin API, HTTP health, metrics and debug endpoints."""

@@ -1,0 +1,1 @@
+"""Generated from protos/controlplane/admin/v1/admin.proto by scripts/gen-protos."""

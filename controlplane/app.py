@@ -1,0 +1,96 @@
+"""The control plane wired together: sources -> store -> push loop -> cache -> ADS, plus
+the sync registry, metrics and the admin surfaces. `controlplane serve` runs one; tests
+run several in one process."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import structlog
+
+from controlplane.admin.http import HttpEndpoints
+from controlplane.admin.metrics import Metrics
+from controlplane.admin.service import AdminService, add_to_server
+from controlplane.model.mesh import Mesh
+from controlplane.pipeline import PROBE, PushLoop
+from controlplane.status.convergence import Convergence
+from controlplane.status.sync import SyncRegistry
+from controlplane.store import Store
+from controlplane.xds import types
+from controlplane.xds.cache import Snapshot, SnapshotCache
+from controlplane.xds.server import AdsServer, start_grpc_server
+
+log = structlog.get_logger("controlplane")
+
+
+class Source(Protocol):
+    async def run(self) -> None: ...
+
+
+@dataclass
+class Settings:
+    xds_address: str = "127.0.0.1:15010"
+    admin_address: str = "127.0.0.1:15011"  # the admin API: loopback unless asked
+    http_address: str = "127.0.0.1:15014"
+    debounce_quiet: float = 0.1
+    debounce_max: float = 1.0
+    answer_timeout: float = 5.0
+    stale_after: float = 5.0
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store()
+        self.cache = SnapshotCache()
+        self.registry = SyncRegistry(stale_after=settings.stale_after)
+        self.ads = AdsServer(self.cache, self.registry, answer_timeout=settings.answer_timeout)
+        self.push = PushLoop(self.store, self.cache, quiet=settings.debounce_quiet,
+                             max_delay=settings.debounce_max)
+        self.metrics = Metrics()
+        self.metrics.attach(self.registry)
+        self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
+        self.push.on_publish.append(self._published)
+        self.sources: list[Source] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.xds_port = self.admin_port = self.http_port = 0
+        self._servers: list[grpc.aio.Server] = []
+        self._http: asyncio.Server | None = None
+
+    def _published(self, snap: Snapshot, mesh: Mesh, change_seen: float | None,
+                   started: float, took: float) -> None:
+        self.metrics.push_duration.observe(took)
+        if change_seen is not None:
+            self.metrics.debounce.observe(max(0.0, started - change_seen))
+        self.metrics.generation.set(snap.generation)
+        for t in types.PUSH_ORDER:
+            self.metrics.resources.labels(type=types.short(t)).set(
+                len(snap.resources(t, PROBE).items))
+        self.convergence.published(snap.generation, change_seen)
+
+    async def start(self) -> None:
+        s = self.settings
+        xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
+        admin = grpc.aio.server()
+        add_to_server(admin, AdminService(self.registry, self.ads))
+        self.admin_port = admin.add_insecure_port(s.admin_address)
+        await admin.start()
+        self._servers = [xds, admin]
+        http = HttpEndpoints(self.store, self.registry, self.ads, self.metrics)
+        self._http, self.http_port = await http.start(s.http_address)
+        self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)
+                      for src in self.sources]
+        self.tasks.append(asyncio.create_task(self.push.run(), name="push"))
+        log.info("serving", xds_port=self.xds_port, admin_port=self.admin_port,
+                 http_port=self.http_port, sources=[type(x).__name__ for x in self.sources])
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._http is not None:
+            self._http.close()
+        await asyncio.gather(*(srv.stop(grace=0.5) for srv in self._servers))
