@@ -82,6 +82,13 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the control plane"))
     _bootstrap_args(sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar"))
+    ps = sub.add_parser("proxy-status", help="has each proxy taken its config?")
+    ps.add_argument("node_id", nargs="?", help="one proxy: per-type detail and a diff")
+    ps.add_argument("--server", default="127.0.0.1:15011",
+                    help="the control plane's admin address (default %(default)s)")
+    ps.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    ps.add_argument("--envoy-admin", metavar="URL",
+                    help="with NODE_ID: diff against this Envoy's live /config_dump")
     demo = sub.add_parser("demo", help="run the local demo: workloads, Envoy, traffic shifts")
     demo.add_argument("--no-interactive", action="store_true",
                       help="run every step unattended; exit 0 only if all saw the "
@@ -146,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.output, "w") as f:
                 f.write(text)
         return 0
+    if args.command == "proxy-status":
+        from controlplane.admin.proxy_status import run as proxy_status
+
+        return proxy_status(args.server, args.node_id, args.output, args.envoy_admin)
     if args.command == "demo":
         from controlplane.demo.story import run  # the demo needs Envoy: a test extra
 

@@ -63,7 +63,7 @@ class MeshTranslation:
         return self._memo[memo_key]
 
     def name_of(self, type_url: str, message: Any) -> str:
-        return message.cluster_name if type_url == types.ENDPOINT else message.name
+        return types.resource_name(type_url, message)
 
     def deps_of(self, type_url: str, message: Any) -> tuple[str, ...]:
         if type_url == types.CLUSTER:

@@ -7,11 +7,7 @@ import asyncio
 from typing import Any
 
 import grpc
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
@@ -86,25 +82,12 @@ class AdsClient:
         await self.send(resp.type_url, names, accepted_version, resp.nonce, error=message)
 
 
-_CLASSES = {
-    types.CLUSTER: cluster_pb2.Cluster,
-    types.ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-    types.LISTENER: listener_pb2.Listener,
-    types.ROUTE: route_pb2.RouteConfiguration,
-}
-
-
 def decode(resp: discovery_pb2.DiscoveryResponse) -> list[Any]:
     """The resources of a response, parsed with the generated classes."""
-    out = []
     for any_msg in resp.resources:
         assert any_msg.type_url == resp.type_url
-        msg = _CLASSES[resp.type_url]()
-        any_msg.Unpack(msg)
-        out.append(msg)
-    return out
+    return [types.decode(a.type_url, a.value) for a in resp.resources]
 
 
 def names_of(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
-    return [m.cluster_name if resp.type_url == types.ENDPOINT else m.name
-            for m in decode(resp)]
+    return [types.resource_name(resp.type_url, m) for m in decode(resp)]

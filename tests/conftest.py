@@ -70,20 +70,21 @@ def envoy() -> Iterator[Callable[..., Envoy]]:
     """Start real Envoys. Each must end with zero `update_rejected`: everything the
     translator produced was accepted. A test that injects a bad resource on purpose
     passes allow_rejections=True."""
-    started: list[tuple[Envoy, bool]] = []
+    started: list[Envoy] = []
 
     def make(*args: Any, allow_rejections: bool = False, ready: bool = True,
              **kwargs: Any) -> Envoy:
         e = Envoy(*args, **kwargs)
-        started.append((e, allow_rejections))
+        e.allow_rejections = allow_rejections  # type: ignore[attr-defined]
+        started.append(e)
         if ready:
             e.wait_ready()
         return e
     yield make
     try:
-        for e, allowed in started:
-            if not allowed and e.proc and e.proc.poll() is None:
+        for e in started:
+            if not e.allow_rejections and e.proc and e.proc.poll() is None:  # type: ignore[attr-defined]
                 assert e.update_rejected() == {}, f"envoy {e.node_id} rejected config"
     finally:
-        for e, _ in started:
+        for e in started:
             e.stop()

@@ -109,7 +109,8 @@ class Envoy:
         return {c["route_config"]["name"]: c.get("version_info", "")
                 for c in dump.get("configs", [])}
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """End the process, keeping its bootstrap so start() can bring it back."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -117,6 +118,7 @@ class Envoy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def stop(self) -> None:
+        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-

@@ -80,13 +80,14 @@ class SotwStream:
                     log.warning("stream_error", stream=self.id, node=self.node_id,
                                 error=f"{type(exc).__name__}: {exc}")
         finally:
-            for task in (reader, sender):
-                task.cancel()
-            await asyncio.gather(reader, sender, return_exceptions=True)
+            # Bookkeeping first: it must happen even if a task is slow to wind down.
             self.cache.unwatch(self.wake)
             self.server.registry.disconnect(self.id)
             if self.proxy is not None:
                 log.info("disconnected", stream=self.id, node=self.node_id)
+            for task in (reader, sender):
+                task.cancel()
+            await asyncio.gather(reader, sender, return_exceptions=True)
 
     @property
     def node_id(self) -> str:

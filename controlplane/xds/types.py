@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+
 PREFIX = "type.googleapis.com/"
 CLUSTER = PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -21,3 +28,18 @@ BY_SHORT = {v: k for k, v in SHORT.items()}
 
 def short(type_url: str) -> str:
     return SHORT.get(type_url, type_url.removeprefix(PREFIX))
+
+MESSAGE_CLASSES: dict[str, Any] = {
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+}
+
+
+def decode(type_url: str, body: bytes) -> Any:
+    return MESSAGE_CLASSES[type_url].FromString(body)
+
+
+def resource_name(type_url: str, message: Any) -> str:
+    return message.cluster_name if type_url == ENDPOINT else message.name

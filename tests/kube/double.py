@@ -255,6 +255,9 @@ class _WatchFault:
     kind: str | None
     after_events: int
     code: int
+    # release_stalled() generation when the request arrived: a release issued after the
+    # client saw the response headers must free the stream even if it has not stalled yet.
+    stall_gen: int = 0
 
 
 @dataclass
@@ -488,6 +491,8 @@ class FakeApiServer:
             self._list_faults.append(_ListFault(kind, code))
 
     def release_stalled(self) -> None:
+        """Close every stalled stream whose request has already arrived (even one that has
+        not reached its stall point yet, so a test need not race the handler thread)."""
         with self._cond:
             self._stall_gen += 1
             self._cond.notify_all()
@@ -507,6 +512,8 @@ class FakeApiServer:
         with self._cond:
             for i, f in enumerate(queue):
                 if f.kind is None or f.kind == kind:
+                    if isinstance(f, _WatchFault):
+                        f.stall_gen = self._stall_gen
                     return queue.pop(i)
         return None
 
@@ -912,8 +919,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.fault == "stall":
             with api._cond:
                 api._watches.discard(w)  # nothing more will be sent; don't queue for it
-                gen = api._stall_gen
-                api._cond.wait_for(lambda: api._stall_gen != gen or api._stopping)
+                api._cond.wait_for(lambda: api._stall_gen != fault.stall_gen or api._stopping)
             self._cut()
 
     def _cut(self) -> None:
