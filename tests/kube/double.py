@@ -313,48 +313,52 @@ class FakeApiServer:
         self._streams = 0
         self._conns: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()  # stop() from a Timer must not race start()
         self._httpd: _HTTPServer | None = _HTTPServer(("127.0.0.1", 0), self)
         self.port: int = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> FakeApiServer:
-        if self._thread is not None:
+        with self._lifecycle:
+            if self._thread is not None:
+                return self
+            with self._cond:
+                self._stopping = False
+            if self._httpd is None:
+                self._httpd = _HTTPServer(("127.0.0.1", self.port), self)
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"fake-apiserver-{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
             return self
-        with self._cond:
-            self._stopping = False
-        if self._httpd is None:
-            self._httpd = _HTTPServer(("127.0.0.1", self.port), self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-apiserver-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        """End open watches cleanly (as a draining API server does), drop stalled and idle
-        connections, and stop listening."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: self._streams == 0, timeout=2.0)
-        if self._httpd is not None:
+        """Stop listening, then end open watches cleanly (as a draining API server does)
+        and drop stalled and idle connections. Safe to call twice or from another thread."""
+        with self._lifecycle:
+            # The listener goes first: a watcher that reconnects the moment its stream ends
+            # must find the port closed, not a server that accepts and then hangs up.
+            if self._httpd is not None:
+                if self._thread is not None:
+                    self._httpd.shutdown()
+                self._httpd.server_close()
+                self._httpd = None
             if self._thread is not None:
-                self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-        with self._cond:
-            conns = list(self._conns)
-        for conn in conns:
-            # Keep-alive connections parked in readline() would otherwise go on serving
-            # requests after stop(); their handler threads close the sockets themselves.
-            _shutdown(conn)
+                self._thread.join(timeout=2.0)
+                self._thread = None
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._streams == 0, timeout=2.0)
+                conns = list(self._conns)
+            for conn in conns:
+                # Keep-alive connections parked in readline() would otherwise go on serving
+                # requests after stop(); their handler threads close the sockets themselves.
+                _shutdown(conn)
 
     def __enter__(self) -> FakeApiServer:
         return self.start()

@@ -417,12 +417,13 @@ def test_stop_ends_watches_and_restart_keeps_state(
 ) -> None:
     server.upsert("v1", "Service", svc("web"))
     resp = raw_watch(api, "/api/v1/services", resourceVersion=server.resource_version)
-    threading.Timer(0.1, server.stop).start()
+    stopper = threading.Timer(0.1, server.stop)
+    stopper.start()
     started = time.monotonic()
     assert events(resp) == []  # the stream ends cleanly, like a draining API server
     assert time.monotonic() - started < 2
-    time.sleep(0.05)
-    with pytest.raises(urllib3.exceptions.MaxRetryError):
+    stopper.join()
+    with pytest.raises(urllib3.exceptions.MaxRetryError):  # and the port is closed
         urllib3.PoolManager(retries=0).request("GET", server.url + "/api", timeout=1)
 
     rv = server.resource_version
