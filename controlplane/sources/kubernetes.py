@@ -216,6 +216,7 @@ class KubernetesSource:
     async def _watch_istio(self) -> None:
         """A missing CRD is a condition, not a crash: the rest of the mesh is served and
         discovery is retried until the CRDs appear."""
+        reported = False
         while not self.stop.is_set():
             try:
                 version = await asyncio.to_thread(self.istio_version)
@@ -229,10 +230,12 @@ class KubernetesSource:
                     self._start_all(istio_collections(version))
                     self._synced("istio")  # its watchers now stand for it
                     return
-                log.warning("istio_crds_missing", group=ISTIO_GROUP,
-                            retry_in_s=self.crd_retry,
-                            effect="VirtualServices and DestinationRules are not watched "
-                                   "until the CRDs are installed")
+                # Said once at warning level; the retries after it are routine.
+                (log.debug if reported else log.warning)(
+                    "istio_crds_missing", group=ISTIO_GROUP, retry_in_s=self.crd_retry,
+                    effect="VirtualServices and DestinationRules are not watched until the "
+                           "CRDs are installed")
+                reported = True
             # Serve what there is meanwhile: the Istio kinds count as listed (empty).
             self._synced("istio")
             await asyncio.sleep(self.crd_retry)
