@@ -196,3 +196,29 @@ def test_envoy_rejection_is_recorded_and_not_resent(cp: ControlPlane, envoy: Any
     cp.publish(MeshTranslation(mesh))  # fixed: a new version is sent and ACKed
     wait_until(lambda: cds.status(time.time(), 5.0) is Status.SYNCED, what="SYNCED")
     assert proxy.stats()["cluster_manager.cds.update_rejected"] == 1
+
+
+def test_route_to_a_missing_subset_answers_503_until_it_appears(
+        file_cp: ControlPlane, mesh: dict[str, str], envoy: Any, ip: Any, upstream: Any,
+        config_dir: Path) -> None:
+    write_yaml(config_dir / "vs.yaml", virtual_service("reviews", ["reviews"], [
+        {"match": [{"uri": {"prefix": "/v3"}}],
+         "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+        {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]},
+    ]))
+    sidecar = ip()
+    envoy("e2e-missing", file_cp.port, instance_ip=sidecar)
+    wait_until(lambda: get(sidecar, PORT, "reviews")[1]["pod"] == "reviews-v1")
+    assert get(sidecar, PORT, "reviews", "/v3")[0] == 503  # the rest of the host still works
+    problems = file_cp.run(lambda: file_cp.store.mesh().problems)
+    assert any("subset 'v3'" in p for p in problems)
+    v3 = ip()
+    upstream(v3, TARGET, "reviews", "reviews-v3", version="v3")
+    docs = [*reviews_and_ratings(mesh)[:-1],
+            destination_rule("reviews", "reviews", {"v1": {"version": "v1"},
+                                                    "v2": {"version": "v2"},
+                                                    "v3": {"version": "v3"}}),
+            pod("reviews-v3", v3, {"app": "reviews", "version": "v3"})]
+    write_yaml(config_dir / "mesh.yaml", *docs)
+    wait_until(lambda: get(sidecar, PORT, "reviews", "/v3")[1]["pod"] == "reviews-v3", 5,
+               what="the new subset answering")
