@@ -75,9 +75,10 @@ def validation_bootstrap(out: dict[str, list[Any]]) -> dict[str, Any]:
     clusters = []
     for c in out[types.CLUSTER]:
         d = json_format.MessageToDict(c)
-        d.pop("edsClusterConfig", None)
-        d["type"] = "STATIC"
-        d["loadAssignment"] = json_format.MessageToDict(assignments[c.name])
+        if "edsClusterConfig" in d:
+            d.pop("edsClusterConfig")
+            d["type"] = "STATIC"
+            d["loadAssignment"] = json_format.MessageToDict(assignments[c.name])
         clusters.append(d)
     listeners = []
     for listener in out[types.LISTENER]:

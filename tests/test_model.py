@@ -65,7 +65,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("vs no destination host", _vs([{"route": [{"destination": {"subset": "v1"}}]}]),
      "spec.http[0].route[0].destination.host: is required"),
     ("vs empty route", _vs([{"match": [{"uri": {"prefix": "/"}}]}]),
-     "spec.http[0].route: needs at least one destination"),
+     "spec.http[0]: needs exactly one of route, redirect or directResponse"),
     ("vs two uri kinds", _vs([{"match": [{"uri": {"prefix": "/", "exact": "/a"}}],
                                "route": [{"destination": {"host": "a"}}]}]),
      "spec.http[0].match[0].uri: needs exactly one of exact, prefix or regex"),
@@ -123,10 +123,11 @@ def test_istio_api_versions_accepted() -> None:
         assert parse_object(doc).hosts == ("reviews",)
 
 
-def test_unimplemented_fields_are_warnings_not_silence() -> None:
+def test_unsupported_fields_are_warnings_not_silence() -> None:
     vs = parse_object(_vs([{"route": [{"destination": {"host": "a"}}],
-                            "retries": {"attempts": 3}}]))
-    assert vs.warnings == ("spec.http[0].retries: not implemented yet, ignored",)
+                            "match": [{"sourceLabels": {"app": "x"}}]}]))
+    assert vs.warnings == ("spec.http[0].match[0].sourceLabels: selects by the client proxy; "
+                           "not supported, the match ignores it",)
 
 
 def test_endpoints_from_pods_follow_the_endpoint_controller() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,13 +37,42 @@ def envoy_binary() -> str:
     return path
 
 
+def _libc_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _libc_prctl()  # looked up here: the child of a fork must not load libraries
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child, between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def owned_process() -> dict[str, Any]:
+    """Popen arguments for a child its starter alone stops: a process group of its own,
+    so a Ctrl-C at the terminal reaches only the starter (which stops its children in
+    order), and SIGKILL when the starting thread dies, so that not even `kill -9` of the
+    starter leaves it running. Start such children from the main thread: the death
+    signal follows the thread, not the process."""
+    return {"process_group": 0, "preexec_fn": _die_with_parent}
+
+
 class Envoy:
     """A real Envoy sidecar with a bootstrap from `controlplane bootstrap`."""
 
     def __init__(self, node_id: str, xds_port: int, instance_ip: str = "",
-                 namespace: str = "", delta: bool = False) -> None:
+                 namespace: str = "", delta: bool = False, owned: bool = False) -> None:
+        """owned: the process gets a process group of its own (a Ctrl-C at the terminal
+        reaches only its owner, which stops it in order) and dies with its owner
+        (`owned_process`). For a process the main thread starts and stops (the demo)."""
         self.node_id = node_id
         self.instance_ip = instance_ip
+        self.owned = owned
         self.admin_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"envoy-{node_id}-"))
         self.config = self.dir / "bootstrap.yaml"
@@ -57,7 +88,8 @@ class Envoy:
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config), "--disable-hot-restart",
              "--drain-time-s", "1", "-l", "warning", "--log-path", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            **(owned_process() if self.owned else {}))
 
     def admin(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}",

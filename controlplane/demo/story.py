@@ -1,10 +1,12 @@
-"""`controlplane demo`: the control plane, demo workloads and a real Envoy sidecar on
+"""`controlplane demo`: the control plane, demo workloads and two real Envoy sidecars on
 loopback, walked through traffic changes made by editing YAML files.
 
-Each step edits the config directory (a copy of config/demo), waits for the sidecar to
-take the change, sends requests and shows where they went. With --no-interactive the
-steps run unattended and the exit code says whether every step saw the traffic it
-expected.
+Each step changes the config directory (a copy of config/demo), waits until every
+sidecar holds the change, sends requests through the sidecars and shows where they went.
+With --no-interactive the steps run unattended and the exit code says whether every step
+saw what it expected. Ctrl-C (or SIGTERM, SIGHUP) stops every process and thread the demo
+started; its children have process groups of their own, so only the demo gets the
+terminal's Ctrl-C and stops them in order, and they die with it even if it is killed.
 """
 
 from __future__ import annotations
@@ -15,39 +17,61 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
-from controlplane.demo.envoy import Envoy, free_port
-from controlplane.demo.traffic import Client
+from controlplane.demo.envoy import Envoy, free_port, owned_process
+from controlplane.demo.traffic import Client, bar
 from controlplane.demo.workload import Workload
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo"
-SIDECAR_IP = "127.0.10.2"
+# Two replicas of a client app, each with its own sidecar: (node id, instance IP).
+SIDECARS = (("productpage-0", "127.0.10.2"), ("productpage-1", "127.0.10.3"))
+SIDECAR_IP = SIDECARS[0][1]
 SERVICE_PORT = 9080
+WORKLOAD_PORT = 8080
 REQUESTS = 200
+NAMESPACE = "default"
+DB0_HOST = f"db-0.db.{NAMESPACE}.svc.cluster.local"
+DB0_CLUSTER = f"outbound|{SERVICE_PORT}||{DB0_HOST}"
+DB0_NEW_IP = "127.0.10.33"
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# A change to the config; returns, for a sidecar, whether it holds the change yet (None:
+# nothing changed, nothing to wait for).
+Change = Callable[["Demo"], Callable[[Envoy], bool] | None]
+
+
+@dataclass
+class Probe:
+    host: str
+    expect: Callable[[Counter[str]], bool]
+    expectation: str
+    headers: dict[str, str] = field(default_factory=dict)
+    key: str = "version"  # the answer's field(s) to count by, comma-separated
+    requests: int = REQUESTS
 
 
 @dataclass
 class Step:
     title: str
     explain: str
-    files: dict[str, Any]  # file name -> documents to write (None: delete the file)
-    host: str
-    headers: dict[str, str]
-    expect: Callable[[Counter[str]], bool]
-    expectation: str
+    probes: list[Probe] = field(default_factory=list)
+    change: Change | None = None
+    check: Callable[[Demo], bool] | None = None  # instead of probes
+    prompt: str = "press Enter to apply"
 
 
 def _vs(http: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-             "metadata": {"name": "reviews", "namespace": "default"},
+             "metadata": {"name": "reviews", "namespace": NAMESPACE},
              "spec": {"hosts": ["reviews"], "http": http}}]
 
 
@@ -61,64 +85,223 @@ def _share(counts: Counter[str], key: str) -> float:
     return counts[key] / max(1, sum(counts.values()))
 
 
+def _only(label: str, n: int = REQUESTS) -> Callable[[Counter[str]], bool]:
+    return lambda c: c[label] == n
+
+
+def edit(files: dict[str, Any]) -> Change:
+    """Write (None: delete) files of the config directory; the sidecars hold the change
+    once their route configuration's version moved."""
+    def change(demo: Demo) -> Callable[[Envoy], bool] | None:
+        before = {e.node_id: e.route_versions() for e in demo.envoys}
+        if not demo.write(files):
+            return None
+        return lambda e: e.route_versions() != before[e.node_id]
+    return change
+
+
+def recreate_db0(demo: Demo) -> Callable[[Envoy], bool]:
+    """What a rescheduled StatefulSet pod does: db-0 goes away, comes back under the same
+    name with a new IP, and the EndpointSlice (here: the pod's file) says so."""
+    old = next(w for w in demo.workloads if w.identity["pod"] == "db-0")
+    demo.say(f"    db-0 at {old.ip} stops ...")
+    demo.stop_workload(old)
+    demo.start_workload(DB0_NEW_IP, "db", "db-0", "v1")
+    demo.say(f"    ... and starts again at {DB0_NEW_IP}; db.yaml gets its new podIP")
+    docs = list(yaml.safe_load_all((demo.config / "db.yaml").read_text()))
+    for doc in docs:
+        if doc["kind"] == "Pod" and doc["metadata"]["name"] == "db-0":
+            doc["status"]["podIP"] = DB0_NEW_IP
+    demo.write({"db.yaml": docs})
+    return lambda e: e.cluster_hosts(DB0_CLUSTER) == {f"{DB0_NEW_IP}:{WORKLOAD_PORT}"}
+
+
+def proxy_status(demo: Demo) -> bool:
+    """`controlplane proxy-status`, as a user runs it; retried for a few seconds while a
+    sidecar has not answered the last push yet."""
+    cmd = ["proxy-status", "--server", demo.admin_address]
+    demo.say(f"    $ controlplane {' '.join(cmd)}")
+    deadline = time.monotonic() + 10
+    while True:
+        code, output = demo.command([sys.executable, "-m", "controlplane.cli", *cmd])
+        if code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for line in output.rstrip().splitlines():
+        demo.say(f"    {line}")
+    return code == 0
+
+
 def steps() -> list[Step]:
     vs = "reviews-virtualservice.yaml"
+    db0 = f"db-0 @ 127.0.10.31:{WORKLOAD_PORT}"
+    db0_new = f"db-0 @ {DB0_NEW_IP}:{WORKLOAD_PORT}"
+    db1 = f"db-1 @ 127.0.10.32:{WORKLOAD_PORT}"
     return [
-        Step("Default routing", "No VirtualService: the sidecar balances over every ready "
-             "pod of the service.", {vs: None}, "reviews", {},
-             lambda c: c["v1"] > 0 and c["v2"] > 0 and c["v1"] + c["v2"] == REQUESTS,
-             "both versions answer"),
-        Step("Canary 80/20", f"{vs}: 80% to subset v1, 20% to v2.", {vs: _split(80, 20)},
-             "reviews", {}, lambda c: 0.7 <= _share(c, "v1") <= 0.9, "about 80% v1"),
-        Step("Shift to 50/50", "Edit the weights in the same file.", {vs: _split(50, 50)},
-             "reviews", {}, lambda c: 0.4 <= _share(c, "v1") <= 0.6, "about half each"),
-        Step("Shift to 0/100", "The canary takes all traffic.", {vs: _split(0, 100)},
-             "reviews", {}, lambda c: c["v2"] == REQUESTS, "only v2"),
-        Step("Header routing (others)", "Requests from user jason go to v2, everyone else "
-             "to v1.", {vs: _vs([
+        Step("Default routing", "No VirtualService: each sidecar balances over every ready "
+             "pod of the service.", [Probe(
+                 "reviews", lambda c: c["v1"] > 0 and c["v2"] > 0
+                 and c["v1"] + c["v2"] == REQUESTS, "both versions answer")],
+             edit({vs: None}), prompt="press Enter to send requests"),
+        Step("Canary 80/20", f"{vs}: 80% to subset v1, 20% to v2.", [Probe(
+            "reviews", lambda c: 0.7 <= _share(c, "v1") <= 0.9, "about 80% v1")],
+             edit({vs: _split(80, 20)})),
+        Step("Shift to 50/50", "Edit the weights in the same file.", [Probe(
+            "reviews", lambda c: 0.4 <= _share(c, "v1") <= 0.6, "about half each")],
+             edit({vs: _split(50, 50)})),
+        Step("Shift to 0/100", "The canary takes all traffic.", [Probe(
+            "reviews", _only("v2"), "only v2")], edit({vs: _split(0, 100)})),
+        Step("Header routing", "Requests from user jason go to v2, everyone else to v1.", [
+            Probe("reviews", _only("v1"), "only v1 for everyone else"),
+            Probe("reviews", _only("v2"), "only v2 for jason", headers={"end-user": "jason"})],
+             edit({vs: _vs([
                  {"match": [{"headers": {"end-user": {"exact": "jason"}}}],
                   "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
-                 {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}])},
-             "reviews", {}, lambda c: c["v1"] == REQUESTS, "only v1"),
-        Step("Header routing (jason)", "Same rules, with the header end-user: jason.", {},
-             "reviews", {"end-user": "jason"}, lambda c: c["v2"] == REQUESTS, "only v2"),
+                 {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}])})),
+        Step("Headless StatefulSet", "db (clusterIP: None) has pods db-0 and db-1; each pod "
+             f"also has a name of its own, like {DB0_HOST}.", [
+                 Probe("db", lambda c: c[db0] > 0 and c[db1] > 0 and c[db0] + c[db1]
+                       == REQUESTS, "both pods answer", key="pod,address"),
+                 Probe(DB0_HOST, _only(db0, REQUESTS // 2), "only db-0",
+                       key="pod,address", requests=REQUESTS // 2)],
+             prompt="press Enter to send requests"),
+        Step("db-0 recreated with a new IP", "The pod is deleted and comes back as db-0 on "
+             "another address: an endpoint update, no restart of anything.", [
+                 Probe("db", lambda c: c[db0_new] > 0 and c[db1] > 0
+                       and c[db0_new] + c[db1] == REQUESTS, "both answer, db-0 from "
+                       f"{DB0_NEW_IP}", key="pod,address"),
+                 Probe(DB0_HOST, _only(db0_new, REQUESTS // 2), f"only db-0, from "
+                       f"{DB0_NEW_IP}", key="pod,address", requests=REQUESTS // 2)],
+             recreate_db0),
+        Step("proxy-status", "Has each sidecar taken its config? (SYNCED: the last push "
+             "of that type was ACKed)", check=proxy_status, prompt="press Enter to run it"),
     ]
 
 
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """A signal arriving inside is acted on at the end: a process is never started
+    without being recorded for stop()."""
+    received: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+           for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if received:
+            raise KeyboardInterrupt
+
+
 class Demo:
-    def __init__(self, config: Path, interactive: bool, out: Any = sys.stdout) -> None:
+    def __init__(self, config: Path, interactive: bool, out: TextIO = sys.stdout) -> None:
         self.source_config = config
         self.interactive = interactive
         self.out = out
+        self.live = interactive and out.isatty()
         self.workdir = Path(tempfile.mkdtemp(prefix="controlplane-demo-"))
         self.config = self.workdir / "config"
         shutil.copytree(config, self.config)
         self.xds_port = free_port()
+        self.admin_address = f"127.0.0.1:{free_port()}"
+        self.http_address = f"127.0.0.1:{free_port()}"
         self.processes: list[subprocess.Popen[bytes]] = []
         self.workloads: list[Workload] = []
         self.envoys: list[Envoy] = []
+        self.clients: list[Client] = []
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
 
+    # -- starting and stopping ------------------------------------------------------------
+    def spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        with deferred_interrupts():
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs,
+                                    **owned_process())
+            self.processes.append(proc)
+        return proc
+
+    def command(self, argv: list[str], timeout: float = 30) -> tuple[int, str]:
+        proc = self.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        finally:
+            self._end([proc])
+            self.processes.remove(proc)
+        return proc.returncode, output.decode(errors="replace")
+
+    def start_workload(self, ip: str, service: str, pod: str, version: str) -> None:
+        with deferred_interrupts():
+            self.workloads.append(Workload(ip, WORKLOAD_PORT, service, pod, version))
+
+    def stop_workload(self, workload: Workload) -> None:
+        workload.stop()
+        self.workloads.remove(workload)
+
     def start(self) -> None:
-        log = (self.workdir / "controlplane.log").open("w")
-        self.say(f"config directory: {self.config}  (edit it while the demo runs)")
-        self.say(f"control plane log: {self.workdir / 'controlplane.log'}")
-        self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "controlplane.cli", "serve", "--config-dir",
-             str(self.config), "--xds-address", f"127.0.0.1:{self.xds_port}"],
-            stdout=log, stderr=log))
+        log_path = self.workdir / "controlplane.log"
+        self.say(f"config directory:  {self.config}  (edit it while the demo runs)")
+        with log_path.open("w") as log:
+            serve = self.spawn(
+                [sys.executable, "-m", "controlplane.cli", "serve", "--config-dir",
+                 str(self.config), "--xds-address", f"127.0.0.1:{self.xds_port}",
+                 "--admin-address", self.admin_address, "--http-address",
+                 self.http_address], stdout=log, stderr=log)
+        self.say(f"control plane:     pid {serve.pid}, xDS on 127.0.0.1:{self.xds_port}, "
+                 f"admin {self.admin_address}, http://{self.http_address}/debug/configz, "
+                 f"log {log_path}")
         for doc in self._pods():
             labels = doc["metadata"].get("labels", {})
-            self.workloads.append(Workload(doc["status"]["podIP"], 8080,
-                                           labels.get("app", "?"), doc["metadata"]["name"],
-                                           labels.get("version", "v1")))
-        self.envoys.append(Envoy("sidecar-demo", self.xds_port, instance_ip=SIDECAR_IP))
-        self.envoys[0].wait_ready(30)
-        self.say(f"sidecar: Envoy listening on {SIDECAR_IP}:{SERVICE_PORT}, admin "
-                 f"http://127.0.0.1:{self.envoys[0].admin_port}")
+            self.start_workload(doc["status"]["podIP"], labels.get("app", "?"),
+                                doc["metadata"]["name"], labels.get("version", "v1"))
+        self.say("demo pods:         " + ", ".join(
+            f"{w.identity['pod']} {w.ip}:{w.port}" for w in self.workloads))
+        for node_id, ip in SIDECARS:
+            with deferred_interrupts():
+                self.envoys.append(Envoy(node_id, self.xds_port, instance_ip=ip,
+                                         namespace=NAMESPACE, owned=True))
+        for envoy in self.envoys:
+            envoy.wait_ready(30)
+            assert envoy.proc is not None
+            self.say(f"sidecar {envoy.node_id}: Envoy pid {envoy.proc.pid} on "
+                     f"{envoy.instance_ip}:{SERVICE_PORT}, admin "
+                     f"http://127.0.0.1:{envoy.admin_port}, bootstrap {envoy.config}")
+            self.clients.append(Client(envoy.instance_ip, SERVICE_PORT))
 
+    def _end(self, procs: list[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop(self) -> None:
+        """Stop everything started, whatever state the demo is in; further signals are
+        ignored until it is done."""
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
+        try:
+            for client in self.clients:
+                client.close()
+            self._end([*(e.proc for e in self.envoys if e.proc), *self.processes])
+            threads = [threading.Thread(target=w.stop) for w in self.workloads]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(5)
+            for envoy in self.envoys:
+                envoy.stop()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    # -- the story ------------------------------------------------------------------------
     def _pods(self) -> Iterator[dict[str, Any]]:
         for path in sorted(self.config.glob("*.yaml")):
             for doc in yaml.safe_load_all(path.read_text()):
@@ -143,60 +326,89 @@ class Demo:
             changed = True
         return changed
 
-    def run_step(self, n: int, step: Step, client: Client) -> bool:
+    def pause(self, prompt: str) -> None:
+        if not self.interactive:
+            return
+        try:
+            input(f"    {prompt} ")
+        except EOFError:
+            self.say("\n    (end of input: the remaining steps run unattended)")
+            self.interactive = self.live = False
+
+    def send(self, probe: Probe) -> Counter[str]:
+        """Requests alternate between the sidecars; the tally is shown as it grows when
+        the output is a terminal."""
+        counts: Counter[str] = Counter()
+        prefix = f"    {probe.requests} requests to {probe.host}"
+        if probe.headers:
+            prefix += " with " + ", ".join(f"{k}: {v}" for k, v in probe.headers.items())
+        width = 40 if "," not in probe.key else 20
+        for i in range(probe.requests):
+            client = self.clients[i % len(self.clients)]
+            counts[client.label(probe.host, probe.key, headers=probe.headers)] += 1
+            if self.live and (i + 1) % 10 == 0:
+                self.out.write(f"\r{prefix}: {bar(counts, probe.requests, width)}\x1b[K")
+                self.out.flush()
+        if self.live:
+            self.out.write("\r\x1b[K")
+        self.say(f"{prefix}: {bar(counts, probe.requests, width)}")
+        return counts
+
+    def run_step(self, n: int, step: Step) -> bool:
         self.say(f"\n[{n}] {step.title}\n    {step.explain}")
-        if self.interactive:
-            input("    press Enter to apply ")
-        envoy = self.envoys[0]
-        before = envoy.route_versions()
-        written = time.monotonic()
-        if self.write(step.files):
-            while envoy.route_versions() == before and time.monotonic() - written < 5:
-                time.sleep(0.02)
-            self.say(f"    the sidecar took the change {time.monotonic() - written:.2f}s "
-                     "after the file was written")
-        counts = client.tally(step.host, REQUESTS, "version", headers=step.headers)
-        bar = "  ".join(f"{k}: {v:3d} {'#' * (v * 40 // REQUESTS)}"
-                        for k, v in sorted(counts.items()))
-        ok = step.expect(counts)
-        self.say(f"    {REQUESTS} requests to {step.host}: {bar}")
-        self.say(f"    expected {step.expectation}: {'OK' if ok else 'NOT SEEN'}")
+        self.pause(step.prompt)
+        if step.change is not None:
+            holds = step.change(self)
+            written = time.monotonic()
+            if holds is not None:
+                waiting = list(self.envoys)
+                while waiting and time.monotonic() - written < 10:
+                    waiting = [e for e in waiting if not holds(e)]
+                    time.sleep(0.02)
+                took = time.monotonic() - written
+                if waiting:
+                    self.say(f"    {', '.join(e.node_id for e in waiting)} did not take the "
+                             f"change within {took:.0f}s")
+                else:
+                    self.say(f"    every sidecar took the change {took:.2f}s after the file "
+                             "was written")
+        if step.check is not None:
+            ok = step.check(self)
+            self.say(f"    {'OK' if ok else 'NOT SEEN'}")
+            return ok
+        ok = True
+        for probe in step.probes:
+            seen = probe.expect(self.send(probe))
+            self.say(f"    expected {probe.expectation}: {'OK' if seen else 'NOT SEEN'}")
+            ok &= seen
         return ok
 
     def run(self) -> bool:
         self.start()
-        client = Client(SIDECAR_IP, SERVICE_PORT)
-        try:
-            results = [self.run_step(i, s, client) for i, s in enumerate(steps(), 1)]
-        finally:
-            client.close()
-        self.say(f"\n{sum(results)}/{len(results)} steps saw the expected traffic")
+        results = [self.run_step(i, s) for i, s in enumerate(steps(), 1)]
+        self.say(f"\n{sum(results)}/{len(results)} steps saw what they expected")
+        if self.interactive:
+            self.say(f"\nEverything still runs: try curl -H 'Host: reviews' "
+                     f"http://{SIDECAR_IP}:{SERVICE_PORT}/, edit the files in {self.config}, "
+                     f"controlplane proxy-status --server {self.admin_address}")
+            self.pause("press Enter (or Ctrl-C) to stop everything")
         return all(results)
-
-    def stop(self) -> None:
-        for envoy in self.envoys:
-            envoy.stop()
-        for w in self.workloads:
-            w.stop()
-        for p in self.processes:
-            p.send_signal(signal.SIGTERM)
-        for p in self.processes:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def run(config: Path | None, interactive: bool) -> int:
-    demo = Demo(config or DEFAULT_CONFIG, interactive)
-    # SIGTERM ends the demo like Ctrl-C: through `finally`, stopping everything it started.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C, SIGTERM and SIGHUP all end the demo through `finally`, stopping everything
+    # it started. SIGINT is set explicitly: a shell starting us in the background may
+    # have left it ignored.
+    old = {s: signal.signal(s, signal.default_int_handler) for s in SIGNALS}
+    demo: Demo | None = None
     try:
+        demo = Demo(config or DEFAULT_CONFIG, interactive)
         return 0 if demo.run() else 1
     except KeyboardInterrupt:
-        demo.say("\ninterrupted")
+        print("\ninterrupted: stopping everything the demo started", flush=True)
         return 130
     finally:
-        with contextlib.suppress(Exception):
+        if demo is not None:
             demo.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -13,9 +13,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from controlplane.model.istio import DestinationRule, VirtualService
+from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.meta import Key
 from controlplane.model.service import DOMAIN_SUFFIX, Service
+from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import EndpointAddress, Endpoints, EndpointSlice, Pod
 
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from controlplane.model.destination_rule import DestinationRule, parse_destination_rule
 from controlplane.model.errors import Errors, FieldError, ValidationError
-from controlplane.model.istio import (
-    ISTIO_GROUP,
-    ISTIO_VERSIONS,
-    DestinationRule,
-    VirtualService,
-    parse_destination_rule,
-    parse_virtual_service,
-)
+from controlplane.model.istio_common import ISTIO_GROUP, ISTIO_VERSIONS
 from controlplane.model.meta import Key, object_ref
 from controlplane.model.service import Service, parse_service
+from controlplane.model.virtual_service import VirtualService, parse_virtual_service
 from controlplane.model.workload import (
     Endpoints,
     EndpointSlice,

@@ -1,25 +1,43 @@
-"""CDS: one EDS cluster per service port, and one per DestinationRule subset."""
+"""CDS: one EDS cluster per service port, one per DestinationRule subset, one per pod
+hostname of a headless service; each with the DestinationRule policy in force."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import config_source_pb2, protocol_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
+from controlplane.model.destination_rule import (
+    ConnectionPool,
+    LoadBalancer,
+    OutlierDetection,
+    TrafficPolicy,
+)
 from controlplane.model.mesh import Mesh
 from controlplane.model.service import Protocol, Service, ServicePort
 from controlplane.translate.headless import pod_hosts
 from controlplane.translate.names import cluster_name
+from controlplane.translate.policy import traffic_policy
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CONNECT_TIMEOUT_S = 10  # Istio's default
 # Istio lifts Envoy's default limits (1024 connections, requests...), which otherwise
 # overflow silently under real load; DestinationRule connectionPool lowers them again.
 _UNLIMITED = 4294967295
+NO_POLICY = TrafficPolicy()
+_LB = {"ROUND_ROBIN": cluster_pb2.Cluster.ROUND_ROBIN,
+       "LEAST_REQUEST": cluster_pb2.Cluster.LEAST_REQUEST,
+       "RANDOM": cluster_pb2.Cluster.RANDOM}
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
 
 
 def _ads_source() -> config_source_pb2.ConfigSource:
@@ -29,40 +47,115 @@ def _ads_source() -> config_source_pb2.ConfigSource:
     )
 
 
-def _thresholds() -> circuit_breaker_pb2.CircuitBreakers:
-    limit = wrappers_pb2.UInt32Value(value=_UNLIMITED)
+def _u32(value: int | None) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=_UNLIMITED if value is None else value)
+
+
+def _thresholds(pool: ConnectionPool | None) -> circuit_breaker_pb2.CircuitBreakers:
+    pool = pool or ConnectionPool()
     return circuit_breaker_pb2.CircuitBreakers(thresholds=[
         circuit_breaker_pb2.CircuitBreakers.Thresholds(
-            max_connections=limit, max_pending_requests=limit, max_requests=limit,
-            max_retries=limit, track_remaining=True,
+            max_connections=_u32(pool.max_connections),
+            max_pending_requests=_u32(pool.http1_max_pending_requests),
+            max_requests=_u32(pool.http2_max_requests),
+            max_retries=_u32(pool.max_retries),
+            track_remaining=True,
         )
     ])
 
 
-def _http2_options() -> http_protocol_options_pb2.HttpProtocolOptions:
-    explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig
-    return http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=explicit(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
-    )
+def _protocol_options(port: ServicePort, pool: ConnectionPool | None
+                      ) -> http_protocol_options_pb2.HttpProtocolOptions | None:
+    common = protocol_pb2.HttpProtocolOptions()
+    if pool is not None and pool.idle_timeout is not None:
+        common.idle_timeout.CopyFrom(_duration(pool.idle_timeout))
+    if pool is not None and pool.max_requests_per_connection:
+        common.max_requests_per_connection.value = pool.max_requests_per_connection
+    if port.l7 is not Protocol.HTTP2 and common.ByteSize() == 0:
+        return None
+    explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig()
+    if port.l7 is Protocol.HTTP2:
+        explicit.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
+    else:
+        explicit.http_protocol_options.CopyFrom(protocol_pb2.Http1ProtocolOptions())
+    out = http_protocol_options_pb2.HttpProtocolOptions(explicit_http_config=explicit)
+    if common.ByteSize():
+        out.common_http_protocol_options.CopyFrom(common)
+    return out
 
 
-def build_cluster(name: str, port: ServicePort) -> cluster_pb2.Cluster:
+def _load_balancing(cluster: cluster_pb2.Cluster, lb: LoadBalancer | None) -> None:
+    if lb is None:
+        return
+    ch = lb.consistent_hash
+    if ch is not None:
+        if ch.maglev:
+            cluster.lb_policy = cluster_pb2.Cluster.MAGLEV
+            if ch.table_size:
+                cluster.maglev_lb_config.table_size.value = ch.table_size
+        else:
+            cluster.lb_policy = cluster_pb2.Cluster.RING_HASH
+            if ch.minimum_ring_size:
+                cluster.ring_hash_lb_config.minimum_ring_size.value = ch.minimum_ring_size
+    elif lb.simple in _LB:
+        cluster.lb_policy = _LB[lb.simple]
+
+
+def _outlier(od: OutlierDetection) -> outlier_detection_pb2.OutlierDetection:
+    out = outlier_detection_pb2.OutlierDetection(
+        interval=_duration(od.interval), base_ejection_time=_duration(od.base_ejection_time),
+        max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent))
+    # Istio's mapping: a count of 0 disables that detector; a set one is always enforced.
+    out.consecutive_5xx.value = od.consecutive_5xx_errors
+    out.enforcing_consecutive_5xx.value = 100 if od.consecutive_5xx_errors else 0
+    if od.consecutive_gateway_errors:
+        out.consecutive_gateway_failure.value = od.consecutive_gateway_errors
+        out.enforcing_consecutive_gateway_failure.value = 100
+    else:
+        out.enforcing_consecutive_gateway_failure.value = 0
+    out.enforcing_success_rate.value = 0
+    return out
+
+
+def is_passthrough(policy: TrafficPolicy) -> bool:
+    return policy.load_balancer is not None and policy.load_balancer.simple == "PASSTHROUGH"
+
+
+def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLICY
+                  ) -> cluster_pb2.Cluster:
+    pool = policy.connection_pool
     cluster = cluster_pb2.Cluster(
         name=name,
-        type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=_ads_source(), service_name=name,
-        ),
-        connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_S),
+        connect_timeout=_duration(pool.connect_timeout if pool and pool.connect_timeout
+                                  else CONNECT_TIMEOUT_S),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        circuit_breakers=_thresholds(),
+        circuit_breakers=_thresholds(pool),
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
             # Istio's choice: no panic mode, so unhealthy hosts are never used.
             healthy_panic_threshold=percent_pb2.Percent(value=0),
         ),
     )
-    if port.l7 is Protocol.HTTP2:
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(_http2_options())
+    if is_passthrough(policy):
+        # Connect to where the client was going, as Istio's PASSTHROUGH does.
+        cluster.type = cluster_pb2.Cluster.ORIGINAL_DST
+        cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    else:
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.CopyFrom(cluster_pb2.Cluster.EdsClusterConfig(
+            eds_config=_ads_source(), service_name=name))
+        _load_balancing(cluster, policy.load_balancer)
+    if pool is not None and pool.tcp_keepalive_time is not None:
+        keepalive = address_pb2.TcpKeepalive()
+        keepalive.keepalive_time.value = max(1, round(pool.tcp_keepalive_time))
+        cluster.upstream_connection_options.tcp_keepalive.CopyFrom(keepalive)
+    if policy.outlier_detection is not None:
+        cluster.outlier_detection.CopyFrom(_outlier(policy.outlier_detection))
+        if policy.outlier_detection.min_health_percent is not None:
+            cluster.common_lb_config.healthy_panic_threshold.value = (
+                policy.outlier_detection.min_health_percent)
+    options = _protocol_options(port, pool) if port.l7.is_http else None
+    if options is not None:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options)
     return cluster
 
 
@@ -75,9 +168,11 @@ def build_clusters(mesh: Mesh) -> list[cluster_pb2.Cluster]:
     for fqdn, service in mesh.services.items():
         rule = mesh.destination_rules.get(fqdn)
         for port in proxied_ports(service):
-            out.append(build_cluster(cluster_name(port.port, fqdn), port))
+            out.append(build_cluster(cluster_name(port.port, fqdn), port,
+                                     traffic_policy(mesh, fqdn, port.port)))
             for subset in rule.subsets if rule else ():
-                out.append(build_cluster(cluster_name(port.port, fqdn, subset.name), port))
+                out.append(build_cluster(cluster_name(port.port, fqdn, subset.name), port,
+                                         traffic_policy(mesh, fqdn, port.port, subset.name)))
             for pod_fqdn, _ in pod_hosts(mesh, service, port):
                 out.append(build_cluster(cluster_name(port.port, pod_fqdn), port))
     return out

@@ -6,9 +6,10 @@ from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from controlplane.model.mesh import Endpoint, Mesh
-from controlplane.translate.clusters import proxied_ports
+from controlplane.translate.clusters import is_passthrough, proxied_ports
 from controlplane.translate.headless import pod_hosts
 from controlplane.translate.names import cluster_name
+from controlplane.translate.policy import traffic_policy
 
 
 def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
@@ -36,8 +37,12 @@ def build_load_assignments(mesh: Mesh) -> list[endpoint_pb2.ClusterLoadAssignmen
         rule = mesh.destination_rules.get(fqdn)
         for port in proxied_ports(service):
             endpoints = mesh.endpoints.get((fqdn, port.port), ())
-            out.append(load_assignment(cluster_name(port.port, fqdn), endpoints))
+            # PASSTHROUGH clusters connect to the original destination: no assignment.
+            if not is_passthrough(traffic_policy(mesh, fqdn, port.port)):
+                out.append(load_assignment(cluster_name(port.port, fqdn), endpoints))
             for subset in rule.subsets if rule else ():
+                if is_passthrough(traffic_policy(mesh, fqdn, port.port, subset.name)):
+                    continue
                 chosen = tuple(e for e in endpoints if subset.labels <= e.labels)
                 out.append(load_assignment(cluster_name(port.port, fqdn, subset.name), chosen))
             for pod_fqdn, pod_endpoints in pod_hosts(mesh, service, port):

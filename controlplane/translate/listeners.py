@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -12,8 +14,11 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
 
 from controlplane.model.mesh import Mesh
+from controlplane.model.service import Service, ServicePort
+from controlplane.translate.destinations import resolve_destination
 from controlplane.translate.names import cluster_name, listener_name, route_name
 from controlplane.translate.ports import PortGroup, port_groups
+from controlplane.translate.routes import CORS_FILTER, FAULT_FILTER
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
@@ -26,9 +31,17 @@ def _filter(name: str, config: object) -> listener_components_pb2.Filter:
     return f
 
 
+def _http_filter(name: str, config: object) -> hcm_pb2.HttpFilter:
+    f = hcm_pb2.HttpFilter(name=name)
+    f.typed_config.Pack(config)
+    return f
+
+
 def _http_chain(bind_ip: str, port: int) -> listener_components_pb2.FilterChain:
-    router = hcm_pb2.HttpFilter(name=ROUTER_FILTER)
-    router.typed_config.Pack(router_pb2.Router())
+    # CORS and fault injection do nothing until a route's typed_per_filter_config asks.
+    filters = [_http_filter(CORS_FILTER, cors_pb2.Cors()),
+               _http_filter(FAULT_FILTER, fault_pb2.HTTPFault()),
+               _http_filter(ROUTER_FILTER, router_pb2.Router())]
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=f"outbound_{bind_ip}_{port}",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -39,15 +52,34 @@ def _http_chain(bind_ip: str, port: int) -> listener_components_pb2.FilterChain:
             ),
             route_config_name=route_name(port),
         ),
-        http_filters=[router],
+        http_filters=filters,
         normalize_path=wrappers_pb2.BoolValue(value=True),
     )
     return listener_components_pb2.FilterChain(filters=[_filter(HCM_FILTER, hcm)])
 
 
-def _tcp_chain(cluster: str, cluster_ip: str = "") -> listener_components_pb2.FilterChain:
-    chain = listener_components_pb2.FilterChain(filters=[_filter(
-        TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster))])
+def _tcp_proxy(mesh: Mesh, service: Service, port: ServicePort) -> tcp_proxy_pb2.TcpProxy:
+    """To the service's cluster, or where its VirtualService's first `tcp` route that
+    matches the port sends it."""
+    default = cluster_name(port.port, service.fqdn)
+    vs = mesh.virtual_services.get(service.fqdn)
+    route = next((r for r in vs.tcp if not r.ports or port.port in r.ports), None) if vs \
+        else None
+    dests = [d for d in route.route if d.weight > 0] if route else []
+    resolved = [resolve_destination(mesh, vs.meta.namespace, d.destination, port.port)[0]
+                for d in dests] if vs else []
+    if len(resolved) > 1:
+        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=default)
+        for d, name in zip(dests, resolved, strict=True):
+            proxy.weighted_clusters.clusters.add(name=name, weight=d.weight)
+        return proxy
+    return tcp_proxy_pb2.TcpProxy(stat_prefix=default, cluster=resolved[0] if resolved
+                                  else default)
+
+
+def _tcp_chain(proxy: tcp_proxy_pb2.TcpProxy, cluster_ip: str = ""
+               ) -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(filters=[_filter(TCP_PROXY_FILTER, proxy)])
     if cluster_ip:
         chain.filter_chain_match.prefix_ranges.add(
             address_prefix=cluster_ip, prefix_len=wrappers_pb2.UInt32Value(
@@ -55,7 +87,7 @@ def _tcp_chain(cluster: str, cluster_ip: str = "") -> listener_components_pb2.Fi
     return chain
 
 
-def build_listener(group: PortGroup, bind_ip: str) -> listener_pb2.Listener:
+def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=listener_name(bind_ip, group.port),
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
@@ -69,18 +101,18 @@ def build_listener(group: PortGroup, bind_ip: str) -> listener_pb2.Listener:
         # Without an HTTP service on the port, the first TCP service (by FQDN) takes every
         # connection; others are told apart by their cluster IP (iptables-redirected traffic).
         service, port = tcp.pop(0)
-        listener.default_filter_chain.CopyFrom(_tcp_chain(cluster_name(port.port, service.fqdn)))
+        listener.default_filter_chain.CopyFrom(_tcp_chain(_tcp_proxy(mesh, service, port)))
     seen_ips: set[str] = set()
     for service, port in tcp:
         if service.cluster_ip and service.cluster_ip not in seen_ips:
             seen_ips.add(service.cluster_ip)
             listener.filter_chains.append(
-                _tcp_chain(cluster_name(port.port, service.fqdn), service.cluster_ip))
+                _tcp_chain(_tcp_proxy(mesh, service, port), service.cluster_ip))
     return listener
 
 
 def build_listeners(mesh: Mesh, bind_ip: str) -> list[listener_pb2.Listener]:
-    return [build_listener(g, bind_ip) for g in port_groups(mesh).values()]
+    return [build_listener(mesh, g, bind_ip) for g in port_groups(mesh).values()]
 
 
 def route_names(listener: listener_pb2.Listener) -> list[str]:

@@ -1,16 +1,34 @@
 """RDS: per HTTP port a route configuration named after the port, one virtual host per
-service, routes from the service's VirtualService or straight to its cluster."""
+service, routes from the service's VirtualService (Istio's semantics, first match wins) or
+straight to its cluster."""
 
 from __future__ import annotations
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
-from controlplane.model.istio import HTTPMatch, HTTPRoute, StringMatch, VirtualService
+from controlplane.model.destination_rule import ConsistentHash
+from controlplane.model.istio_common import StringMatch
 from controlplane.model.mesh import Mesh
+from controlplane.model.virtual_service import (
+    CorsPolicy,
+    Fault,
+    HeaderOperations,
+    Headers,
+    HTTPMatch,
+    HTTPRoute,
+    Redirect,
+    Retries,
+    VirtualService,
+)
+from controlplane.translate.destinations import resolve_destination
 from controlplane.translate.headless import pod_aliases, pod_hosts
 from controlplane.translate.names import (
     cluster_name,
@@ -18,7 +36,14 @@ from controlplane.translate.names import (
     route_name,
     virtual_host_name,
 )
+from controlplane.translate.policy import traffic_policy
 from controlplane.translate.ports import port_groups
+
+CORS_FILTER = "envoy.filters.http.cors"
+FAULT_FILTER = "envoy.filters.http.fault"
+_REDIRECT_CODES = {301: rc.RedirectAction.MOVED_PERMANENTLY, 302: rc.RedirectAction.FOUND,
+                   303: rc.RedirectAction.SEE_OTHER, 307: rc.RedirectAction.TEMPORARY_REDIRECT,
+                   308: rc.RedirectAction.PERMANENT_REDIRECT}
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -27,19 +52,43 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def default_retry_policy() -> rc.RetryPolicy:
-    """Istio's default: retry twice on another host when a connection fails or an
-    endpoint is going away, so rolling a pod costs no request."""
+def _fraction(percent: float) -> percent_pb2.FractionalPercent:
+    # Per million, so Istio's double percentages (0.1 %) keep their precision.
+    return percent_pb2.FractionalPercent(numerator=round(percent * 10_000),
+                                         denominator=percent_pb2.FractionalPercent.MILLION)
+
+
+def _retry_host_predicate() -> rc.RetryPolicy.RetryHostPredicate:
     predicate = rc.RetryPolicy.RetryHostPredicate(
         name="envoy.retry_host_predicates.previous_hosts")
     predicate.typed_config.Pack(previous_hosts_pb2.PreviousHostsPredicate())
-    return rc.RetryPolicy(
-        retry_on="connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-        num_retries=wrappers_pb2.UInt32Value(value=2),
-        retriable_status_codes=[503],
-        retry_host_predicate=[predicate],
+    return predicate
+
+
+def retry_policy(retries: Retries | None) -> rc.RetryPolicy | None:
+    """Istio's default without a `retries` block: twice, on another host, when a
+    connection fails or an endpoint is going away, so rolling a pod costs no request.
+    `attempts: 0` turns retries off."""
+    if retries is None:
+        retries = Retries(attempts=2)
+    if retries.attempts == 0:
+        return None
+    policy = rc.RetryPolicy(
+        retry_on=retries.retry_on,
+        num_retries=wrappers_pb2.UInt32Value(value=retries.attempts),
+        retriable_status_codes=list(retries.retriable_status_codes),
+        retry_host_predicate=[_retry_host_predicate()],
         host_selection_retry_max_attempts=5,
     )
+    if retries.per_try_timeout:
+        policy.per_try_timeout.CopyFrom(_duration(retries.per_try_timeout))
+    return policy
+
+
+def default_retry_policy() -> rc.RetryPolicy:
+    policy = retry_policy(None)
+    assert policy is not None
+    return policy
 
 
 def _string_matcher(m: StringMatch, ignore_case: bool = False) -> string_pb2.StringMatcher:
@@ -48,10 +97,10 @@ def _string_matcher(m: StringMatch, ignore_case: bool = False) -> string_pb2.Str
     return string_pb2.StringMatcher(**{m.kind: m.value}, ignore_case=ignore_case)
 
 
-def _header(name: str, m: StringMatch | None) -> rc.HeaderMatcher:
+def _header(name: str, m: StringMatch | None, invert: bool = False) -> rc.HeaderMatcher:
     if m is None:
-        return rc.HeaderMatcher(name=name, present_match=True)
-    return rc.HeaderMatcher(name=name, string_match=_string_matcher(m))
+        return rc.HeaderMatcher(name=name, present_match=True, invert_match=invert)
+    return rc.HeaderMatcher(name=name, string_match=_string_matcher(m), invert_match=invert)
 
 
 def route_match(m: HTTPMatch | None) -> rc.RouteMatch:
@@ -72,68 +121,168 @@ def route_match(m: HTTPMatch | None) -> rc.RouteMatch:
         out.case_sensitive.value = False
     for name, hm in m.headers:
         out.headers.append(_header(name.lower(), hm))
+    for name, hm in m.without_headers:
+        out.headers.append(_header(name.lower(), hm, invert=True))
     if m.method:
         out.headers.append(_header(":method", m.method))
     if m.authority:
         out.headers.append(_header(":authority", m.authority))
     for name, qm in m.query_params:
         qp = out.query_parameters.add(name=name)
-        if qm is None:
-            qp.present_match = True
+        if qm is None or (qm.kind == "exact" and not qm.value):
+            qp.present_match = True  # Istio: an empty exact value means "present"
         else:
             qp.string_match.CopyFrom(_string_matcher(qm))
     return out
 
 
-def _destination_cluster(mesh: Mesh, vs: VirtualService, host: str, subset: str,
-                         port: int | None, listener_port: int) -> str:
-    fqdn = mesh.resolve_host(host, vs.meta.namespace)
-    service = mesh.services.get(fqdn)
-    if port is None and service is not None:
-        # Istio: the only port of the destination, else the port the request came in on.
-        port = service.ports[0].port if len(service.ports) == 1 else listener_port
-    # A host or subset that does not exist yet still gets its future cluster's name:
-    # Envoy answers 503 until it appears, and then routes with no further RDS push.
-    return cluster_name(port or listener_port, fqdn, subset)
+def _header_options(ops: HeaderOperations) -> list[base_pb2.HeaderValueOption]:
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    append = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+    return [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v),
+                                       append_action=action)
+            for pairs, action in ((ops.set, overwrite), (ops.add, append)) for k, v in pairs]
 
 
-def _route_action(mesh: Mesh, vs: VirtualService, route: HTTPRoute, port: int) -> rc.RouteAction:
-    action = rc.RouteAction(timeout=_duration(route.timeout or 0),
-                            retry_policy=default_retry_policy())
+def _apply_headers(target: rc.Route | rc.WeightedCluster.ClusterWeight, headers: Headers
+                   ) -> None:
+    target.request_headers_to_add.extend(_header_options(headers.request))
+    target.request_headers_to_remove.extend(headers.request.remove)
+    target.response_headers_to_add.extend(_header_options(headers.response))
+    target.response_headers_to_remove.extend(headers.response.remove)
+
+
+def _hash_policies(ch: ConsistentHash) -> list[rc.RouteAction.HashPolicy]:
+    hp = rc.RouteAction.HashPolicy
+    if ch.header:
+        return [hp(header=hp.Header(header_name=ch.header))]
+    if ch.cookie:
+        cookie = hp.Cookie(name=ch.cookie, path=ch.cookie_path)
+        if ch.cookie_ttl is not None:
+            cookie.ttl.CopyFrom(_duration(ch.cookie_ttl))
+        return [hp(cookie=cookie)]
+    if ch.source_ip:
+        return [hp(connection_properties=hp.ConnectionProperties(source_ip=True))]
+    if ch.query_parameter:
+        return [hp(query_parameter=hp.QueryParameter(name=ch.query_parameter))]
+    return []
+
+
+def _fault_config(fault: Fault) -> fault_pb2.HTTPFault:
+    out = fault_pb2.HTTPFault()
+    if fault.delay is not None:
+        out.delay.fixed_delay.CopyFrom(_duration(fault.delay.seconds))
+        out.delay.percentage.CopyFrom(_fraction(fault.delay.percent))
+    if fault.abort is not None:
+        if fault.abort.http_status is not None:
+            out.abort.http_status = fault.abort.http_status
+        else:
+            out.abort.grpc_status = fault.abort.grpc_status or 0
+        out.abort.percentage.CopyFrom(_fraction(fault.abort.percent))
+    return out
+
+
+def _cors_config(cors: CorsPolicy) -> cors_pb2.CorsPolicy:
+    out = cors_pb2.CorsPolicy(
+        allow_origin_string_match=[_string_matcher(o) for o in cors.allow_origins],
+        allow_methods=",".join(cors.allow_methods), allow_headers=",".join(cors.allow_headers),
+        expose_headers=",".join(cors.expose_headers))
+    if cors.max_age is not None:
+        out.max_age = str(int(cors.max_age))
+    if cors.allow_credentials is not None:
+        out.allow_credentials.value = cors.allow_credentials
+    return out
+
+
+def _redirect(redirect: Redirect) -> rc.RedirectAction:
+    out = rc.RedirectAction(host_redirect=redirect.authority, port_redirect=redirect.port or 0,
+                            response_code=_REDIRECT_CODES[redirect.code])
+    if redirect.scheme:  # a oneof: set only when given, or it would redirect to scheme ""
+        out.scheme_redirect = redirect.scheme
+    if redirect.uri:
+        out.path_redirect = redirect.uri
+    return out
+
+
+def _route_action(mesh: Mesh, vs: VirtualService, route: HTTPRoute, port: int,
+                  match: HTTPMatch | None) -> rc.RouteAction:
+    action = rc.RouteAction(timeout=_duration(route.timeout or 0))
+    retry = retry_policy(route.retries)
+    if retry is not None:
+        action.retry_policy.CopyFrom(retry)
     dests = [d for d in route.route if d.weight > 0]
-    clusters = [_destination_cluster(mesh, vs, d.destination.host, d.destination.subset,
-                                     d.destination.port, port) for d in dests]
-    if len(dests) == 1:
-        action.cluster = clusters[0]
+    resolved = [resolve_destination(mesh, vs.meta.namespace, d.destination, port)
+                for d in dests]
+    if len(dests) == 1 and not dests[0].headers.request and not dests[0].headers.response:
+        action.cluster = resolved[0][0]
     else:
-        for d, name in zip(dests, clusters, strict=True):
-            action.weighted_clusters.clusters.add(name=name, weight=wrappers_pb2.UInt32Value(
-                value=d.weight))
+        for d, (name, _, _) in zip(dests, resolved, strict=True):
+            weighted = action.weighted_clusters.clusters.add(
+                name=name, weight=wrappers_pb2.UInt32Value(value=d.weight))
+            _apply_headers(weighted, d.headers)
+    # Consistent hashing needs the route to compute the hash: the destinations' policy,
+    # when they agree on one.
+    hashes = {traffic_policy(mesh, fqdn, p, d.destination.subset).load_balancer
+              for d, (_, fqdn, p) in zip(dests, resolved, strict=True)}
+    if len(hashes) == 1 and (lb := hashes.pop()) is not None and lb.consistent_hash:
+        action.hash_policy.extend(_hash_policies(lb.consistent_hash))
+    for mirror in route.mirrors:
+        name, _, _ = resolve_destination(mesh, vs.meta.namespace, mirror.destination, port)
+        policy = action.request_mirror_policies.add(cluster=name)
+        policy.runtime_fraction.default_value.CopyFrom(_fraction(mirror.percent))
+    if route.rewrite is not None:
+        rewrite = route.rewrite
+        if rewrite.uri is not None:
+            if match is not None and match.uri is not None and match.uri.kind == "regex":
+                # The whole path was matched by a regex: it is replaced whole.
+                action.regex_rewrite.pattern.regex = "^.*$"
+                action.regex_rewrite.substitution = rewrite.uri
+            else:
+                action.prefix_rewrite = rewrite.uri
+        if rewrite.uri_regex is not None:
+            action.regex_rewrite.pattern.regex = rewrite.uri_regex[0]
+            action.regex_rewrite.substitution = rewrite.uri_regex[1]
+        if rewrite.authority is not None:
+            action.host_rewrite_literal = rewrite.authority
     return action
 
 
 def _vs_routes(mesh: Mesh, vs: VirtualService, port: int) -> list[rc.Route]:
     routes = []
     for i, http in enumerate(vs.http):
-        if not http.route:
-            continue  # redirect/directResponse routes arrive with the traffic-management work
-        action = _route_action(mesh, vs, http, port)
-        matches = [m for m in http.matches if m.port in (None, port)] if http.matches else [None]
-        if http.matches and not matches:
-            continue
+        matches: list[HTTPMatch | None] = (
+            [m for m in http.matches if m.port in (None, port)] if http.matches else [None])
         for m in matches:
-            routes.append(rc.Route(name=http.name or f"{vs.meta.namespace}.{vs.meta.name}.{i}",
-                                   match=route_match(m), route=action))
+            route = rc.Route(name=http.name or f"{vs.meta.namespace}.{vs.meta.name}.{i}",
+                             match=route_match(m))
+            if http.redirect is not None:
+                route.redirect.CopyFrom(_redirect(http.redirect))
+            elif http.direct_response is not None:
+                route.direct_response.status = http.direct_response.status
+                if http.direct_response.body is not None:
+                    route.direct_response.body.inline_bytes = http.direct_response.body
+            else:
+                route.route.CopyFrom(_route_action(mesh, vs, http, port, m))
+            _apply_headers(route, http.headers)
+            if http.fault is not None:
+                route.typed_per_filter_config[FAULT_FILTER].Pack(_fault_config(http.fault))
+            if http.cors is not None:
+                route.typed_per_filter_config[CORS_FILTER].Pack(_cors_config(http.cors))
+            routes.append(route)
     return routes
 
 
-def _default_route(cluster: str) -> rc.Route:
-    return rc.Route(
-        name="default",
-        match=rc.RouteMatch(prefix="/"),
-        route=rc.RouteAction(cluster=cluster,
-                             timeout=_duration(0), retry_policy=default_retry_policy()),
-    )
+def _default_route(cluster: str, hash_policies: list[rc.RouteAction.HashPolicy] | None = None
+                   ) -> rc.Route:
+    action = rc.RouteAction(cluster=cluster, timeout=_duration(0),
+                            retry_policy=default_retry_policy())
+    action.hash_policy.extend(hash_policies or [])
+    return rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)
+
+
+def _service_hash(mesh: Mesh, fqdn: str, port: int) -> list[rc.RouteAction.HashPolicy]:
+    lb = traffic_policy(mesh, fqdn, port).load_balancer
+    return _hash_policies(lb.consistent_hash) if lb and lb.consistent_hash else []
 
 
 def _add_host(config: route_pb2.RouteConfiguration, used: set[str], port: int, fqdn: str,
@@ -160,7 +309,8 @@ def build_route_configs(mesh: Mesh, namespace: str) -> list[route_pb2.RouteConfi
         for service, port in group.http:
             vs = mesh.virtual_services.get(service.fqdn)
             routes = (_vs_routes(mesh, vs, number) if vs
-                      else [_default_route(cluster_name(port.port, service.fqdn))])
+                      else [_default_route(cluster_name(port.port, service.fqdn),
+                                           _service_hash(mesh, service.fqdn, port.port))])
             _add_host(config, used, number, service.fqdn, host_aliases(service, namespace),
                       routes)
             for pod_fqdn, _ in pod_hosts(mesh, service, port):
