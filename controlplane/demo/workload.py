@@ -38,7 +38,8 @@ class Workload:
             disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
-                workload.requests.append({"path": self.path, "headers": dict(self.headers)})
+                workload.requests.append({"path": self.path, "headers": {
+                    k.lower(): v for k, v in self.headers.items()}})
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
