@@ -1,16 +1,155 @@
-"""The README's demo command, unattended: every step must see the expected traffic."""
+"""The README's demo command: unattended, every step must see the expected traffic; and
+however it is stopped (Ctrl-C at its terminal, SIGINT, SIGTERM), nothing it started is
+left running."""
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+
+from tests.harness import wait_until
+
+DEMO = [sys.executable, "-m", "controlplane.cli", "demo"]
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of pid: {pid: command line}."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone meanwhile
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found[int(entry.name)] = cmdline.strip()
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended: only its exit status is left to collect
+
+
+def assert_all_gone(started: dict[int, str], output: str) -> None:
+    """No process the demo started is alive, and the directories it printed (its config
+    directory, the sidecars' bootstraps) are gone: it stopped them itself, in order (its
+    children would also die with it, but by SIGKILL, leaving their files)."""
+    survivors = {pid: cmd for pid, cmd in started.items() if alive(pid)}
+    assert not survivors, f"left running: {survivors}"
+    dirs = re.findall(r"(/\S+)/config\s+\(edit", output) + re.findall(
+        r"bootstrap (/\S+)/bootstrap.yaml", output)
+    assert len(dirs) == 3, output
+    left = [d for d in dirs if Path(d).exists()]
+    assert not left, f"left behind: {left}"
+
+
+def processes_of_a_running_demo(pid: int) -> dict[int, str]:
+    """The control plane and both sidecars, once started."""
+    def started() -> dict[int, str]:
+        found = children(pid)
+        envoys = [c for c in found.values() if "envoy" in c.split()[0]]
+        serve = [c for c in found.values() if "controlplane.cli serve" in c]
+        return found if len(envoys) == 2 and len(serve) == 1 else {}
+    return wait_until(started, 30, what="the demo's control plane and sidecars")
 
 
 @pytest.mark.e2e
 def test_demo_runs_unattended() -> None:
-    result = subprocess.run([sys.executable, "-m", "controlplane.cli", "demo",
-                             "--no-interactive"], capture_output=True, text=True, timeout=180)
+    result = subprocess.run([*DEMO, "--no-interactive"], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "6/6 steps saw the expected traffic" in result.stdout
+    assert "8/8 steps saw what they expected" in result.stdout
+    assert "NOT SEEN" not in result.stdout
+    # proxy-status at the end shows both sidecars SYNCED for every type.
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.strip().startswith("productpage-")]
+    assert len(rows) == 2 and all(r[2:6] == ["SYNCED"] * 4 for r in rows), rows
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_way_stops_everything_it_started(sig: signal.Signals) -> None:
+    proc = subprocess.Popen([*DEMO, "--no-interactive"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("[3]"):  # mid-way: traffic is being shifted
+                break
+        else:
+            pytest.fail("the demo ended before step 3:\n" + "".join(output))
+        started = processes_of_a_running_demo(proc.pid)
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(output) + rest
+    assert "interrupted" in rest and "Traceback" not in rest, rest
+    assert_all_gone(started, "".join(output))
+
+
+@pytest.mark.e2e
+def test_ctrl_c_at_the_terminal_of_an_interactive_demo_stops_everything() -> None:
+    """Interactive, as the README's first command runs it: a pseudo-terminal answers the
+    first prompts with Enter, then types Ctrl-C. The terminal sends SIGINT to its
+    foreground process group, that is the demo alone: the children it started have
+    groups of their own, and the demo stops them."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(DEMO, preexec_fn=lambda: os.login_tty(slave))
+    os.close(slave)
+    text = ""
+
+    def read_until(pattern: str, timeout: float = 30) -> None:
+        nonlocal text
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, text, re.DOTALL):
+            ready, _, _ = select.select([master], [], [], max(0, deadline - time.monotonic()))
+            if not ready:
+                pytest.fail(f"no {pattern!r} within {timeout}s:\n{text}")
+            try:
+                chunk = os.read(master, 65536).decode(errors="replace")
+            except OSError:  # EIO: the terminal's other side is closed
+                chunk = ""
+            if not chunk:
+                pytest.fail(f"the demo ended before {pattern!r}:\n{text}")
+            text += chunk
+
+    try:
+        read_until(r"\[1\].*press Enter")
+        started = processes_of_a_running_demo(proc.pid)
+        os.write(master, b"\r")
+        read_until(r"\[2\].*press Enter")
+        os.write(master, b"\r")
+        # step 2's traffic ran (shown live, as it grows) and step 3 asks: Ctrl-C
+        read_until(r"\[3\].*press Enter")
+        assert "expected about 80% v1" in text
+        os.write(master, b"\x03")
+        read_until("interrupted")
+        assert proc.wait(20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert "Traceback" not in text, text
+    assert_all_gone(started, text)
