@@ -277,3 +277,65 @@ def test_tcp_route_sends_connections_where_its_weights_say(
     wait_until(lambda: get(sidecar, 19432, "db")[1]["pod"] == "db-next-1", 10,
                what="new connections on db's port reach db-next")
     assert {get(sidecar, 19432, "db")[1]["pod"] for _ in range(20)} == {"db-next-1"}
+
+
+def test_match_fields_method_authority_query_regex_and_without_headers(
+        mesh_factory: Any) -> None:
+    mesh = mesh_factory()
+    v2 = [{"destination": {"host": "web", "subset": "v2"}}]
+    mesh.apply(subsets(), virtual_service("web", ["web"], [
+        {"name": "post", "match": [{"method": {"exact": "POST"}}], "route": v2},
+        {"name": "query", "match": [{"queryParams": {"beta": {"exact": "1"}}}], "route": v2},
+        {"name": "regex", "match": [{"uri": {"regex": "/ITEMS/[0-9]+"}, "ignoreUriCase": True}],
+         "route": v2},
+        {"name": "internal", "match": [{"uri": {"prefix": "/internal"},
+                                        "withoutHeaders": {"x-staff": {}}}],
+         "directResponse": {"status": 403}},
+        {"route": [{"destination": {"host": "web", "subset": "v1"}}]}]))
+
+    def pod_of(path: str = "/", method: str = "GET", headers: dict[str, str] | None = None
+               ) -> str:
+        status, _, body = mesh.get(path, headers=headers, method=method)
+        return str(status) if status != 200 else body.split('"pod": "')[1].split('"')[0]
+    assert pod_of(method="POST") == "web-v2"
+    assert pod_of("/?beta=1") == "web-v2" and pod_of("/?beta=2") == "web-v1"
+    assert pod_of("/items/42") == "web-v2" and pod_of("/items/x") == "web-v1"
+    assert pod_of("/internal/x") == "403"
+    assert pod_of("/internal/x", headers={"x-staff": "1"}) == "web-v1"
+    assert pod_of() == "web-v1"
+
+
+def test_subset_and_port_level_policies_override_the_rules(
+        file_cp: ControlPlane, config_dir: Path, ip: Any, upstream: Any, envoy: Any) -> None:
+    """The rule hashes by x-user on port 19481 only (port level); subset `sticky` hashes by
+    x-user on every port (its own policy); everything else is round robin."""
+    addrs = {f"app-{i}": ip() for i in range(3)}
+    docs: list[dict[str, Any]] = [service("app", PORT, target=TARGET, extra_ports=[
+        {"name": "http-alt", "port": PORT + 1, "targetPort": TARGET}])]
+    for name, addr in addrs.items():
+        upstream(addr, TARGET, "app", name)
+        docs.append(pod(name, addr, {"app": "app", "tier": "all"}))
+    docs.append({"apiVersion": ISTIO, "kind": "DestinationRule",
+                 "metadata": {"name": "app", "namespace": "default"},
+                 "spec": {"host": "app", "trafficPolicy": {"portLevelSettings": [
+                     {"port": {"number": PORT + 1}, "loadBalancer": {
+                         "consistentHash": {"httpHeaderName": "x-user"}}}]},
+                     "subsets": [{"name": "sticky", "labels": {"tier": "all"},
+                                  "trafficPolicy": {"loadBalancer": {"consistentHash": {
+                                      "httpHeaderName": "x-user"}}}}]}})
+    docs.append(virtual_service("app", ["app"], [
+        {"match": [{"headers": {"x-sticky": {}}}],
+         "route": [{"destination": {"host": "app", "subset": "sticky"}}]},
+        {"route": [{"destination": {"host": "app"}}]}]))
+    write_yaml(config_dir / "mesh.yaml", *docs)
+    sidecar = ip()
+    envoy("policies", file_cp.port, instance_ip=sidecar)
+    wait_until(lambda: get(sidecar, PORT + 1, "app")[0] == 200
+               and get(sidecar, PORT, "app", headers={"x-sticky": "1"})[0] == 200, 10)
+
+    def pods(port: int, headers: dict[str, str]) -> set[str]:
+        return {get(sidecar, port, "app", headers=headers)[1]["pod"] for _ in range(12)}
+    user = {"x-user": "alice"}
+    assert len(pods(PORT, user)) > 1  # port 19480: the rule's round robin
+    assert len(pods(PORT + 1, user)) == 1  # port 19481: its port-level hashing
+    assert len(pods(PORT, {**user, "x-sticky": "1"})) == 1  # the subset's own policy
