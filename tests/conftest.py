@@ -65,15 +65,22 @@ def upstream() -> Iterator[Callable[..., Upstream]]:
         u.stop()
 
 
+@pytest.fixture(params=["sotw", "delta"])
+def xds_mode(request: pytest.FixtureRequest) -> str:
+    """Every test with a real Envoy runs twice: state-of-the-world and incremental xDS."""
+    return str(request.param)
+
+
 @pytest.fixture
-def envoy() -> Iterator[Callable[..., Envoy]]:
-    """Start real Envoys. Each must end with zero `update_rejected`: everything the
-    translator produced was accepted. A test that injects a bad resource on purpose
-    passes allow_rejections=True."""
+def envoy(xds_mode: str) -> Iterator[Callable[..., Envoy]]:
+    """Start real Envoys (in the test's xDS mode). Each must end with zero
+    `update_rejected`: everything the translator produced was accepted. A test that
+    injects a bad resource on purpose passes allow_rejections=True."""
     started: list[Envoy] = []
 
     def make(*args: Any, allow_rejections: bool = False, ready: bool = True,
              **kwargs: Any) -> Envoy:
+        kwargs.setdefault("delta", xds_mode == "delta")
         e = Envoy(*args, **kwargs)
         e.allow_rejections = allow_rejections  # type: ignore[attr-defined]
         started.append(e)

@@ -26,6 +26,7 @@ class Resource:
     version: str  # content hash: equal bytes, equal version, across restarts too
     body: bytes  # the serialized message
     entry: bytes  # the same, wrapped as a DiscoveryResponse `resources` entry
+    delta_entry: bytes  # and as a DeltaDiscoveryResponse one (name and version included)
     deps: tuple[str, ...] = ()  # names of DEPENDENT[type] resources this one uses
 
 
@@ -69,7 +70,8 @@ def make_resource(type_url: str, name: str, message: Message, deps: tuple[str, .
     if previous is not None and previous.body == body and previous.deps == deps:
         return previous  # keep one copy of unchanged bytes across versions
     version = hashlib.blake2b(body, digest_size=8).hexdigest()
-    return Resource(name, version, body, wire.resource_entry(type_url, body), deps)
+    return Resource(name, version, body, wire.resource_entry(type_url, body),
+                    wire.delta_resource_entry(type_url, name, version, body), deps)
 
 
 @dataclass

@@ -52,9 +52,15 @@ class TypeState:
     generation: int = 0  # snapshot generation the named resources were compared at
     answered: bool = False  # the proxy ACKed or NACKed `nonce`
     sent_at: float = 0.0  # monotonic
+    wildcard: bool = False  # delta: subscribed to every resource of the type
+    # delta: responses not answered yet, nonce -> (resources sent, names removed)
+    outstanding: dict[str, tuple[dict[str, Resource], set[str]]] = field(default_factory=dict)
 
 
-class SotwStream:
+class Stream:
+    """What SotW and Delta streams share: lifecycle, the node, the push order and its
+    gates. Subclasses read requests and build responses."""
+
     def __init__(self, server: AdsServer, context: grpc.aio.ServicerContext) -> None:
         self.server = server
         self.cache = server.cache
@@ -98,7 +104,7 @@ class SotwStream:
             self.on_request(request)
 
     # -- requests ---------------------------------------------------------------------------
-    def _connect(self, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _connect(self, request: Any) -> None:
         if request.HasField("node"):
             self.proxy = proxy_from_node(request.node)
         else:
@@ -112,6 +118,86 @@ class SotwStream:
         log.info("connected", stream=self.id, node=p.node_id, cluster=p.cluster,
                  peer=self.peer, bind_ip=p.bind_ip, namespace=p.namespace)
 
+    # -- responses --------------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        await self.cache.ready.wait()  # never serve before the initial load finished
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            snap = self.cache.snapshot
+            if self.proxy is None or snap is None:
+                continue
+            await self.push(types.CLUSTER, snap, retain=True)
+            await self.push(types.ENDPOINT, snap)
+            # Envoy ACKs CDS only once the changed clusters warmed (got their endpoints):
+            # until then, routes must not point at them. The ACK wakes this loop again.
+            if self._waiting(types.CLUSTER):
+                continue
+            await self.push(types.LISTENER, snap)
+            await self.push(types.ROUTE, snap)
+            if self.states[types.CLUSTER].retained:
+                if self._waiting(types.LISTENER) or self._waiting(types.ROUTE):
+                    continue
+                # Routes moved off the removed clusters and were answered: drop them now.
+                await self.push(types.CLUSTER, snap, retain=False)
+            if self.sync is not None:
+                self.server.registry.pass_done(self.sync, snap.generation)
+
+    def _waiting(self, type_url: str) -> bool:
+        """Sent, not answered yet, and not given up on (a silent proxy must not stall the
+        rest of its config forever)."""
+        st = self.states[type_url]
+        return (bool(st.nonce) and not st.answered
+                and time.monotonic() - st.sent_at < self.server.answer_timeout)
+
+    def on_request(self, request: Any) -> None:
+        raise NotImplementedError
+
+    async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
+        raise NotImplementedError
+
+    def _invalidate_dependents(self, type_url: str, changed: list[Resource]) -> None:
+        """After a cluster (listener) changed, Envoy re-requests its EDS (RDS) names with
+        the same version and nonce as before, and the rebuilt resource stays warming until
+        answered: forget what was sent for them, so they go out again."""
+        if type_url not in types.DEPENDENT:
+            return
+        dependent = self.states[types.DEPENDENT[type_url]]
+        for resource in changed:
+            for dep in resource.deps:
+                dependent.sent.pop(dep, None)
+                dependent.dirty.add(dep)
+
+    def _new_nonce(self, type_url: str, version: str, generation: int) -> str:
+        assert self.sync is not None
+        st = self.states[type_url]
+        nonce = f"{self.id}-{next(self._nonces)}"
+        st.version, st.nonce, st.answered = version, nonce, False
+        st.sent_at = time.monotonic()
+        # Look again once the answer is overdue, whatever else happens.
+        asyncio.get_running_loop().call_later(self.server.answer_timeout, self.wake.set)
+        self.server.registry.sent(self.sync, type_url, version, nonce, generation)
+        return nonce
+
+    def _nack(self, type_url: str, nonce: str, accepted: str, message: str) -> None:
+        assert self.sync is not None
+        st = self.states[type_url]
+        self.server.registry.nacked(self.sync, type_url, st.version, nonce, message)
+        log.warning("nack", node=self.node_id, type=types.short(type_url), version=st.version,
+                    nonce=nonce, accepted_version=accepted, error=message)
+
+    def _ack(self, type_url: str, nonce: str, version: str) -> None:
+        assert self.sync is not None
+        st = self.states[type_url]
+        self.server.registry.acked(self.sync, type_url, version, nonce, st.acked)
+        log.info("ack", node=self.node_id, type=types.short(type_url), version=version,
+                 nonce=nonce)
+
+
+class SotwStream(Stream):
+    """State of the world: every response carries the type's whole set (CDS, LDS) or the
+    changed subscribed resources (EDS, RDS)."""
+
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         if self.proxy is None:
             self._connect(request)
@@ -121,31 +207,23 @@ class SotwStream:
         if st is None:
             log.warning("unsupported_type", node=self.node_id, type=type_url)
             return
-        short = types.short(type_url)
         nonce = request.response_nonce
         if nonce and nonce != st.nonce:
-            log.debug("stale_nonce", node=self.node_id, type=short, nonce=nonce,
-                      latest=st.nonce)
+            log.debug("stale_nonce", node=self.node_id, type=types.short(type_url),
+                      nonce=nonce, latest=st.nonce)
             return
         if nonce:
             if request.HasField("error_detail"):
                 # The proxy kept what it had before: that is what later diffs start from.
                 if type_url in types.WILDCARD_TYPES:
                     st.sent = dict(st.acked)
-                message = request.error_detail.message
-                self.server.registry.nacked(self.sync, type_url, st.version, nonce, message)
-                log.warning("nack", node=self.node_id, type=short, version=st.version,
-                            nonce=nonce, accepted_version=request.version_info,
-                            error=message)
+                self._nack(type_url, nonce, request.version_info, request.error_detail.message)
             else:
                 if type_url in types.WILDCARD_TYPES:
                     st.acked = st.in_flight
                 else:
                     st.acked.update(st.in_flight)
-                self.server.registry.acked(self.sync, type_url, request.version_info, nonce,
-                                           st.acked)
-                log.info("ack", node=self.node_id, type=short, version=request.version_info,
-                         nonce=nonce)
+                self._ack(type_url, nonce, request.version_info)
             st.answered = True
         names = set(request.resource_names)
         if type_url not in types.WILDCARD_TYPES:
@@ -158,37 +236,11 @@ class SotwStream:
         self.server.registry.subscribed(self.sync, type_url, tuple(sorted(names)))
         self.wake.set()
 
-    # -- responses --------------------------------------------------------------------------
-    async def _send_loop(self) -> None:
-        await self.cache.ready.wait()  # never serve before the initial load finished
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            snap = self.cache.snapshot
-            if self.proxy is None or snap is None:
-                continue
-            await self._push_all(types.CLUSTER, snap, retain=True)
-            await self._push_named(types.ENDPOINT, snap)
-            # Envoy ACKs CDS only once the changed clusters warmed (got their endpoints):
-            # until then, routes must not point at them. The ACK wakes this loop again.
-            if self._waiting(types.CLUSTER):
-                continue
-            await self._push_all(types.LISTENER, snap, retain=False)
-            await self._push_named(types.ROUTE, snap)
-            if self.states[types.CLUSTER].retained:
-                if self._waiting(types.LISTENER) or self._waiting(types.ROUTE):
-                    continue
-                # Routes moved off the removed clusters and were answered: drop them now.
-                await self._push_all(types.CLUSTER, snap, retain=False)
-            if self.sync is not None:
-                self.server.registry.pass_done(self.sync, snap.generation)
-
-    def _waiting(self, type_url: str) -> bool:
-        """Sent, not answered yet, and not given up on (a silent proxy must not stall the
-        rest of its config forever)."""
-        st = self.states[type_url]
-        return (bool(st.nonce) and not st.answered
-                and time.monotonic() - st.sent_at < self.server.answer_timeout)
+    async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
+        if type_url in types.WILDCARD_TYPES:
+            await self._push_all(type_url, snap, retain=retain)
+        else:
+            await self._push_named(type_url, snap)
 
     async def _push_all(self, type_url: str, snap: Snapshot, *, retain: bool) -> None:
         assert self.proxy is not None
@@ -210,11 +262,7 @@ class SotwStream:
         # State first, then the write: the answer may be read before the write returns.
         st.sent = {**items, **retained}
         st.retained = set(retained)
-        dependent = self.states[types.DEPENDENT[type_url]]
-        for name in changed:
-            for dep in items[name].deps:
-                dependent.sent.pop(dep, None)
-                dependent.dirty.add(dep)
+        self._invalidate_dependents(type_url, [items[n] for n in changed])
         await self._send(type_url, version, [*items.values(), *retained.values()],
                          snap.generation)
 
@@ -242,19 +290,118 @@ class SotwStream:
 
     async def _send(self, type_url: str, version: str, resources: list[Resource],
                     generation: int) -> None:
-        assert self.sync is not None
-        st = self.states[type_url]
-        nonce = f"{self.id}-{next(self._nonces)}"
+        nonce = self._new_nonce(type_url, version, generation)
+        self.states[type_url].in_flight = {r.name: r for r in resources}
         data = wire.discovery_response(version, [r.entry for r in resources], type_url, nonce)
-        st.version, st.nonce, st.answered = version, nonce, False
-        st.in_flight = {r.name: r for r in resources}
-        st.sent_at = time.monotonic()
-        # Look again once the answer is overdue, whatever else happens.
-        asyncio.get_running_loop().call_later(self.server.answer_timeout, self.wake.set)
-        self.server.registry.sent(self.sync, type_url, version, nonce, generation)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
                  nonce=nonce, resources=len(resources), bytes=len(data))
         await self.context.write(data)
+
+
+class DeltaStream(Stream):
+    """Incremental xDS: only changed resources go out, deletions as removed_resources,
+    subscriptions change by name, and what a reconnecting proxy already holds
+    (initial_resource_versions) is not sent again. `sent` holds, per name, the version
+    the proxy was last sent (a rejected one included, so it is never resent)."""
+
+    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        if self.proxy is None:
+            self._connect(request)
+        assert self.sync is not None
+        type_url = request.type_url
+        st = self.states.get(type_url)
+        if st is None:
+            log.warning("unsupported_type", node=self.node_id, type=type_url)
+            return
+        nonce = request.response_nonce
+        if nonce:
+            answered = st.outstanding.pop(nonce, None)
+            if answered is None:
+                log.debug("stale_nonce", node=self.node_id, type=types.short(type_url),
+                          nonce=nonce)
+            elif request.HasField("error_detail"):
+                self._nack(type_url, nonce, "", request.error_detail.message)
+            else:
+                updates, removed = answered
+                st.acked.update(updates)
+                for name in removed:
+                    st.acked.pop(name, None)
+                self._ack(type_url, nonce, st.version)
+            st.answered = not st.outstanding
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        if not st.requested:
+            # Legacy wildcard: a first CDS/LDS request naming nothing means everything.
+            st.wildcard = "*" in subscribe or (type_url in types.WILDCARD_TYPES
+                                               and not subscribe)
+            # What a reconnecting proxy holds: not sent again unless it changed.
+            st.sent = {name: _Held(name, version) for name, version in
+                       request.initial_resource_versions.items()}  # type: ignore[misc]
+        if "*" in subscribe:
+            st.wildcard = True
+        if "*" in unsubscribe:
+            st.wildcard = False
+        subscribe.discard("*")
+        unsubscribe.discard("*")
+        for name in unsubscribe:
+            st.names.discard(name)
+            st.sent.pop(name, None)
+            st.acked.pop(name, None)
+        st.dirty |= subscribe - st.names
+        st.names |= subscribe
+        st.requested = True
+        self.server.registry.subscribed(self.sync, type_url, tuple(sorted(st.names)))
+        self.wake.set()
+
+    async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
+        assert self.proxy is not None
+        st = self.states[type_url]
+        if not st.requested:
+            return
+        res = snap.resources(type_url, self.proxy)
+        changed = (self.cache.changed_since(type_url, st.generation)
+                   if type_url in snap.source.shared_types else None)
+        if st.wildcard:
+            scope: set[str] | dict[str, Resource] = res.items
+            candidates = (set(res.items) | set(st.sent)) if changed is None else (
+                changed | st.dirty | st.retained)
+        else:
+            scope = st.names
+            candidates = st.names if changed is None else (changed & st.names) | st.dirty
+        st.dirty.clear()
+        st.generation = snap.generation
+        updates = [r for n in sorted(candidates)
+                   if (n in scope or n in st.names) and (r := res.items.get(n)) is not None
+                   and ((old := st.sent.get(n)) is None or old.version != r.version)]
+        removed = sorted(n for n in candidates if n not in res.items and n in st.sent)
+        keep: list[str] = []
+        if retain and type_url == types.CLUSTER and self.states[types.LISTENER].requested:
+            # Make before break: removed clusters go once routes moved off them.
+            keep, removed = removed, []
+        st.retained = set(keep)
+        if not updates and not removed:
+            return
+        for r in updates:
+            st.sent[r.name] = r
+        for name in removed:
+            st.sent.pop(name, None)
+        self._invalidate_dependents(type_url, updates)
+        nonce = self._new_nonce(type_url, res.version, snap.generation)
+        st.outstanding[nonce] = ({r.name: r for r in updates}, set(removed))
+        data = wire.delta_discovery_response(res.version, [r.delta_entry for r in updates],
+                                             type_url, removed, nonce)
+        log.info("push", node=self.node_id, type=types.short(type_url), version=res.version,
+                 nonce=nonce, resources=len(updates), removed=len(removed), bytes=len(data),
+                 delta=True)
+        await self.context.write(data)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A resource a reconnecting proxy reported holding: only its name and version."""
+
+    name: str
+    version: str
 
 
 class AdsServer:
@@ -263,15 +410,20 @@ class AdsServer:
         self.cache = cache
         self.registry = registry
         self.answer_timeout = answer_timeout
-        self.streams: dict[int, SotwStream] = {}
+        self.streams: dict[int, Stream] = {}
 
-    async def _sotw(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
-        stream = SotwStream(self, context)
+    async def _serve(self, stream: Stream, requests: Any) -> None:
         self.streams[stream.id] = stream
         try:
             await stream.run(requests)
         finally:
             self.streams.pop(stream.id, None)
+
+    async def _sotw(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await self._serve(SotwStream(self, context), requests)
+
+    async def _delta(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await self._serve(DeltaStream(self, context), requests)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(ADS_SERVICE, {
@@ -279,6 +431,11 @@ class AdsServer:
                 self._sotw,
                 request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
                 response_serializer=None,  # responses are assembled as bytes (wire.py)
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._delta,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=None,
             ),
         })
 

@@ -44,3 +44,26 @@ def discovery_response(version: str, entries: list[bytes], type_url: str, nonce:
         length_delimited(4, type_url.encode()),
         length_delimited(5, nonce.encode()),
     ))
+
+
+def delta_resource_entry(type_url: str, name: str, version: str, value: bytes) -> bytes:
+    """One `resources` (field 2) entry of a DeltaDiscoveryResponse: a discovery Resource
+    with version = 1, resource = 2 (Any), name = 3."""
+    return length_delimited(2, b"".join((
+        length_delimited(1, version.encode()),
+        length_delimited(2, any_bytes(type_url, value)),
+        length_delimited(3, name.encode()),
+    )))
+
+
+def delta_discovery_response(version: str, entries: list[bytes], type_url: str,
+                             removed: list[str], nonce: str) -> bytes:
+    """DeltaDiscoveryResponse: system_version_info = 1, resources = 2, type_url = 4,
+    nonce = 5, removed_resources = 6."""
+    return b"".join((
+        length_delimited(1, version.encode()),
+        *entries,
+        length_delimited(4, type_url.encode()),
+        length_delimited(5, nonce.encode()),
+        *(length_delimited(6, name.encode()) for name in removed),
+    ))

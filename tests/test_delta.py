@@ -1,0 +1,140 @@
+"""Incremental xDS on the exact responses: only what changed, removals by name,
+subscriptions by name, and nothing resent that a reconnecting proxy already holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.xds import types
+from tests.ads_client import DeltaClient, delta_names
+from tests.conftest import apply_docs, delete_docs
+from tests.harness import ControlPlane, wait_until
+from tests.manifests import destination_rule, pod, service
+
+REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
+RATINGS = "outbound|9080||ratings.default.svc.cluster.local"
+
+
+@pytest.fixture
+def plane(cp: ControlPlane) -> ControlPlane:
+    apply_docs(cp, service("reviews", 9080), service("ratings", 9080),
+               pod("reviews-1", "127.1.0.1", {"app": "reviews"}),
+               pod("ratings-1", "127.1.0.2", {"app": "ratings"}))
+    wait_until(lambda: {REVIEWS, RATINGS} <= cp.cluster_names())
+    return cp
+
+
+@pytest.fixture
+def client(plane: ControlPlane) -> Any:
+    c = DeltaClient(plane.port, "delta-1", {"INSTANCE_IPS": "127.0.9.2"})
+    plane.call(c.open())
+    yield c
+    plane.call(c.close())
+
+
+def connect(plane: ControlPlane, c: DeltaClient) -> dict[str, Any]:
+    """CDS (wildcard), EDS for both clusters, LDS, RDS; every response ACKed."""
+    run = plane.call
+    run(c.delta(types.CLUSTER))
+    cds = run(c.recv())
+    assert sorted(delta_names(cds)) == [RATINGS, REVIEWS] and not cds.removed_resources
+    run(c.delta(types.ENDPOINT, [REVIEWS, RATINGS]))
+    run(c.ack_delta(cds))
+    eds = run(c.recv())
+    assert sorted(delta_names(eds)) == [RATINGS, REVIEWS]
+    run(c.ack_delta(eds))
+    run(c.delta(types.LISTENER))
+    lds = run(c.recv())
+    assert delta_names(lds) == ["127.0.9.2_9080"]
+    run(c.delta(types.ROUTE, ["9080"]))
+    run(c.ack_delta(lds))
+    rds = run(c.recv())
+    assert delta_names(rds) == ["9080"]
+    run(c.ack_delta(rds))
+    assert run(c.silent())
+    return {"cds": cds, "eds": eds, "lds": lds, "rds": rds}
+
+
+def test_endpoint_change_sends_only_that_assignment(plane: ControlPlane,
+                                                    client: DeltaClient) -> None:
+    connect(plane, client)
+    apply_docs(plane, pod("reviews-2", "127.1.0.9", {"app": "reviews"}))
+    update = plane.call(client.recv())
+    assert update.type_url == types.ENDPOINT and delta_names(update) == [REVIEWS]
+    assert not update.removed_resources
+    plane.call(client.ack_delta(update))
+    assert plane.call(client.silent())
+
+
+def test_deletion_is_a_removed_resource_after_routes_moved(plane: ControlPlane,
+                                                           client: DeltaClient) -> None:
+    connect(plane, client)
+    delete_docs(plane, service("ratings", 9080))
+    lds_or_rds = []
+    while True:
+        resp = plane.call(client.recv())
+        plane.call(client.ack_delta(resp))
+        if resp.type_url == types.CLUSTER and resp.removed_resources:
+            break
+        assert not resp.removed_resources or resp.type_url != types.CLUSTER
+        lds_or_rds.append(types.short(resp.type_url))
+    assert list(resp.removed_resources) == [RATINGS]
+    assert "RDS" in lds_or_rds  # the routes went first: make before break
+
+
+def test_unsubscribe_and_resubscribe(plane: ControlPlane, client: DeltaClient) -> None:
+    run = plane.call
+    connect(plane, client)
+    run(client.delta(types.ENDPOINT, unsubscribe=[RATINGS]))
+    assert run(client.silent())
+    apply_docs(plane, pod("ratings-2", "127.1.0.8", {"app": "ratings"}))
+    assert run(client.silent())  # no longer subscribed: nothing sent
+    run(client.delta(types.ENDPOINT, [RATINGS]))
+    again = run(client.recv())
+    assert delta_names(again) == [RATINGS]
+
+
+def test_reconnect_with_initial_versions_resends_only_what_changed(
+        plane: ControlPlane, client: DeltaClient) -> None:
+    first = connect(plane, client)
+    held = {r.name: r.version for r in first["cds"].resources}
+    plane.call(client.close())
+    wait_until(lambda: not plane.registry.by_node("delta-1"))
+    apply_docs(plane, destination_rule("reviews", "reviews", {"v1": {"version": "v1"}}))
+    wait_until(lambda: "outbound|9080|v1|reviews.default.svc.cluster.local"
+               in plane.cluster_names())
+    again = DeltaClient(plane.port, "delta-1", {"INSTANCE_IPS": "127.0.9.2"})
+    plane.call(again.open())
+    plane.call(again.delta(types.CLUSTER, initial=held))
+    cds = plane.call(again.recv())
+    # The two clusters it holds are unchanged: only the new subset cluster is sent.
+    assert delta_names(cds) == ["outbound|9080|v1|reviews.default.svc.cluster.local"]
+    plane.call(again.close())
+
+
+def test_nack_is_recorded_and_never_resent(plane: ControlPlane, client: DeltaClient) -> None:
+    run = plane.call
+    connect(plane, client)
+    apply_docs(plane, service("details", 9080))
+    update = run(client.recv())
+    assert update.type_url == types.CLUSTER
+    run(client.delta(types.CLUSTER, nonce=update.nonce, error="details: no"))
+    # Routes for the new host may follow; the rejected clusters are never sent again.
+    seen = []
+    while not run(client.silent_or_next(1.0, seen)):
+        pass
+    assert types.CLUSTER not in [r.type_url for r in seen], seen
+    [sync] = plane.registry.by_node("delta-1")
+    assert sync.types[types.CLUSTER].nack.message == "details: no"
+
+
+def test_a_change_affecting_no_subscription_sends_nothing(plane: ControlPlane,
+                                                          client: DeltaClient) -> None:
+    run = plane.call
+    connect(plane, client)
+    run(client.delta(types.ENDPOINT, unsubscribe=[REVIEWS, RATINGS]))
+    assert run(client.silent())
+    apply_docs(plane, pod("reviews-3", "127.1.0.7", {"app": "reviews"}))
+    assert run(client.silent(0.6))
