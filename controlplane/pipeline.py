@@ -16,14 +16,15 @@ import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 
 from controlplane.model.mesh import Mesh
+from controlplane.model.service import Service
 from controlplane.store import Store
 from controlplane.translate import (
     ProxyView,
-    build_clusters,
     build_listeners,
-    build_load_assignments,
     build_route_configs,
     route_names,
+    service_assignments,
+    service_clusters,
 )
 from controlplane.xds import types
 from controlplane.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
@@ -35,11 +36,21 @@ PROBE = ProxyView(node_id="consistency-probe")
 
 
 class MeshTranslation:
+    """One Mesh's translation, computed lazily and reusing the previous translation's
+    messages for everything the Mesh says did not change (`Mesh.dirty`,
+    `Mesh.routes_changed`): the cache then reuses their serialized bytes too, so a push
+    costs what changed, not the size of the mesh."""
+
     shared_types = frozenset({types.CLUSTER, types.ENDPOINT})
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, previous: MeshTranslation | None = None) -> None:
         self.mesh = mesh
+        self.previous = previous
         self._memo: dict[tuple[str, Hashable], list[Any]] = {}
+        self._units: dict[str, tuple[list[Any], list[Any]]] = {}
+        if previous is not None and mesh.dirty is not None:
+            # Every unit the Mesh did not mark dirty carries over as it is.
+            self._units = {f: u for f, u in previous._units.items() if f not in mesh.dirty}
 
     def group_key(self, type_url: str, proxy: ProxyView) -> Hashable:
         if type_url == types.LISTENER:
@@ -48,19 +59,60 @@ class MeshTranslation:
             return proxy.namespace
         return None
 
+    def _unit(self, service: Service) -> tuple[list[Any], list[Any]]:
+        fqdn = service.fqdn
+        if fqdn in self._units:
+            return self._units[fqdn]
+        prev = self.previous
+        dirty = self.mesh.dirty
+        if prev is not None and dirty is not None and fqdn not in dirty and fqdn in prev._units:
+            unit = prev._units[fqdn]  # (carried over at construction; here for safety)
+        else:
+            unit = (service_clusters(self.mesh, service),
+                    service_assignments(self.mesh, service))
+        self._units[fqdn] = unit
+        return unit
+
     def messages(self, type_url: str, key: Hashable) -> list[Any]:
         memo_key = (type_url, key)
-        if memo_key not in self._memo:
-            if type_url == types.CLUSTER:
-                out: list[Any] = build_clusters(self.mesh)
-            elif type_url == types.ENDPOINT:
-                out = build_load_assignments(self.mesh)
-            elif type_url == types.LISTENER:
-                out = build_listeners(self.mesh, str(key))
-            else:
-                out = build_route_configs(self.mesh, str(key))
-            self._memo[memo_key] = out
-        return self._memo[memo_key]
+        if memo_key in self._memo:
+            return self._memo[memo_key]
+        prev = self.previous
+        if type_url in (types.CLUSTER, types.ENDPOINT):
+            units = [self._unit(s) for s in self.mesh.services.values()]
+            part = 0 if type_url == types.CLUSTER else 1
+            out: list[Any] = [m for unit in units for m in unit[part]]
+        elif (prev is not None and not self.mesh.routes_changed
+              and memo_key in prev._memo):
+            out = prev._memo[memo_key]
+        elif type_url == types.LISTENER:
+            out = build_listeners(self.mesh, str(key))
+        else:
+            out = build_route_configs(self.mesh, str(key))
+        self._memo[memo_key] = out
+        return out
+
+    def delta(self, type_url: str) -> tuple[list[Any], set[str]] | None:
+        """For a shared type, what differs from the previous translation: the messages of
+        the dirty services and the names that are gone. None: compare everything."""
+        prev = self.previous
+        if prev is None or self.mesh.dirty is None or type_url not in self.shared_types:
+            return None
+        part = 0 if type_url == types.CLUSTER else 1
+        changed: list[Any] = []
+        removed: set[str] = set()
+        for fqdn in self.mesh.dirty:
+            service = self.mesh.services.get(fqdn)
+            new = self._unit(service)[part] if service is not None else []
+            old = prev._units.get(fqdn, ([], []))[part]
+            changed.extend(new)
+            removed |= ({types.resource_name(type_url, m) for m in old}
+                        - {types.resource_name(type_url, m) for m in new})
+        return changed, removed
+
+    def release_previous(self) -> None:
+        """Once published, the chain back stops here: only one translation is kept."""
+        self.previous = None
 
     def name_of(self, type_url: str, message: Any) -> str:
         return types.resource_name(type_url, message)
@@ -83,6 +135,7 @@ class PushLoop:
         self.quiet = quiet
         self.max_delay = max_delay
         self._problems: set[str] = set()
+        self._translation: MeshTranslation | None = None
         # Called after each publish with (snapshot, mesh, first change seen or None,
         # monotonic start of the publish, its duration in seconds).
         self.on_publish: list[Callable[[Snapshot, Mesh, float | None, float, float],
@@ -94,7 +147,13 @@ class PushLoop:
         self.store.first_unseen_change = None
         try:
             mesh = self.store.mesh()
-            snap = self.cache.publish(MeshTranslation(mesh), PROBE)
+            translation = MeshTranslation(mesh, self._translation)
+            snap = self.cache.publish(translation, PROBE)
+            # Everything the next push reuses is built: drop the older translation.
+            for service in mesh.services.values():
+                translation._unit(service)
+            translation.release_previous()
+            self._translation = translation
         except InconsistentSnapshot as exc:
             log.error("snapshot_rejected", reason=str(exc))
             return False

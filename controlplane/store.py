@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from controlplane.model.mesh import Mesh, build_mesh
+from controlplane.model.mesh import Mesh, MeshIndex, build_mesh
 from controlplane.model.meta import Key
 from controlplane.model.parse import Object, key_of
 
@@ -19,7 +19,11 @@ from controlplane.model.parse import Object, key_of
 class Store:
     def __init__(self) -> None:
         self._objects: dict[Key, Object] = {}
-        self._mesh: Mesh | None = None
+        self._index = MeshIndex()
+        self._mesh: Mesh | None = None  # the newest Mesh built
+        self._mesh_current = False
+        # Changes since the newest Mesh: key -> the object as that Mesh saw it (None: new).
+        self._changes: dict[Key, Object | None] = {}
         self._pending_sources: set[str] = set()
         self._synced = asyncio.Event()
         self._synced.set()  # with no source registered there is nothing to wait for
@@ -53,16 +57,18 @@ class Store:
     # -- writes -----------------------------------------------------------------------------
     def apply(self, obj: Object) -> bool:
         key = key_of(obj)
-        if self._objects.get(key) == obj:
+        old = self._objects.get(key)
+        if old == obj:
             return False
         self._objects[key] = obj
-        self._touch()
+        self._touch(key, old, obj)
         return True
 
     def delete(self, key: Key) -> bool:
-        if self._objects.pop(key, None) is None:
+        old = self._objects.pop(key, None)
+        if old is None:
             return False
-        self._touch()
+        self._touch(key, old, None)
         return True
 
     def replace(self, kind: str, objects: Iterable[Object],
@@ -76,9 +82,11 @@ class Store:
         for obj in fresh.values():
             self.apply(obj)
 
-    def _touch(self) -> None:
+    def _touch(self, key: Key, old: Object | None, new: Object | None) -> None:
+        self._index.update(key, old, new)
+        self._changes.setdefault(key, old)
         self.generation += 1
-        self._mesh = None
+        self._mesh_current = False
         if self.first_unseen_change is None:
             self.first_unseen_change = time.monotonic()
         self.changed.set()
@@ -91,6 +99,12 @@ class Store:
         return [o for k, o in self._objects.items() if kind is None or k.kind == kind]
 
     def mesh(self) -> Mesh:
-        if self._mesh is None:
-            self._mesh = build_mesh(self._objects)
+        """The Mesh of the current objects, built from the previous one and the changes
+        since (see model/mesh.py)."""
+        if not self._mesh_current:
+            self._mesh = build_mesh(self._index, self._mesh, self._changes
+                                    if self._mesh is not None else None)
+            self._changes = {}
+            self._mesh_current = True
+        assert self._mesh is not None
         return self._mesh

@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def test_demo_runs_unattended() -> None:
 def test_a_signal_mid_way_stops_everything_it_started(sig: signal.Signals) -> None:
     proc = subprocess.Popen([*DEMO, "--no-interactive"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(90, proc.kill)  # reading its output must not hang the suite
+    watchdog.start()
     try:
         assert proc.stdout is not None
         output = []
@@ -100,6 +103,7 @@ def test_a_signal_mid_way_stops_everything_it_started(sig: signal.Signals) -> No
         proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=20)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

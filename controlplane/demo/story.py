@@ -347,7 +347,9 @@ class Demo:
             client = self.clients[i % len(self.clients)]
             counts[client.label(probe.host, probe.key, headers=probe.headers)] += 1
             if self.live and (i + 1) % 10 == 0:
-                self.out.write(f"\r{prefix}: {bar(counts, probe.requests, width)}\x1b[K")
+                # cut to the terminal's width: a wrapped line could not be redrawn
+                line = f"{prefix}: {bar(counts, probe.requests, width)}"
+                self.out.write(f"\r{line[:shutil.get_terminal_size().columns - 1]}\x1b[K")
                 self.out.flush()
         if self.live:
             self.out.write("\r\x1b[K")
@@ -388,9 +390,10 @@ class Demo:
         results = [self.run_step(i, s) for i, s in enumerate(steps(), 1)]
         self.say(f"\n{sum(results)}/{len(results)} steps saw what they expected")
         if self.interactive:
-            self.say(f"\nEverything still runs: try curl -H 'Host: reviews' "
-                     f"http://{SIDECAR_IP}:{SERVICE_PORT}/, edit the files in {self.config}, "
-                     f"controlplane proxy-status --server {self.admin_address}")
+            self.say(f"\nEverything still runs. Try:\n"
+                     f"    curl -H 'Host: reviews' http://{SIDECAR_IP}:{SERVICE_PORT}/\n"
+                     f"    controlplane proxy-status --server {self.admin_address}\n"
+                     f"    edit the files in {self.config}")
             self.pause("press Enter (or Ctrl-C) to stop everything")
         return all(results)
 

@@ -91,6 +91,8 @@ class TrafficPolicy:
 
     def for_port(self, port: int) -> TrafficPolicy:
         """The policy in force on one port: its port-level settings win."""
+        if not self.port_level:
+            return self
         level = next((p for p in self.port_level if p.port == port), None)
         if level is None:
             return replace(self, port_level=())

@@ -1,10 +1,17 @@
 """The consistent, immutable view of the mesh that the translator reads.
 
-Built from the mirrored objects in one pass: services by FQDN, each service port's
-endpoints (from EndpointSlices, else Endpoints, else the Pods its selector matches, as
-Kubernetes' own controller would publish them), and the VirtualService and
-DestinationRule that apply to each host. Problems found on the way (a route to a host
-that does not exist, two VirtualServices for one host) are collected, never raised.
+Services by FQDN, each service port's endpoints (from EndpointSlices, else Endpoints,
+else the Pods its selector matches, as Kubernetes' own controller would publish them),
+and the VirtualService and DestinationRule in force for each host. Problems found on the
+way (a route to a host that does not exist, two VirtualServices for one host) are
+collected, never raised.
+
+Built incrementally: `MeshIndex` keeps the mirrored objects indexed as they change, and
+`build_mesh` recomputes only the services a change can affect, reusing everything else
+from the previous Mesh, down to the very tuples of endpoints. `Mesh.dirty` names the
+services whose clusters or endpoints may differ from the previous Mesh, and
+`Mesh.routes_changed` says whether listeners and routes may, so the translator can reuse
+the rest.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from controlplane.model.service import DOMAIN_SUFFIX, Service
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import EndpointAddress, Endpoints, EndpointSlice, Pod
 
+ServiceId = tuple[str, str]  # (namespace, name)
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -29,13 +38,16 @@ class Endpoint:
     hostname: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Mesh:
-    services: Mapping[str, Service]  # by FQDN, sorted
+    services: Mapping[str, Service]  # by FQDN, in (namespace, name) order
     endpoints: Mapping[tuple[str, int], tuple[Endpoint, ...]]  # (FQDN, service port)
     virtual_services: Mapping[str, VirtualService]  # host FQDN -> the VirtualService in force
     destination_rules: Mapping[str, DestinationRule]  # host FQDN -> the rule in force
     problems: tuple[str, ...] = field(default=())
+    # Against the previous Mesh: services whose clusters/endpoints may differ (None: any).
+    dirty: frozenset[str] | None = None
+    routes_changed: bool = True  # whether listeners and routes may differ
 
     def resolve_host(self, host: str, namespace: str) -> str:
         """The FQDN a VirtualService/DestinationRule host means, Istio's way: a name
@@ -49,6 +61,60 @@ class Mesh:
             if f"{host}{suffix}" in self.services:
                 return f"{host}{suffix}"
         return host
+
+
+class MeshIndex:
+    """The mirrored objects, indexed the way the mesh is computed from them."""
+
+    def __init__(self) -> None:
+        self.services: dict[ServiceId, Service] = {}
+        self.services_by_ns: dict[str, dict[str, Service]] = defaultdict(dict)
+        self.pods_by_ns: dict[str, dict[str, Pod]] = defaultdict(dict)
+        self.slices: dict[ServiceId, dict[str, EndpointSlice]] = defaultdict(dict)
+        self.endpoints: dict[ServiceId, Endpoints] = {}
+        self.virtual_services: dict[ServiceId, VirtualService] = {}
+        self.destination_rules: dict[ServiceId, DestinationRule] = {}
+        self.slice_by_name: dict[ServiceId, EndpointSlice] = {}
+        # Which services' endpoints name a pod (slices' targetRef): a pod's labels feed
+        # those services' subsets. Kept by build_mesh as it computes endpoints.
+        self.pod_services: dict[ServiceId, set[ServiceId]] = defaultdict(set)
+        self.service_pods: dict[ServiceId, set[str]] = {}
+
+    def update(self, key: Key, old: object | None, new: object | None) -> None:
+        ident = (key.namespace, key.name)
+        if isinstance(old, EndpointSlice):
+            self.slices[(key.namespace, old.service)].pop(key.name, None)
+            self.slice_by_name.pop(ident, None)
+        if isinstance(new, EndpointSlice):
+            self.slices[(key.namespace, new.service)][key.name] = new
+            self.slice_by_name[ident] = new
+        table: dict | None = {
+            "Service": self.services, "Endpoints": self.endpoints,
+            "VirtualService": self.virtual_services,
+            "DestinationRule": self.destination_rules,
+        }.get(key.kind)
+        if table is not None:
+            if new is None:
+                table.pop(ident, None)
+            else:
+                table[ident] = new
+        if key.kind == "Service":
+            if new is None:
+                self.services_by_ns[key.namespace].pop(key.name, None)
+            else:
+                self.services_by_ns[key.namespace][key.name] = new  # type: ignore[assignment]
+        elif key.kind == "Pod":
+            if new is None:
+                self.pods_by_ns[key.namespace].pop(key.name, None)
+            else:
+                self.pods_by_ns[key.namespace][key.name] = new  # type: ignore[assignment]
+
+    @classmethod
+    def of(cls, objects: Mapping[Key, object]) -> MeshIndex:
+        index = cls()
+        for key, obj in objects.items():
+            index.update(key, None, obj)
+        return index
 
 
 def _oldest_first(objs: Iterable[VirtualService | DestinationRule]) -> list:
@@ -78,64 +144,175 @@ def _pod_addresses(service: Service, pods: Iterable[Pod]) -> list[EndpointAddres
     return out
 
 
-def build_mesh(objects: Mapping[Key, object]) -> Mesh:
-    services: dict[str, Service] = {}
-    pods: dict[tuple[str, str], Pod] = {}
-    pods_by_ns: dict[str, list[Pod]] = defaultdict(list)
-    slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
-    endpoints_objs: dict[tuple[str, str], Endpoints] = {}
-    vss: list[VirtualService] = []
-    drs: list[DestinationRule] = []
-    for key in sorted(objects, key=lambda k: (k.kind, k.namespace, k.name)):
-        obj = objects[key]
-        if isinstance(obj, Service):
-            services[obj.fqdn] = obj
-        elif isinstance(obj, Pod):
-            pods[(obj.meta.namespace, obj.meta.name)] = obj
-            pods_by_ns[obj.meta.namespace].append(obj)
-        elif isinstance(obj, EndpointSlice):
-            slices[(obj.meta.namespace, obj.service)].append(obj)
-        elif isinstance(obj, Endpoints):
-            endpoints_objs[(obj.meta.namespace, obj.meta.name)] = obj
-        elif isinstance(obj, VirtualService):
-            vss.append(obj)
-        elif isinstance(obj, DestinationRule):
-            drs.append(obj)
+class _LabelIndex:
+    """Pods of one namespace by label pair, built on first use: a selector then scans
+    the pods carrying one of its labels, not the whole namespace."""
 
-    endpoints: dict[tuple[str, int], tuple[Endpoint, ...]] = {}
-    for fqdn, svc in services.items():
-        ns_name = (svc.meta.namespace, svc.meta.name)
-        if ns_name in slices:
-            addrs = [a for s in slices[ns_name] for a in s.addresses]
-        elif ns_name in endpoints_objs:
-            addrs = list(endpoints_objs[ns_name].addresses)
-        elif svc.selector:
-            addrs = _pod_addresses(svc, pods_by_ns.get(svc.meta.namespace, ()))
-        else:
-            addrs = []
-        for sp in svc.ports:
-            seen: set[tuple[str, int]] = set()
-            eps = []
-            for a in addrs:
-                if not (a.ready or svc.publish_not_ready):
-                    continue
-                number = next((n for name, n in a.ports if name == sp.name), None)
-                if number is None and len(svc.ports) == 1 and len(a.ports) == 1:
-                    number = a.ports[0][1]
-                if number is None or (a.ip, number) in seen:
-                    continue
-                seen.add((a.ip, number))
-                pod = pods.get((svc.meta.namespace, a.pod)) if a.pod else None
-                eps.append(Endpoint(ip=a.ip, port=number,
-                                    labels=pod.meta.labels if pod else frozenset(),
-                                    pod=a.pod, hostname=a.hostname))
-            endpoints[(fqdn, sp.port)] = tuple(sorted(eps, key=lambda e: (e.ip, e.port)))
+    def __init__(self, pods: Mapping[str, Pod]) -> None:
+        self.pods = pods
+        self.by_pair: dict[tuple[str, str], list[Pod]] | None = None
+
+    def matching(self, selector: frozenset[tuple[str, str]]) -> list[Pod]:
+        if self.by_pair is None:
+            self.by_pair = defaultdict(list)
+            for pod in self.pods.values():
+                for pair in pod.meta.labels:
+                    self.by_pair[pair].append(pod)
+        smallest = min((self.by_pair.get(pair, []) for pair in selector), key=len)
+        return [p for p in smallest if selector <= p.meta.labels]
+
+
+def _service_endpoints(index: MeshIndex, service: Service, labels: _LabelIndex
+                       ) -> dict[int, tuple[Endpoint, ...]]:
+    ns = service.meta.namespace
+    ident = (ns, service.meta.name)
+    if index.slices.get(ident):
+        addrs = [a for _, s in sorted(index.slices[ident].items()) for a in s.addresses]
+    elif ident in index.endpoints:
+        addrs = list(index.endpoints[ident].addresses)
+    elif service.selector:
+        addrs = _pod_addresses(service, sorted(labels.matching(service.selector),
+                                               key=lambda p: p.meta.name))
+    else:
+        addrs = []
+    pods = index.pods_by_ns.get(ns, {})
+    for pod_name in index.service_pods.pop(ident, ()):
+        index.pod_services[(ns, pod_name)].discard(ident)
+    named = {a.pod for a in addrs if a.pod}
+    index.service_pods[ident] = named
+    for pod_name in named:
+        index.pod_services[(ns, pod_name)].add(ident)
+    out = {}
+    for sp in service.ports:
+        seen: set[tuple[str, int]] = set()
+        eps = []
+        for a in addrs:
+            if not (a.ready or service.publish_not_ready):
+                continue
+            number = next((n for name, n in a.ports if name == sp.name), None)
+            if number is None and len(service.ports) == 1 and len(a.ports) == 1:
+                number = a.ports[0][1]
+            if number is None or (a.ip, number) in seen:
+                continue
+            seen.add((a.ip, number))
+            pod = pods.get(a.pod) if a.pod else None
+            eps.append(Endpoint(ip=a.ip, port=number,
+                                labels=pod.meta.labels if pod else frozenset(),
+                                pod=a.pod, hostname=a.hostname))
+        out[sp.port] = tuple(sorted(eps, key=lambda e: (e.ip, e.port)))
+    return out
+
+
+def _affected(index: MeshIndex, previous: Mesh, changes: Mapping[Key, object | None]
+              ) -> tuple[set[ServiceId], bool]:
+    """Services whose endpoints a change can touch, and whether routing objects or the
+    set of services changed."""
+    affected: set[ServiceId] = set()
+    routing = False
+    for key, old in changes.items():
+        ns = key.namespace
+        if key.kind == "Service":
+            affected.add((ns, key.name))
+            routing = True
+        elif key.kind in ("VirtualService", "DestinationRule"):
+            routing = True
+        elif key.kind == "Endpoints":
+            affected.add((ns, key.name))
+        elif key.kind == "EndpointSlice":  # the slice's service, before and after
+            for obj in (old, index.slice_by_name.get((ns, key.name))):
+                if isinstance(obj, EndpointSlice):
+                    affected.add((ns, obj.service))
+        elif key.kind == "Pod":
+            new_pod = index.pods_by_ns.get(ns, {}).get(key.name)
+            label_sets = [p.meta.labels for p in (old, new_pod) if isinstance(p, Pod)]
+            for service in index.services_by_ns.get(ns, {}).values():
+                if service.selector and any(service.selector <= ls for ls in label_sets):
+                    affected.add((ns, service.meta.name))
+            affected |= index.pod_services.get((ns, key.name), set())
+    return affected, routing
+
+
+def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None = None,
+               changes: Mapping[Key, object | None] | None = None) -> Mesh:
+    """The Mesh of `objects` (or of an index kept up to date). With the previous Mesh
+    and the changes since it (key -> the object before), only what they can affect is
+    recomputed."""
+    index = objects if isinstance(objects, MeshIndex) else MeshIndex.of(objects)
+    if previous is not None and changes is not None and not any(
+            k.kind == "Service" for k in changes):
+        services = previous.services  # the same services, in the same order
+    else:
+        services = {s.fqdn: s for s in sorted(index.services.values(),
+                                              key=lambda s: (s.meta.namespace, s.meta.name))}
+    labels: dict[str, _LabelIndex] = {}
+
+    def label_index(ns: str) -> _LabelIndex:
+        if ns not in labels:
+            labels[ns] = _LabelIndex(index.pods_by_ns.get(ns, {}))
+        return labels[ns]
+
+    incremental = previous is not None and changes is not None
+    if incremental:
+        assert previous is not None and changes is not None
+        affected, routing = _affected(index, previous, changes)
+        endpoints = dict(previous.endpoints)
+        dirty: set[str] = set()
+        for ns, name in affected:
+            fqdn = f"{name}.{ns}.{DOMAIN_SUFFIX}"
+            dirty.add(fqdn)
+            old_service = previous.services.get(fqdn)
+            for sp in old_service.ports if old_service else ():
+                endpoints.pop((fqdn, sp.port), None)
+            service = services.get(fqdn)
+            if service is None:
+                continue
+            for port, eps in _service_endpoints(index, service, label_index(ns)).items():
+                key = (fqdn, port)
+                # Keep the old tuple when equal: downstream memos compare by identity.
+                old = previous.endpoints.get(key)
+                endpoints[key] = old if old == eps else eps
+            if service.headless and not routing:
+                before = {e.hostname for sp in service.ports
+                          for e in previous.endpoints.get((fqdn, sp.port), ())}
+                after = {e.hostname for sp in service.ports
+                         for e in endpoints.get((fqdn, sp.port), ())}
+                routing = before != after  # per-pod hosts appear or go: routes change
+    else:
+        endpoints = {}
+        for fqdn, service in services.items():
+            for port, eps in _service_endpoints(index, service,
+                                                label_index(service.meta.namespace)).items():
+                endpoints[(fqdn, port)] = eps
+        routing = True
+
+    if incremental and not routing:
+        assert previous is not None
+        return Mesh(services=services, endpoints=endpoints,
+                    virtual_services=previous.virtual_services,
+                    destination_rules=previous.destination_rules,
+                    problems=previous.problems, dirty=frozenset(dirty), routes_changed=False)
 
     mesh = Mesh(services=services, endpoints=endpoints, virtual_services={},
                 destination_rules={})
+    vs_by_host, dr_by_host, problems = _routing(mesh, index)
+    if incremental:
+        assert previous is not None
+        # A rule appearing, going or changing touches the clusters of its hosts.
+        for fqdn in set(dr_by_host) | set(previous.destination_rules):
+            if dr_by_host.get(fqdn) is not previous.destination_rules.get(fqdn):
+                dirty.add(fqdn)
+    return Mesh(services=services, endpoints=endpoints, virtual_services=vs_by_host,
+                destination_rules=dr_by_host, problems=tuple(problems),
+                dirty=frozenset(dirty) if incremental else None, routes_changed=True)
+
+
+def _routing(mesh: Mesh, index: MeshIndex
+             ) -> tuple[dict[str, VirtualService], dict[str, DestinationRule], list[str]]:
+    services = mesh.services
     problems: list[str] = []
     vs_by_host: dict[str, VirtualService] = {}
-    for vs in _oldest_first(v for v in vss if v.applies_to_sidecars):
+    for vs in _oldest_first(v for v in index.virtual_services.values()
+                            if v.applies_to_sidecars):
         for host in vs.hosts:
             fqdn = mesh.resolve_host(host, vs.meta.namespace)
             if fqdn in vs_by_host:
@@ -151,7 +328,7 @@ def build_mesh(objects: Mapping[Key, object]) -> Mesh:
                 continue
             vs_by_host[fqdn] = vs
     dr_by_host: dict[str, DestinationRule] = {}
-    for dr in _oldest_first(drs):
+    for dr in _oldest_first(index.destination_rules.values()):
         fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
         if fqdn in dr_by_host:
             winner = dr_by_host[fqdn]
@@ -179,5 +356,4 @@ def build_mesh(objects: Mapping[Key, object]) -> Mesh:
                     problems.append(f"{where}.subset: subset {dest.subset!r} of {fqdn} is not "
                                     "defined by a DestinationRule; requests to it answer 503 "
                                     "until it is")
-    return Mesh(services=services, endpoints=endpoints, virtual_services=vs_by_host,
-                destination_rules=dr_by_host, problems=tuple(problems))
+    return vs_by_host, dr_by_host, problems

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.model.errors import Errors
@@ -67,10 +67,11 @@ class ServicePort:
     target_port: int | str  # a number, or the name of a container port
     protocol: str = "TCP"  # the transport: TCP, UDP or SCTP
     app_protocol: str = ""
+    l7: Protocol = field(init=False, compare=False)  # what the proxy speaks on it
 
-    @property
-    def l7(self) -> Protocol:
-        return detect_protocol(self.name, self.app_protocol, self.protocol)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "l7", detect_protocol(self.name, self.app_protocol,
+                                                       self.protocol))
 
 
 @dataclass(frozen=True)

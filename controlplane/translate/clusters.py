@@ -3,6 +3,7 @@ hostname of a headless service; each with the DestinationRule policy in force.""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
@@ -121,8 +122,11 @@ def is_passthrough(policy: TrafficPolicy) -> bool:
     return policy.load_balancer is not None and policy.load_balancer.simple == "PASSTHROUGH"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLICY
                   ) -> cluster_pb2.Cluster:
+    """Memoized on its (immutable) inputs: an unchanged cluster is the same message object
+    from push to push, so the cache skips serializing it. Never mutate the result."""
     pool = policy.connection_pool
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -163,16 +167,21 @@ def proxied_ports(service: Service) -> Iterator[ServicePort]:
     return (p for p in service.ports if p.l7 is not Protocol.UNSUPPORTED)
 
 
-def build_clusters(mesh: Mesh) -> list[cluster_pb2.Cluster]:
+def service_clusters(mesh: Mesh, service: Service) -> list[cluster_pb2.Cluster]:
+    """The clusters of one service: the translator's unit of reuse between pushes."""
+    fqdn = service.fqdn
+    rule = mesh.destination_rules.get(fqdn)
     out = []
-    for fqdn, service in mesh.services.items():
-        rule = mesh.destination_rules.get(fqdn)
-        for port in proxied_ports(service):
-            out.append(build_cluster(cluster_name(port.port, fqdn), port,
-                                     traffic_policy(mesh, fqdn, port.port)))
-            for subset in rule.subsets if rule else ():
-                out.append(build_cluster(cluster_name(port.port, fqdn, subset.name), port,
-                                         traffic_policy(mesh, fqdn, port.port, subset.name)))
-            for pod_fqdn, _ in pod_hosts(mesh, service, port):
-                out.append(build_cluster(cluster_name(port.port, pod_fqdn), port))
+    for port in proxied_ports(service):
+        out.append(build_cluster(cluster_name(port.port, fqdn), port,
+                                 traffic_policy(mesh, fqdn, port.port)))
+        for subset in rule.subsets if rule else ():
+            out.append(build_cluster(cluster_name(port.port, fqdn, subset.name), port,
+                                     traffic_policy(mesh, fqdn, port.port, subset.name)))
+        for pod_fqdn, _ in pod_hosts(mesh, service, port):
+            out.append(build_cluster(cluster_name(port.port, pod_fqdn), port))
     return out
+
+
+def build_clusters(mesh: Mesh) -> list[cluster_pb2.Cluster]:
+    return [c for service in mesh.services.values() for c in service_clusters(mesh, service)]

@@ -98,8 +98,9 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.L
     if group.is_http:
         listener.default_filter_chain.CopyFrom(_http_chain(bind_ip, group.port))
     elif tcp:
-        # Without an HTTP service on the port, the first TCP service (by FQDN) takes every
-        # connection; others are told apart by their cluster IP (iptables-redirected traffic).
+        # Without an HTTP service on the port, the first TCP service (by namespace, name)
+        # takes every connection; others are told apart by their cluster IP
+        # (iptables-redirected traffic).
         service, port = tcp.pop(0)
         listener.default_filter_chain.CopyFrom(_tcp_chain(_tcp_proxy(mesh, service, port)))
     seen_ips: set[str] = set()

@@ -24,7 +24,7 @@ class PortGroup:
 
 def port_groups(mesh: Mesh) -> dict[int, PortGroup]:
     groups: dict[int, PortGroup] = defaultdict(lambda: PortGroup(0))
-    for service in mesh.services.values():  # sorted by FQDN: every output is stable
+    for service in mesh.services.values():  # in (namespace, name) order: stable output
         for port in service.ports:
             if port.l7 is Protocol.UNSUPPORTED:
                 continue

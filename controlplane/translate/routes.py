@@ -290,7 +290,7 @@ def _add_host(config: route_pb2.RouteConfiguration, used: set[str], port: int, f
     vhost = config.virtual_hosts.add(name=virtual_host_name(fqdn, port))
     for alias in aliases:
         # A domain twice in one route configuration makes Envoy reject all of it: the
-        # first service (by FQDN) keeps it.
+        # first service (by namespace, then name) keeps it.
         for domain in (alias, f"{alias}:{port}"):
             if domain not in used:
                 used.add(domain)

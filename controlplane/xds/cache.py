@@ -28,6 +28,8 @@ class Resource:
     entry: bytes  # the same, wrapped as a DiscoveryResponse `resources` entry
     delta_entry: bytes  # and as a DeltaDiscoveryResponse one (name and version included)
     deps: tuple[str, ...] = ()  # names of DEPENDENT[type] resources this one uses
+    message: Any = None  # what it was serialized from: the same object, the same bytes
+    mix: int = 0  # this resource's share of its type's version (see TypeResources)
 
 
 @dataclass(frozen=True)
@@ -38,15 +40,31 @@ class TypeResources:
     items: Mapping[str, Resource]
     version: str
 
+    mix: int = 0
+    changed: frozenset[str] | None = None  # vs the set it was built from, when known
+
     @classmethod
-    def build(cls, type_url: str, resources: Iterable[Resource]) -> TypeResources:
+    def build(cls, type_url: str, resources: Iterable[Resource],
+              previous: TypeResources | None = None) -> TypeResources:
+        """The version is the XOR of per-resource hashes: order-free, the same set gives
+        the same version, and from the previous set it updates by what changed."""
         items = {r.name: r for r in resources}
-        # XOR of per-resource hashes: order-free, and the same set gives the same version.
-        acc = 0
-        for r in items.values():
-            acc ^= int.from_bytes(hashlib.blake2b(f"{r.name}\0{r.version}".encode(),
-                                                  digest_size=8).digest())
-        return cls(type_url, items, f"{acc:016x}")
+        if previous is None:
+            acc = 0
+            for r in items.values():
+                acc ^= r.mix
+        else:
+            acc = previous.mix
+            old_items = previous.items
+            for name, r in items.items():
+                old = old_items.get(name)
+                if old is not r:
+                    acc ^= r.mix ^ (old.mix if old is not None else 0)
+            if len(items) != len(old_items) or acc != previous.mix:
+                for name, old in old_items.items():
+                    if name not in items:
+                        acc ^= old.mix
+        return cls(type_url, items, f"{acc:016x}", acc)
 
 
 class TranslationSource(Protocol):
@@ -58,6 +76,7 @@ class TranslationSource(Protocol):
     def messages(self, type_url: str, key: Hashable) -> list[Message]: ...
     def name_of(self, type_url: str, message: Message) -> str: ...
     def deps_of(self, type_url: str, message: Message) -> tuple[str, ...]: ...
+    def delta(self, type_url: str) -> tuple[list[Message], set[str]] | None: ...
 
 
 class InconsistentSnapshot(Exception):
@@ -70,8 +89,11 @@ def make_resource(type_url: str, name: str, message: Message, deps: tuple[str, .
     if previous is not None and previous.body == body and previous.deps == deps:
         return previous  # keep one copy of unchanged bytes across versions
     version = hashlib.blake2b(body, digest_size=8).hexdigest()
+    mix = int.from_bytes(hashlib.blake2b(f"{name}\0{version}".encode(),
+                                         digest_size=8).digest())
     return Resource(name, version, body, wire.resource_entry(type_url, body),
-                    wire.delta_resource_entry(type_url, name, version, body), deps)
+                    wire.delta_resource_entry(type_url, name, version, body), deps, message,
+                    mix)
 
 
 @dataclass
@@ -86,16 +108,53 @@ class Snapshot:
 
     def for_key(self, type_url: str, key: Hashable) -> TypeResources:
         built = self._built.get((type_url, key))
+        if built is None and key is None and self.previous is not None:
+            built = self._apply_delta(type_url)
         if built is None:
             old = self.previous._built.get((type_url, key)) if self.previous else None
+            old_items = old.items if old is not None else {}
             src = self.source
-            built = TypeResources.build(type_url, (
-                make_resource(type_url, name, m, src.deps_of(type_url, m),
-                              old.items.get(name) if old else None)
-                for m in src.messages(type_url, key)
-                for name in (src.name_of(type_url, m),)
-            ))
+            resources = []
+            for m in src.messages(type_url, key):
+                name = src.name_of(type_url, m)
+                prev = old_items.get(name)
+                if prev is None or prev.message is not m:  # else: the very same message
+                    prev = make_resource(type_url, name, m, src.deps_of(type_url, m), prev)
+                resources.append(prev)
+            built = TypeResources.build(type_url, resources, old)
             self._built[(type_url, key)] = built
+        return built
+
+
+    def _apply_delta(self, type_url: str) -> TypeResources | None:
+        """The previous set plus what the translation says changed: the cost of a push
+        is the size of the change, not of the mesh."""
+        assert self.previous is not None
+        old = self.previous._built.get((type_url, None))
+        delta = self.source.delta(type_url) if old is not None else None
+        if old is None or delta is None:
+            return None
+        messages, removed = delta
+        items = dict(old.items)
+        acc = old.mix
+        changed = set()
+        for m in messages:
+            name = self.source.name_of(type_url, m)
+            prev = items.get(name)
+            if prev is not None and prev.message is m:
+                continue
+            r = make_resource(type_url, name, m, self.source.deps_of(type_url, m), prev)
+            if r is not prev:
+                acc ^= r.mix ^ (prev.mix if prev is not None else 0)
+                items[name] = r
+                changed.add(name)
+        for name in removed:
+            gone = items.pop(name, None)
+            if gone is not None:
+                acc ^= gone.mix
+                changed.add(name)
+        built = TypeResources(type_url, items, f"{acc:016x}", acc, frozenset(changed))
+        self._built[(type_url, None)] = built
         return built
 
 
@@ -137,12 +196,16 @@ class SnapshotCache:
         for type_url in sorted(source.shared_types):
             new = snap.for_key(type_url, None)
             old = prev.for_key(type_url, None) if prev else None
-            if old is None or old.version != new.version:
+            if new.changed is not None:
+                changed[type_url] = new.changed
+            elif old is None or old.version != new.version:
                 old_items = old.items if old else {}
+                names = {n for n, r in new.items.items() if old_items.get(n) is not r}
+                names |= old_items.keys() - new.items.keys()
+                # A re-serialized but identical resource is no change.
                 changed[type_url] = frozenset(
-                    n for n in new.items.keys() | old_items.keys()
-                    if (r := new.items.get(n)) is None or (o := old_items.get(n)) is None
-                    or r.version != o.version)
+                    n for n in names if (r := new.items.get(n)) is None
+                    or (o := old_items.get(n)) is None or r.version != o.version)
             else:
                 changed[type_url] = frozenset()
         check_consistency(snap, probe)

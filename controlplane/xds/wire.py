@@ -11,6 +11,10 @@ from __future__ import annotations
 
 
 def varint(n: int) -> bytes:
+    if n < 0x80:  # the common cases first: names, versions and most resources are short
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while True:
         byte = n & 0x7F
