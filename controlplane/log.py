@@ -8,7 +8,9 @@ import sys
 import structlog
 
 
-def configure(level: str = "info", fmt: str = "console") -> None:
+def configure(level: str = "info", fmt: str = "console", *, cache: bool = True) -> None:
+    """`cache=False` keeps loggers re-reading the configuration, so tests can capture
+    them (structlog.testing.capture_logs) whatever ran before."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
@@ -24,5 +26,5 @@ def configure(level: str = "info", fmt: str = "console") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )

@@ -10,7 +10,14 @@ from controlplane import log as logsetup
 from controlplane.model.parse import key_of, parse_object
 from tests.harness import ControlPlane, Envoy, Upstream, iter_ips
 
-logsetup.configure("warning")
+logsetup.configure("warning", cache=False)
+
+
+@pytest.fixture(autouse=True)
+def _test_logging() -> None:
+    """A test that runs the CLI in-process reconfigures logging; every test starts from
+    the tests' configuration (uncached, so capture_logs sees every logger)."""
+    logsetup.configure("warning", cache=False)
 
 _IPS = iter_ips(10)
 
