@@ -1,0 +1,93 @@
+"""Our control plane in a process of its own, fed the benchmark mesh through its Store.
+
+Started by benchmarks/run.py; prints one JSON line when the first snapshot is published
+(`{"ready": true, "port": P, "pid": N}`), then answers commands on stdin, one JSON
+object per line:
+
+    {"cmd": "change", "kind": "endpoint"|"vs", "gen": g}
+        -> {"t": CLOCK_MONOTONIC of the store write}
+    {"cmd": "publishes"} -> every publish so far: generation, change seen, start, took
+    {"cmd": "quit"}
+
+It wires `controlplane.app.App` exactly as `controlplane serve` does (xDS, admin gRPC,
+HTTP, push loop with the default debounce), on 127.0.0.1 with ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from benchmarks import mesh as M
+from controlplane import log
+from controlplane.app import App, Settings
+from controlplane.model.parse import parse_object
+
+
+async def serve(a: argparse.Namespace) -> None:
+    sc = M.Scenario(a.services, a.endpoints)
+    app = App(Settings(xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
+                       http_address="127.0.0.1:0", debounce_quiet=a.debounce_quiet,
+                       debounce_max=a.debounce_max))
+    publishes: list[dict[str, Any]] = []
+    app.push.on_publish.append(
+        lambda snap, mesh, seen, started, took: publishes.append(
+            {"generation": snap.generation, "change_seen": seen, "started": started,
+             "took": took}))
+    for raw in M.objects(sc):
+        app.store.apply(parse_object(raw))
+    await app.start()
+    await app.cache.ready.wait()
+
+    def reply(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    reply({"ready": True, "port": app.xds_port, "pid": os.getpid()})
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            cmd = json.loads(line)
+            if cmd["cmd"] == "change":
+                change = M.make_change(sc, cmd["kind"], cmd["gen"])
+                objs = [parse_object(raw) for raw in change.objects]
+                t = time.monotonic()  # CLOCK_MONOTONIC, as the store's own stamp
+                for obj in objs:
+                    app.store.apply(obj)
+                reply({"t": app.store.first_unseen_change or t})
+            elif cmd["cmd"] == "publishes":
+                reply({"publishes": publishes})
+            elif cmd["cmd"] == "quit":
+                reply({"ok": True})
+                return
+            else:
+                reply({"error": f"unknown command {cmd['cmd']!r}"})
+    finally:
+        await app.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--services", type=int, default=1000)
+    p.add_argument("--endpoints", type=int, default=10)
+    p.add_argument("--debounce-quiet", type=float, default=0.1)
+    p.add_argument("--debounce-max", type=float, default=1.0)
+    p.add_argument("--log-level", default="warning")
+    a = p.parse_args(argv)
+    log.configure(a.log_level)
+    asyncio.run(serve(a))
+
+
+if __name__ == "__main__":
+    main()
