@@ -8,6 +8,7 @@ dependencies.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -180,6 +181,9 @@ class PushLoop:
         await self.store.wait_synced()
         self.store.changed.clear()
         self.publish()
+        # The initial load is long-lived: keep the cyclic GC from rescanning it on every
+        # later push (full collections over a large heap showed up as push latency).
+        gc.freeze()
         loop = asyncio.get_running_loop()
         while True:
             await self.store.changed.wait()

@@ -41,18 +41,21 @@ class Metrics:
         self.rejected_objects = Counter(
             "controlplane_objects_rejected", "objects that failed validation", ["kind"],
             registry=r)
-        for t in types.PUSH_ORDER:  # every series exists from the start, at 0
-            for metric in (self.pushes, self.acks, self.nacks):
-                metric.labels(type=types.short(t))
+        # Every series exists from the start, at 0; the children are looked up once, not
+        # on every push and ACK.
+        self._by_event = {
+            event: {t: metric.labels(type=types.short(t)) for t in types.PUSH_ORDER}
+            for event, metric in (("sent", self.pushes), ("acked", self.acks),
+                                  ("nacked", self.nacks))
+        }
 
     def attach(self, registry: SyncRegistry) -> None:
         def on_event(event: str, proxy: ProxySync, type_url: str) -> None:
-            if event == "sent":
-                self.pushes.labels(type=types.short(type_url)).inc()
-            elif event == "acked":
-                self.acks.labels(type=types.short(type_url)).inc()
-            elif event == "nacked":
-                self.nacks.labels(type=types.short(type_url)).inc()
+            counters = self._by_event.get(event)
+            if counters is not None:
+                counter = counters.get(type_url)
+                if counter is not None:
+                    counter.inc()
             elif event in ("connected", "disconnected"):
                 self.connected.set(len(registry.proxies))
         registry.listeners.append(on_event)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,11 @@ _stream_ids = itertools.count(1)
 class TypeState:
     requested: bool = False
     names: set[str] = field(default_factory=set)  # EDS/RDS subscriptions
-    sent: dict[str, Resource] = field(default_factory=dict)  # newest sent, per name
-    in_flight: dict[str, Resource] = field(default_factory=dict)  # in the `nonce` response
-    acked: dict[str, Resource] = field(default_factory=dict)  # what the proxy holds
+    # Newest sent, per name. For CDS/LDS this is the snapshot's own (shared, read-only)
+    # mapping unless clusters are retained; EDS/RDS streams keep a dict of their own.
+    sent: Mapping[str, Resource] = field(default_factory=dict)
+    in_flight: Mapping[str, Resource] = field(default_factory=dict)  # in the `nonce` response
+    acked: Mapping[str, Resource] = field(default_factory=dict)  # what the proxy holds
     dirty: set[str] = field(default_factory=set)  # names to answer whatever their version
     retained: set[str] = field(default_factory=set)  # removed clusters kept for routes
     version: str = ""  # version_info of the last response
@@ -52,6 +55,7 @@ class TypeState:
     generation: int = 0  # snapshot generation the named resources were compared at
     answered: bool = False  # the proxy ACKed or NACKed `nonce`
     sent_at: float = 0.0  # monotonic
+    raw_names: tuple[str, ...] = ()  # SotW: the last request's names, as sent
     wildcard: bool = False  # delta: subscribed to every resource of the type
     # delta: responses not answered yet, nonce -> (resources sent, names removed)
     outstanding: dict[str, tuple[dict[str, Resource], set[str]]] = field(default_factory=dict)
@@ -225,7 +229,13 @@ class SotwStream(Stream):
                     st.acked.update(st.in_flight)
                 self._ack(type_url, nonce, request.version_info)
             st.answered = True
-        names = set(request.resource_names)
+        raw = tuple(request.resource_names)
+        if st.requested and raw == st.raw_names:
+            # An ACK repeating the same subscriptions (the common case): nothing to diff.
+            self.wake.set()
+            return
+        st.raw_names = raw
+        names = set(raw)
         if type_url not in types.WILDCARD_TYPES:
             for gone in st.names - names:
                 st.sent.pop(gone, None)
@@ -248,7 +258,9 @@ class SotwStream(Stream):
         if not st.requested:
             return
         res = snap.resources(type_url, self.proxy)
-        items: dict[str, Resource] = dict(res.items)
+        if res.version == st.version:
+            return  # current (the same set), or rejected: never resent
+        items = res.items  # shared by every stream: read, never written
         version = res.version
         retained: dict[str, Resource] = {}
         if retain and type_url == types.CLUSTER and self.states[types.LISTENER].requested:
@@ -256,15 +268,16 @@ class SotwStream(Stream):
             if retained:
                 version = f"{res.version}+{len(retained)}"
         if version == st.version:
-            return  # current, or rejected: a rejected version is never resent
-        changed = [n for n, r in items.items()
-                   if (old := st.sent.get(n)) is None or old.version != r.version]
+            return
+        old_sent = st.sent
+        changed = [r for n, r in items.items()
+                   if (old := old_sent.get(n)) is None or old.version != r.version]
         # State first, then the write: the answer may be read before the write returns.
-        st.sent = {**items, **retained}
+        st.sent = {**items, **retained} if retained else items
         st.retained = set(retained)
-        self._invalidate_dependents(type_url, [items[n] for n in changed])
+        self._invalidate_dependents(type_url, changed)
         await self._send(type_url, version, [*items.values(), *retained.values()],
-                         snap.generation)
+                         snap.generation, in_flight=st.sent)
 
     async def _push_named(self, type_url: str, snap: Snapshot) -> None:
         assert self.proxy is not None
@@ -289,9 +302,10 @@ class SotwStream(Stream):
         await self._send(type_url, res.version, resources, snap.generation)
 
     async def _send(self, type_url: str, version: str, resources: list[Resource],
-                    generation: int) -> None:
+                    generation: int, in_flight: Mapping[str, Resource] | None = None) -> None:
         nonce = self._new_nonce(type_url, version, generation)
-        self.states[type_url].in_flight = {r.name: r for r in resources}
+        self.states[type_url].in_flight = (in_flight if in_flight is not None
+                                           else {r.name: r for r in resources})
         data = wire.discovery_response(version, [r.entry for r in resources], type_url, nonce)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
                  nonce=nonce, resources=len(resources), bytes=len(data))
