@@ -44,8 +44,12 @@ class AdsClient:
 
     async def send(self, type_url: str, names: tuple[str, ...] | list[str] = (),
                    version: str = "", nonce: str = "", error: str | None = None) -> None:
-        req = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names),
-                                             version_info=version, response_nonce=nonce)
+        await self._write(discovery_pb2.DiscoveryRequest(
+            type_url=type_url, resource_names=list(names), version_info=version,
+            response_nonce=nonce), error)
+
+    async def _write(self, req: Any, error: str | None) -> None:
+        """The node on the first request only, as Envoy does; a NACK's error_detail."""
         if self.first:
             req.node.CopyFrom(self.node)
             self.first = False
@@ -133,12 +137,7 @@ class DeltaClient(AdsClient):
             resource_names_unsubscribe=list(unsubscribe), response_nonce=nonce)
         for name, version in (initial or {}).items():
             req.initial_resource_versions[name] = version
-        if self.first:
-            req.node.CopyFrom(self.node)
-            self.first = False
-        if error is not None:
-            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        await self.call.write(req)
+        await self._write(req, error)
 
     async def ack_delta(self, resp: discovery_pb2.DeltaDiscoveryResponse) -> None:
         await self.delta(resp.type_url, nonce=resp.nonce)

@@ -157,6 +157,15 @@ class Stream:
     def on_request(self, request: Any) -> None:
         raise NotImplementedError
 
+    def _state_for(self, request: Any) -> TypeState | None:
+        """The type's state, connecting the proxy on its first request."""
+        if self.proxy is None:
+            self._connect(request)
+        st = self.states.get(request.type_url)
+        if st is None:
+            log.warning("unsupported_type", node=self.node_id, type=request.type_url)
+        return st
+
     async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
         raise NotImplementedError
 
@@ -203,14 +212,10 @@ class SotwStream(Stream):
     changed subscribed resources (EDS, RDS)."""
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        if self.proxy is None:
-            self._connect(request)
-        assert self.sync is not None
-        type_url = request.type_url
-        st = self.states.get(type_url)
+        st = self._state_for(request)
         if st is None:
-            log.warning("unsupported_type", node=self.node_id, type=type_url)
             return
+        type_url = request.type_url
         nonce = request.response_nonce
         if nonce and nonce != st.nonce:
             log.debug("stale_nonce", node=self.node_id, type=types.short(type_url),
@@ -319,14 +324,10 @@ class DeltaStream(Stream):
     the proxy was last sent (a rejected one included, so it is never resent)."""
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        if self.proxy is None:
-            self._connect(request)
-        assert self.sync is not None
-        type_url = request.type_url
-        st = self.states.get(type_url)
+        st = self._state_for(request)
         if st is None:
-            log.warning("unsupported_type", node=self.node_id, type=type_url)
             return
+        type_url = request.type_url
         nonce = request.response_nonce
         if nonce:
             answered = st.outstanding.pop(nonce, None)
