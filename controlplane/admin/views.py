@@ -38,7 +38,7 @@ def type_status(type_url: str, t: TypeSync, registry: SyncRegistry,
         status=_STATUS[t.status(now, registry.stale_after)],
         sent_version=t.sent_version, sent_nonce=t.sent_nonce, sent_at=timestamp(t.sent_at),
         acked_version=t.acked_version, acked_nonce=t.acked_nonce, acked_at=timestamp(t.acked_at),
-        subscribed=list(t.names))
+        subscribed=sorted(t.names))
     if t.nack is not None:
         out.nack.CopyFrom(admin_pb2.Nack(version=t.nack.version, nonce=t.nack.nonce,
                                          at=timestamp(t.nack.at), message=t.nack.message))

@@ -38,7 +38,7 @@ class TypeSync:
     acked_nonce: str = ""
     acked_at: float = 0.0
     nack: Nack | None = None
-    names: tuple[str, ...] = ()  # subscribed names; empty: wildcard
+    names: tuple[str, ...] = ()  # subscribed names, as requested; empty: wildcard
     # What the proxy holds: name -> an object with `.version` and `.body` (serialized
     # bytes), shared with the ADS stream and replaced or updated on each ACK.
     acked_resources: Mapping[str, Any] = field(default_factory=dict)

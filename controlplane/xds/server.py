@@ -248,7 +248,9 @@ class SotwStream(Stream):
             st.dirty |= names if not st.requested else names - st.names
             st.names = names
         st.requested = True
-        self.server.registry.subscribed(self.sync, type_url, tuple(sorted(names)))
+        # The request's own tuple, shared rather than copied: at thousands of names per
+        # proxy, copies are most of a stream's memory. Views sort it when shown.
+        self.server.registry.subscribed(self.sync, type_url, raw)
         self.wake.set()
 
     async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
