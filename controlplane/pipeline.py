@@ -22,11 +22,11 @@ from controlplane.store import Store
 from controlplane.translate import (
     ProxyView,
     build_listeners,
-    build_route_configs,
     route_names,
     service_assignments,
     service_clusters,
 )
+from controlplane.translate.routes import route_bases, route_configs
 from controlplane.xds import types
 from controlplane.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
 
@@ -49,6 +49,7 @@ class MeshTranslation:
         self.previous = previous
         self._memo: dict[tuple[str, Hashable], list[Any]] = {}
         self._units: dict[str, tuple[list[Any], list[Any]]] = {}
+        self._route_bases: list[Any] | None = None
         if previous is not None and mesh.dirty is not None:
             # Every unit the Mesh did not mark dirty carries over as it is.
             self._units = {f: u for f, u in previous._units.items() if f not in mesh.dirty}
@@ -89,7 +90,9 @@ class MeshTranslation:
         elif type_url == types.LISTENER:
             out = build_listeners(self.mesh, str(key))
         else:
-            out = build_route_configs(self.mesh, str(key))
+            if self._route_bases is None:  # shared by every namespace's configurations
+                self._route_bases = route_bases(self.mesh)
+            out = route_configs(self._route_bases, str(key))
         self._memo[memo_key] = out
         return out
 

@@ -26,10 +26,12 @@ def pod_hosts(mesh: Mesh, service: Service, port: ServicePort
     return [(f"{h}.{service.fqdn}", tuple(eps)) for h, eps in sorted(by_host.items())]
 
 
-def pod_aliases(pod_fqdn: str, service: Service, proxy_namespace: str) -> list[str]:
+def pod_aliases(pod_fqdn: str, service: Service) -> list[str]:
     hostname = pod_fqdn.split(".", 1)[0]
     name, ns = service.meta.name, service.meta.namespace
-    names = [pod_fqdn, f"{hostname}.{name}.{ns}.svc", f"{hostname}.{name}.{ns}"]
-    if ns == proxy_namespace:
-        names.append(f"{hostname}.{name}")
-    return names
+    return [pod_fqdn, f"{hostname}.{name}.{ns}.svc", f"{hostname}.{name}.{ns}"]
+
+
+def pod_short_alias(pod_fqdn: str, service: Service) -> str:
+    """`<pod>.<service>`: only from the service's own namespace."""
+    return f"{pod_fqdn.split('.', 1)[0]}.{service.meta.name}"

@@ -21,13 +21,16 @@ def virtual_host_name(fqdn: str, port: int) -> str:
     return f"{fqdn}:{port}"
 
 
-def host_aliases(service: Service, proxy_namespace: str) -> list[str]:
-    """Every name a client may use for the service, longest first. The bare short name
-    only resolves from the proxy's own namespace, as with Kubernetes DNS."""
+def host_aliases(service: Service) -> list[str]:
+    """Every name any client may use for the service, longest first."""
     name, ns = service.meta.name, service.meta.namespace
     names = [service.fqdn, f"{name}.{ns}.svc", f"{name}.{ns}"]
-    if ns == proxy_namespace:
-        names.append(name)
     if service.cluster_ip:
         names.append(service.cluster_ip)
     return names
+
+
+def short_alias(service: Service) -> str:
+    """The bare name: it resolves only from the service's own namespace, as with
+    Kubernetes DNS, so only proxies there get it."""
+    return service.meta.name

@@ -4,6 +4,8 @@ straight to its cluster."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -29,11 +31,12 @@ from controlplane.model.virtual_service import (
     VirtualService,
 )
 from controlplane.translate.destinations import resolve_destination
-from controlplane.translate.headless import pod_aliases, pod_hosts
+from controlplane.translate.headless import pod_aliases, pod_hosts, pod_short_alias
 from controlplane.translate.names import (
     cluster_name,
     host_aliases,
     route_name,
+    short_alias,
     virtual_host_name,
 )
 from controlplane.translate.policy import traffic_policy
@@ -285,37 +288,76 @@ def _service_hash(mesh: Mesh, fqdn: str, port: int) -> list[rc.RouteAction.HashP
     return _hash_policies(lb.consistent_hash) if lb and lb.consistent_hash else []
 
 
-def _add_host(config: route_pb2.RouteConfiguration, used: set[str], port: int, fqdn: str,
-              aliases: list[str], routes: list[rc.Route]) -> None:
-    vhost = config.virtual_hosts.add(name=virtual_host_name(fqdn, port))
-    for alias in aliases:
-        # A domain twice in one route configuration makes Envoy reject all of it: the
-        # first service (by namespace, then name) keeps it.
-        for domain in (alias, f"{alias}:{port}"):
-            if domain not in used:
-                used.add(domain)
-                vhost.domains.append(domain)
-    vhost.routes.extend(routes)
+@dataclass
+class _Host:
+    namespace: str
+    short: str  # the alias only proxies of `namespace` get ("" for none)
+    vhost: rc.VirtualHost  # without it: shared by every namespace
 
 
-def build_route_configs(mesh: Mesh, namespace: str) -> list[route_pb2.RouteConfiguration]:
-    configs = []
+@dataclass
+class RouteBase:
+    """One port's virtual hosts, built once per mesh; each namespace's route
+    configuration is this plus the short names of its own services."""
+
+    port: int
+    hosts: list[_Host] = field(default_factory=list)
+    used: set[str] = field(default_factory=set)  # the domains the base already holds
+
+    def add(self, namespace: str, fqdn: str, aliases: list[str], short: str,
+            routes: list[rc.Route]) -> None:
+        vhost = rc.VirtualHost(name=virtual_host_name(fqdn, self.port))
+        for alias in aliases:
+            # A domain twice in one route configuration makes Envoy reject all of it:
+            # the first service (by namespace, then name) keeps it.
+            for domain in (alias, f"{alias}:{self.port}"):
+                if domain not in self.used:
+                    self.used.add(domain)
+                    vhost.domains.append(domain)
+        vhost.routes.extend(routes)
+        self.hosts.append(_Host(namespace, short, vhost))
+
+
+def route_bases(mesh: Mesh) -> list[RouteBase]:
+    bases = []
     for number, group in port_groups(mesh).items():
         if not group.is_http:
             continue
-        config = route_pb2.RouteConfiguration(name=route_name(number),
-                                              validate_clusters=wrappers_pb2.BoolValue())
-        used: set[str] = set()
+        base = RouteBase(number)
         for service, port in group.http:
             vs = mesh.virtual_services.get(service.fqdn)
             routes = (_vs_routes(mesh, vs, number) if vs
                       else [_default_route(cluster_name(port.port, service.fqdn),
                                            _service_hash(mesh, service.fqdn, port.port))])
-            _add_host(config, used, number, service.fqdn, host_aliases(service, namespace),
-                      routes)
+            ns = service.meta.namespace
+            base.add(ns, service.fqdn, host_aliases(service), short_alias(service), routes)
             for pod_fqdn, _ in pod_hosts(mesh, service, port):
-                _add_host(config, used, number, pod_fqdn,
-                          pod_aliases(pod_fqdn, service, namespace),
-                          [_default_route(cluster_name(port.port, pod_fqdn))])
+                base.add(ns, pod_fqdn, pod_aliases(pod_fqdn, service),
+                         pod_short_alias(pod_fqdn, service),
+                         [_default_route(cluster_name(port.port, pod_fqdn))])
+        bases.append(base)
+    return bases
+
+
+def route_configs(bases: list[RouteBase], namespace: str) -> list[route_pb2.RouteConfiguration]:
+    configs = []
+    for base in bases:
+        config = route_pb2.RouteConfiguration(name=route_name(base.port),
+                                              validate_clusters=wrappers_pb2.BoolValue())
+        used = base.used
+        for host in base.hosts:
+            extra = [d for d in (host.short, f"{host.short}:{base.port}")
+                     if host.short and host.namespace == namespace and d not in used]
+            if extra:
+                vhost = config.virtual_hosts.add()
+                vhost.CopyFrom(host.vhost)
+                vhost.domains.extend(extra)
+                used = used | set(extra)
+            else:
+                config.virtual_hosts.append(host.vhost)
         configs.append(config)
     return configs
+
+
+def build_route_configs(mesh: Mesh, namespace: str) -> list[route_pb2.RouteConfiguration]:
+    return route_configs(route_bases(mesh), namespace)
