@@ -490,7 +490,9 @@ def test_kustomizations_list_every_manifest_of_their_directory() -> None:
     assert len(names) == len(set(names))
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl here")
+@pytest.mark.skipif(shutil.which("kubectl") is None,
+                    reason="kubectl (Debian's package, on this project's machines) is not "
+                           "installed; the test loader's own tests cover the same manifests")
 @pytest.mark.parametrize("directory", [KUBERNETES, EXAMPLE], ids=["controlplane", "example"])
 def test_kubectl_kustomize_agrees_with_the_test_loader(directory: Path) -> None:
     result = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True,
@@ -707,7 +709,9 @@ def test_manifests_are_accepted_by_the_api_server(
     check_deployment(find(stored, "Deployment", "controlplane"), stored)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl here")
+@pytest.mark.skipif(shutil.which("kubectl") is None,
+                    reason="kubectl (Debian's package, on this project's machines) is not "
+                           "installed; the test loader's own tests cover the same manifests")
 def test_kubectl_apply_k_as_documented(cluster: Any, applied: list[dict[str, Any]]) -> None:
     """The README's command, against the API server (server-side dry run: the objects
     exist already)."""

@@ -31,7 +31,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.status.sync import ProxySync, SyncRegistry
 from controlplane.translate.proxy import ProxyView, proxy_from_node
 from controlplane.xds import types, wire
-from controlplane.xds.cache import Resource, Snapshot, SnapshotCache
+from controlplane.xds.cache import Resource, Snapshot, SnapshotCache, TypeResources
 
 log = structlog.get_logger("controlplane.xds")
 
@@ -169,6 +169,16 @@ class Stream:
     async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
         raise NotImplementedError
 
+    def _current(self, type_url: str, snap: Snapshot
+                 ) -> tuple[TypeResources, frozenset[str] | None]:
+        """The type's resources for this proxy, and the names changed since the stream
+        last compared them (None: compare everything; per-proxy types always do)."""
+        assert self.proxy is not None
+        res = snap.resources(type_url, self.proxy)
+        if type_url not in snap.source.shared_types:
+            return res, None
+        return res, self.cache.changed_since(type_url, self.states[type_url].generation)
+
     def _invalidate_dependents(self, type_url: str, changed: list[Resource]) -> None:
         """After a cluster (listener) changed, Envoy re-requests its EDS (RDS) names with
         the same version and nonce as before, and the rebuilt resource stays warming until
@@ -291,9 +301,7 @@ class SotwStream(Stream):
         st = self.states[type_url]
         if not st.requested:
             return
-        res = snap.resources(type_url, self.proxy)
-        changed = (self.cache.changed_since(type_url, st.generation)
-                   if type_url in snap.source.shared_types else None)
+        res, changed = self._current(type_url, snap)
         candidates = st.names if changed is None else (changed & st.names) | st.dirty
         to_send = sorted(
             n for n in candidates
@@ -375,9 +383,7 @@ class DeltaStream(Stream):
         st = self.states[type_url]
         if not st.requested:
             return
-        res = snap.resources(type_url, self.proxy)
-        changed = (self.cache.changed_since(type_url, st.generation)
-                   if type_url in snap.source.shared_types else None)
+        res, changed = self._current(type_url, snap)
         if st.wildcard:
             scope: set[str] | dict[str, Resource] = res.items
             candidates = (set(res.items) | set(st.sent)) if changed is None else (
