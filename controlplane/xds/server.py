@@ -244,6 +244,7 @@ class SotwStream(Stream):
                     st.acked.update(st.in_flight)
                 self._ack(type_url, nonce, request.version_info)
             st.answered = True
+            st.in_flight = {}  # answered: holding it would keep a copy per stream
         raw = tuple(request.resource_names)
         if st.requested and raw == st.raw_names:
             # An ACK repeating the same subscriptions (the common case): nothing to diff.
