@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -250,6 +251,9 @@ class SotwStream(Stream):
             # An ACK repeating the same subscriptions (the common case): nothing to diff.
             self.wake.set()
             return
+        # Interned: thousands of streams subscribe to the same thousands of names, and each
+        # request brings fresh copies of every one of them.
+        raw = tuple(map(sys.intern, raw))
         st.raw_names = raw
         names = set(raw)
         if type_url not in types.WILDCARD_TYPES:
@@ -354,7 +358,7 @@ class DeltaStream(Stream):
                     st.acked.pop(name, None)
                 self._ack(type_url, nonce, st.version)
             st.answered = not st.outstanding
-        subscribe = set(request.resource_names_subscribe)
+        subscribe = set(map(sys.intern, request.resource_names_subscribe))
         unsubscribe = set(request.resource_names_unsubscribe)
         if not st.requested:
             # Legacy wildcard: a first CDS/LDS request naming nothing means everything.
