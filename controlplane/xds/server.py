@@ -57,9 +57,16 @@ class TypeState:
     answered: bool = False  # the proxy ACKed or NACKed `nonce`
     sent_at: float = 0.0  # monotonic
     raw_names: tuple[str, ...] = ()  # SotW: the last request's names, as sent
+    rejected: set[str] = field(default_factory=set)  # SotW EDS/RDS: sent version NACKed
     wildcard: bool = False  # delta: subscribed to every resource of the type
     # delta: responses not answered yet, nonce -> (resources sent, names removed)
     outstanding: dict[str, tuple[dict[str, Resource], set[str]]] = field(default_factory=dict)
+
+    def unshare(self) -> None:
+        """Before `sent` changes: when it is also `acked` (a proxy in sync), give `sent` a
+        copy of its own; `acked`, which the sync registry shows, stays as it is."""
+        if self.sent is self.acked:
+            self.sent = dict(self.sent)
 
 
 class Stream:
@@ -187,10 +194,12 @@ class Stream:
         if type_url not in types.DEPENDENT:
             return
         dependent = self.states[types.DEPENDENT[type_url]]
-        for resource in changed:
-            for dep in resource.deps:
-                dependent.sent.pop(dep, None)
-                dependent.dirty.add(dep)
+        deps = [dep for resource in changed for dep in resource.deps]
+        if deps:
+            dependent.unshare()
+        for dep in deps:
+            dependent.sent.pop(dep, None)
+            dependent.dirty.add(dep)
 
     def _new_nonce(self, type_url: str, version: str, generation: int) -> str:
         assert self.sync is not None
@@ -237,12 +246,20 @@ class SotwStream(Stream):
                 # The proxy kept what it had before: that is what later diffs start from.
                 if type_url in types.WILDCARD_TYPES:
                     st.sent = dict(st.acked)
+                else:
+                    st.rejected.update(st.in_flight)
                 self._nack(type_url, nonce, request.version_info, request.error_detail.message)
             else:
                 if type_url in types.WILDCARD_TYPES:
                     st.acked = st.in_flight
                 else:
-                    st.acked.update(st.in_flight)
+                    st.rejected.difference_update(st.in_flight)
+                    if st.rejected:
+                        st.acked.update(st.in_flight)
+                    else:
+                        # It holds everything it was sent: one mapping serves as both,
+                        # until the next push copies `sent` (see TypeState.unshare).
+                        st.acked = st.sent
                 self._ack(type_url, nonce, request.version_info)
             st.answered = True
             st.in_flight = {}  # answered: holding it would keep a copy per stream
@@ -260,6 +277,7 @@ class SotwStream(Stream):
             for gone in st.names - names:
                 st.sent.pop(gone, None)
                 st.acked.pop(gone, None)
+                st.rejected.discard(gone)
             st.dirty |= names if not st.requested else names - st.names
             st.names = names
         st.requested = True
@@ -317,6 +335,7 @@ class SotwStream(Stream):
         if not to_send:
             return
         resources = [res.items[n] for n in to_send]
+        st.unshare()
         for r in resources:
             st.sent[r.name] = r
         await self._send(type_url, res.version, resources, snap.generation)
