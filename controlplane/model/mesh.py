@@ -182,24 +182,26 @@ def _service_endpoints(index: MeshIndex, service: Service, labels: _LabelIndex
     index.service_pods[ident] = named
     for pod_name in named:
         index.pod_services[(ns, pod_name)].add(ident)
+    # Per ready address once: its port map and pod labels (not once per service port).
+    usable = []
+    single = len(service.ports) == 1
+    for a in addrs:
+        if not (a.ready or service.publish_not_ready):
+            continue
+        pod = pods.get(a.pod) if a.pod else None
+        ports = dict(a.ports)
+        if single and len(a.ports) == 1:
+            ports.setdefault(service.ports[0].name, a.ports[0][1])
+        usable.append((a, ports, pod.meta.labels if pod else frozenset()))
     out = {}
     for sp in service.ports:
-        seen: set[tuple[str, int]] = set()
-        eps = []
-        for a in addrs:
-            if not (a.ready or service.publish_not_ready):
-                continue
-            number = next((n for name, n in a.ports if name == sp.name), None)
-            if number is None and len(service.ports) == 1 and len(a.ports) == 1:
-                number = a.ports[0][1]
-            if number is None or (a.ip, number) in seen:
-                continue
-            seen.add((a.ip, number))
-            pod = pods.get(a.pod) if a.pod else None
-            eps.append(Endpoint(ip=a.ip, port=number,
-                                labels=pod.meta.labels if pod else frozenset(),
-                                pod=a.pod, hostname=a.hostname))
-        out[sp.port] = tuple(sorted(eps, key=lambda e: (e.ip, e.port)))
+        by_target: dict[tuple[str, int], Endpoint] = {}
+        for a, ports, pod_labels in usable:
+            number = ports.get(sp.name)
+            if number is not None and (a.ip, number) not in by_target:
+                by_target[(a.ip, number)] = Endpoint(ip=a.ip, port=number, labels=pod_labels,
+                                                     pod=a.pod, hostname=a.hostname)
+        out[sp.port] = tuple(by_target[k] for k in sorted(by_target))
     return out
 
 
