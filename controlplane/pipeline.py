@@ -149,6 +149,17 @@ class PushLoop:
         started = time.monotonic()
         change_seen = self.store.first_unseen_change
         self.store.first_unseen_change = None
+        # A publish allocates in a burst and frees little: with the cyclic GC running
+        # through it, a full translation took 25-45 % longer. It is collected afterwards.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._publish(started, change_seen)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _publish(self, started: float, change_seen: float | None) -> bool:
         try:
             mesh = self.store.mesh()
             translation = MeshTranslation(mesh, self._translation)
