@@ -34,10 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import random
-import sys
 import time
 from typing import Any
 
@@ -48,6 +46,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 
+from benchmarks.control import commands, reply
 from controlplane.translate import route_names
 from controlplane.xds import types
 
@@ -387,22 +386,10 @@ class Fleet:
 
 
 async def serve(fleet: Fleet) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    def reply(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
     fleet.start()
     reply({"ready": True, "pid": os.getpid(), "count": len(fleet.proxies)})
     try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                return  # the driver is gone
-            cmd = json.loads(line)
+        async for cmd in commands():
             c = cmd["cmd"]
             if c == "wait_synced":
                 reply(await fleet.wait_synced(cmd.get("timeout", 60)))
@@ -412,9 +399,6 @@ async def serve(fleet: Fleet) -> None:
                 reply(await fleet.collect(cmd.get("timeout", 10), cmd.get("settle", 0.2)))
             elif c == "storm":
                 reply(await fleet.storm(cmd["at"], cmd.get("timeout", 60)))
-            elif c == "quit":
-                reply({"ok": True})
-                return
             else:
                 reply({"error": f"unknown command {c!r}"})
     finally:

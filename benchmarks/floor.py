@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from benchmarks.control import commands, reply
 from benchmarks.snapshot import SHARED_GROUP, load
 from controlplane.xds import types, wire
 from controlplane.xds.server import ADS_SERVICE, start_grpc_server
@@ -132,28 +131,15 @@ class Floor:
 async def serve(dump: Path) -> None:
     floor = Floor(Responses(dump))
     server, port = await start_grpc_server([floor.handler()], "127.0.0.1:0")
-
-    def reply(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     reply({"ready": True, "port": port, "pid": os.getpid()})
     try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            cmd = json.loads(line)
+        async for cmd in commands():
             if cmd["cmd"] == "state":
                 t = time.monotonic()
                 floor.trigger(cmd["k"])
                 reply({"t": t})
-            elif cmd["cmd"] == "quit":
-                reply({"ok": True})
-                return
+            else:
+                reply({"error": f"unknown command {cmd['cmd']!r}"})
     finally:
         await server.stop(grace=0.2)
 

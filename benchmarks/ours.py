@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sys
 import time
 from typing import Any
 
 from benchmarks import mesh as M
+from benchmarks.control import commands, reply
 from controlplane import log
 from controlplane.app import App, Settings
 from controlplane.model.parse import parse_object
@@ -44,20 +43,9 @@ async def serve(a: argparse.Namespace) -> None:
     await app.start()
     await app.cache.ready.wait()
 
-    def reply(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     reply({"ready": True, "port": app.xds_port, "pid": os.getpid()})
     try:
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            cmd = json.loads(line)
+        async for cmd in commands():
             if cmd["cmd"] == "change":
                 change = M.make_change(sc, cmd["kind"], cmd["gen"])
                 objs = [parse_object(raw) for raw in change.objects]
@@ -67,9 +55,6 @@ async def serve(a: argparse.Namespace) -> None:
                 reply({"t": app.store.first_unseen_change or t})
             elif cmd["cmd"] == "publishes":
                 reply({"publishes": publishes})
-            elif cmd["cmd"] == "quit":
-                reply({"ok": True})
-                return
             else:
                 reply({"error": f"unknown command {cmd['cmd']!r}"})
     finally:

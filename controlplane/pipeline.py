@@ -63,17 +63,10 @@ class MeshTranslation:
 
     def _unit(self, service: Service) -> tuple[list[Any], list[Any]]:
         fqdn = service.fqdn
-        if fqdn in self._units:
-            return self._units[fqdn]
-        prev = self.previous
-        dirty = self.mesh.dirty
-        if prev is not None and dirty is not None and fqdn not in dirty and fqdn in prev._units:
-            unit = prev._units[fqdn]  # (carried over at construction; here for safety)
-        else:
-            unit = (service_clusters(self.mesh, service),
-                    service_assignments(self.mesh, service))
-        self._units[fqdn] = unit
-        return unit
+        if fqdn not in self._units:  # dirty, or new: clean units were carried over
+            self._units[fqdn] = (service_clusters(self.mesh, service),
+                                 service_assignments(self.mesh, service))
+        return self._units[fqdn]
 
     def messages(self, type_url: str, key: Hashable) -> list[Any]:
         memo_key = (type_url, key)
@@ -114,8 +107,11 @@ class MeshTranslation:
                         - {types.resource_name(type_url, m) for m in new})
         return changed, removed
 
-    def release_previous(self) -> None:
-        """Once published, the chain back stops here: only one translation is kept."""
+    def finish(self) -> None:
+        """Once published: every service's unit built (the next translation carries them
+        over) and the chain back cut, so only one translation is kept."""
+        for service in self.mesh.services.values():
+            self._unit(service)
         self.previous = None
 
     def name_of(self, type_url: str, message: Any) -> str:
@@ -164,10 +160,7 @@ class PushLoop:
             mesh = self.store.mesh()
             translation = MeshTranslation(mesh, self._translation)
             snap = self.cache.publish(translation, PROBE)
-            # Everything the next push reuses is built: drop the older translation.
-            for service in mesh.services.values():
-                translation._unit(service)
-            translation.release_previous()
+            translation.finish()
             self._translation = translation
         except InconsistentSnapshot as exc:
             log.error("snapshot_rejected", reason=str(exc))

@@ -205,7 +205,7 @@ def _service_endpoints(index: MeshIndex, service: Service, labels: _LabelIndex
     return out
 
 
-def _affected(index: MeshIndex, previous: Mesh, changes: Mapping[Key, object | None]
+def _affected(index: MeshIndex, changes: Mapping[Key, object | None]
               ) -> tuple[set[ServiceId], bool]:
     """Services whose endpoints a change can touch, and whether routing objects or the
     set of services changed."""
@@ -256,7 +256,7 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
     incremental = previous is not None and changes is not None
     if incremental:
         assert previous is not None and changes is not None
-        affected, routing = _affected(index, previous, changes)
+        affected, routing = _affected(index, changes)
         endpoints = dict(previous.endpoints)
         dirty: set[str] = set()
         for ns, name in affected:
