@@ -138,3 +138,51 @@ def test_a_change_affecting_no_subscription_sends_nothing(plane: ControlPlane,
     assert run(client.silent())
     apply_docs(plane, pod("reviews-3", "127.1.0.7", {"app": "reviews"}))
     assert run(client.silent(0.6))
+
+
+def test_reconnect_holding_a_resource_that_is_gone_gets_it_removed(
+        plane: ControlPlane) -> None:
+    """A proxy back from a control-plane restart may hold what no recent change names."""
+    run = plane.call
+    c = DeltaClient(plane.port, "delta-back")
+    run(c.open())
+    try:
+        gone = "outbound|9080||gone.default.svc.cluster.local"
+        run(c.delta(types.CLUSTER, initial={gone: "0123456789abcdef"}))
+        cds = run(c.recv())
+        assert sorted(delta_names(cds)) == [RATINGS, REVIEWS]
+        assert list(cds.removed_resources) == [gone]
+    finally:
+        run(c.close())
+
+
+def test_proxies_in_step_share_the_snapshots_state(plane: ControlPlane,
+                                                   client: DeltaClient) -> None:
+    """Memory per proxy: what an in-step proxy was sent and holds is the snapshot's own
+    mapping, and its subscriptions are the set every other such proxy holds."""
+    other = DeltaClient(plane.port, "delta-2", {"INSTANCE_IPS": "127.0.9.2"})
+    plane.call(other.open())
+    try:
+        connect(plane, client)
+        connect(plane, other)
+
+        def state(node: str, type_url: str) -> Any:
+            [sync] = plane.registry.by_node(node)
+            return plane.ads.streams[sync.stream_id].states[type_url]
+
+        snap = plane.run(lambda: plane.cache.snapshot)
+        for t in (types.CLUSTER, types.ENDPOINT):
+            a, b = state("delta-1", t), state("delta-2", t)
+            items = snap.for_key(t, None).items
+            wait_until(lambda a=a, b=b, items=items: a.acked is b.acked is items)
+            assert a.sent is b.sent is items
+        assert state("delta-1", types.ENDPOINT).names is state("delta-2", types.ENDPOINT).names
+        # Unsubscribing makes a stream's state its own; the snapshot keeps every name.
+        plane.call(client.delta(types.ENDPOINT, unsubscribe=[RATINGS]))
+        eds = state("delta-1", types.ENDPOINT)
+        wait_until(lambda: eds.names == {REVIEWS})
+        assert RATINGS not in eds.sent and RATINGS not in eds.acked
+        assert set(snap.for_key(types.ENDPOINT, None).items) == {REVIEWS, RATINGS}
+        assert plane.call(client.silent())
+    finally:
+        plane.call(other.close())

@@ -241,3 +241,61 @@ def test_bad_resource_never_reaches_a_consistent_snapshot(plane: ControlPlane) -
     with pytest.raises(Exception, match="missing"):
         plane.publish(Broken(plane.run(plane.store.mesh)))
     assert plane.generation() == before
+
+
+def _eds_state(plane: ControlPlane, node: str) -> Any:
+    [sync] = plane.registry.by_node(node)
+    return plane.ads.streams[sync.stream_id].states[types.ENDPOINT]
+
+
+def _snapshot_endpoints(plane: ControlPlane) -> Any:
+    return plane.run(lambda: plane.cache.snapshot.for_key(types.ENDPOINT, None))
+
+
+def test_proxies_in_step_share_the_snapshots_endpoint_state(plane: ControlPlane) -> None:
+    """Memory per proxy: a proxy subscribed to every assignment and in step holds no
+    copy of its own; one that subscribes to fewer, or rejected one, gets its own, and
+    the snapshot's mapping is never written."""
+    run = plane.call
+    a = AdsClient(plane.port, "sidecar-a")
+    b = AdsClient(plane.port, "sidecar-b")
+    run(a.open())
+    run(b.open())
+    try:
+        for c, names in ((a, [REVIEWS, RATINGS]), (b, [RATINGS, REVIEWS])):
+            run(c.send(types.CLUSTER))
+            cds = run(c.recv())
+            run(c.send(types.ENDPOINT, names))
+            run(c.ack(cds))
+            eds = run(c.recv())
+            assert sorted(names_of(eds)) == [RATINGS, REVIEWS]
+            run(c.ack(eds, names))
+        wait_until(lambda: _eds_state(plane, "sidecar-b").acked is
+                   _eds_state(plane, "sidecar-b").sent)
+        sa, sb = _eds_state(plane, "sidecar-a"), _eds_state(plane, "sidecar-b")
+        snap = _snapshot_endpoints(plane)
+        assert sa.names is sb.names  # the same names in another order: one set
+        assert sa.sent is sb.sent is snap.items and sa.acked is snap.items
+
+        apply_docs(plane, pod("reviews-2", "127.1.0.9", {"app": "reviews"}))
+        ua, ub = run(a.recv()), run(b.recv())
+        assert names_of(ua) == names_of(ub) == [REVIEWS]
+        snap2 = _snapshot_endpoints(plane)
+        assert sa.sent is snap2.items and sa.acked is snap.items  # not ACKed yet
+        run(a.ack(ua, [REVIEWS, RATINGS]))
+        wait_until(lambda: sa.acked is snap2.items)
+        run(b.nack(ub, "", "reviews: rejected", [RATINGS, REVIEWS]))
+        wait_until(lambda: sb.rejected == {REVIEWS})
+        # b keeps the old reviews assignment; what it holds is its own now.
+        run(b.send(types.ENDPOINT, [RATINGS]))  # and it drops reviews
+        wait_until(lambda: sb.names == {RATINGS})
+        assert type(sb.sent) is not dict and REVIEWS not in sb.sent
+        assert REVIEWS not in sb.acked and not sb.rejected
+        assert set(snap2.items) == {REVIEWS, RATINGS}  # untouched
+        assert sa.sent is snap2.items
+        assert run(b.silent())
+        sync_b = plane.registry.by_node("sidecar-b")[0]
+        assert sync_b.types[types.ENDPOINT].names == (RATINGS,)
+    finally:
+        run(a.close())
+        run(b.close())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,9 @@ class TypeSync:
     acked_nonce: str = ""
     acked_at: float = 0.0
     nack: Nack | None = None
-    names: tuple[str, ...] = ()  # subscribed names, as requested; empty: wildcard
+    # Subscribed names (empty: wildcard), shared with the stream: a SotW request's tuple
+    # as sent, a Delta stream's set.
+    names: Collection[str] = ()
     # What the proxy holds: name -> an object with `.version` and `.body` (serialized
     # bytes), shared with the ADS stream and replaced or updated on each ACK.
     acked_resources: Mapping[str, Any] = field(default_factory=dict)
@@ -122,7 +124,7 @@ class SyncRegistry:
         proxy.type(type_url).nack = Nack(version, nonce, time.time(), message)
         self._emit("nacked", proxy, type_url)
 
-    def subscribed(self, proxy: ProxySync, type_url: str, names: tuple[str, ...]) -> None:
+    def subscribed(self, proxy: ProxySync, type_url: str, names: Collection[str]) -> None:
         proxy.type(type_url).names = names
 
     def by_node(self, node_id: str) -> list[ProxySync]:

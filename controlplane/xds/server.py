@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,8 @@ from controlplane.status.sync import ProxySync, SyncRegistry
 from controlplane.translate.proxy import ProxyView, proxy_from_node
 from controlplane.xds import types, wire
 from controlplane.xds.cache import Resource, Snapshot, SnapshotCache, TypeResources
+from controlplane.xds.requests import SotwRequest
+from controlplane.xds.subscriptions import NameSet, Subscription, Subscriptions
 
 log = structlog.get_logger("controlplane.xds")
 
@@ -40,33 +42,50 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _stream_ids = itertools.count(1)
 
 
+class Owned(dict[str, Any]):
+    """A mapping one stream made for itself and may write. Every other mapping a stream
+    holds is shared (a snapshot's, another field's) and is only ever replaced."""
+
+
 @dataclass
 class TypeState:
     requested: bool = False
-    names: set[str] = field(default_factory=set)  # EDS/RDS subscriptions
-    # Newest sent, per name. For CDS/LDS this is the snapshot's own (shared, read-only)
-    # mapping unless clusters are retained; EDS/RDS streams keep a dict of their own.
-    sent: Mapping[str, Resource] = field(default_factory=dict)
+    # EDS/RDS subscriptions: `name_set.names`, shared by every stream naming the same.
+    names: Set[str] = frozenset()
+    name_set: NameSet | None = None
+    subscription: Subscription | None = None  # SotW: the last request's names, as sent
+    # Newest sent, per name. Whenever it equals what the snapshot holds (a proxy
+    # subscribed to everything, in step) it *is* the snapshot's mapping, shared by every
+    # such stream; `own_sent()` makes a stream's own before a write.
+    sent: Mapping[str, Resource] = field(default_factory=Owned)
     in_flight: Mapping[str, Resource] = field(default_factory=dict)  # in the `nonce` response
-    acked: Mapping[str, Resource] = field(default_factory=dict)  # what the proxy holds
-    dirty: set[str] = field(default_factory=set)  # names to answer whatever their version
+    acked: Mapping[str, Resource] = field(default_factory=Owned)  # what the proxy holds
+    dirty: set[str] = field(default_factory=set)  # newly subscribed: compare these too
+    # Answer these whatever their version: Envoy re-requests them after their cluster
+    # (listener) changed, and the new one stays warming until they come.
+    resend: set[str] = field(default_factory=set)
     retained: set[str] = field(default_factory=set)  # removed clusters kept for routes
     version: str = ""  # version_info of the last response
     nonce: str = ""  # nonce of the last response
     generation: int = 0  # snapshot generation the named resources were compared at
     answered: bool = False  # the proxy ACKed or NACKed `nonce`
     sent_at: float = 0.0  # monotonic
-    raw_names: tuple[str, ...] = ()  # SotW: the last request's names, as sent
-    rejected: set[str] = field(default_factory=set)  # SotW EDS/RDS: sent version NACKed
+    rejected: set[str] = field(default_factory=set)  # EDS/RDS, Delta: sent version NACKed
     wildcard: bool = False  # delta: subscribed to every resource of the type
     # delta: responses not answered yet, nonce -> (resources sent, names removed)
     outstanding: dict[str, tuple[dict[str, Resource], set[str]]] = field(default_factory=dict)
 
-    def unshare(self) -> None:
-        """Before `sent` changes: when it is also `acked` (a proxy in sync), give `sent` a
-        copy of its own; `acked`, which the sync registry shows, stays as it is."""
-        if self.sent is self.acked:
-            self.sent = dict(self.sent)
+    def own_sent(self) -> Owned:
+        """`sent`, writable: a copy when it is shared, with the snapshot or with `acked`
+        (a proxy in sync; `acked`, which the sync registry shows, stays as it was)."""
+        if type(self.sent) is not Owned or self.sent is self.acked:
+            self.sent = Owned(self.sent)
+        return self.sent  # type: ignore[return-value]
+
+    def own_acked(self) -> Owned:
+        if type(self.acked) is not Owned or self.acked is self.sent:
+            self.acked = Owned(self.acked)
+        return self.acked  # type: ignore[return-value]
 
 
 class Stream:
@@ -116,9 +135,9 @@ class Stream:
             self.on_request(request)
 
     # -- requests ---------------------------------------------------------------------------
-    def _connect(self, request: Any) -> None:
-        if request.HasField("node"):
-            self.proxy = proxy_from_node(request.node)
+    def _connect(self, node: Any) -> None:
+        if node is not None:
+            self.proxy = proxy_from_node(node)
         else:
             self.proxy = ProxyView(node_id=f"unknown-{self.id}")
             log.warning("no_node", stream=self.id, peer=self.peer)
@@ -165,10 +184,13 @@ class Stream:
     def on_request(self, request: Any) -> None:
         raise NotImplementedError
 
+    def _node(self, request: Any) -> Any:
+        return request.node if request.HasField("node") else None
+
     def _state_for(self, request: Any) -> TypeState | None:
         """The type's state, connecting the proxy on its first request."""
         if self.proxy is None:
-            self._connect(request)
+            self._connect(self._node(request))
         st = self.states.get(request.type_url)
         if st is None:
             log.warning("unsupported_type", node=self.node_id, type=request.type_url)
@@ -183,9 +205,12 @@ class Stream:
         last compared them (None: compare everything; per-proxy types always do)."""
         assert self.proxy is not None
         res = snap.resources(type_url, self.proxy)
-        if type_url not in snap.source.shared_types:
+        generation = self.states[type_url].generation
+        if type_url not in snap.source.shared_types or not generation:
+            # A stream's first pass compares everything: a reconnecting Delta proxy may
+            # hold resources that no recent change names.
             return res, None
-        return res, self.cache.changed_since(type_url, self.states[type_url].generation)
+        return res, self.cache.changed_since(type_url, generation)
 
     def _invalidate_dependents(self, type_url: str, changed: list[Resource]) -> None:
         """After a cluster (listener) changed, Envoy re-requests its EDS (RDS) names with
@@ -194,12 +219,8 @@ class Stream:
         if type_url not in types.DEPENDENT:
             return
         dependent = self.states[types.DEPENDENT[type_url]]
-        deps = [dep for resource in changed for dep in resource.deps]
-        if deps:
-            dependent.unshare()
-        for dep in deps:
-            dependent.sent.pop(dep, None)
-            dependent.dirty.add(dep)
+        for resource in changed:
+            dependent.resend.update(resource.deps)
 
     def _new_nonce(self, type_url: str, version: str, generation: int) -> str:
         assert self.sync is not None
@@ -231,7 +252,10 @@ class SotwStream(Stream):
     """State of the world: every response carries the type's whole set (CDS, LDS) or the
     changed subscribed resources (EDS, RDS)."""
 
-    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _node(self, request: SotwRequest) -> Any:
+        return request.node()
+
+    def on_request(self, request: SotwRequest) -> None:
         st = self._state_for(request)
         if st is None:
             return
@@ -242,48 +266,48 @@ class SotwStream(Stream):
                       nonce=nonce, latest=st.nonce)
             return
         if nonce:
-            if request.HasField("error_detail"):
+            error = request.error_message()
+            if error is not None:
                 # The proxy kept what it had before: that is what later diffs start from.
                 if type_url in types.WILDCARD_TYPES:
-                    st.sent = dict(st.acked)
+                    st.sent = st.acked
                 else:
                     st.rejected.update(st.in_flight)
-                self._nack(type_url, nonce, request.version_info, request.error_detail.message)
+                self._nack(type_url, nonce, request.version_info, error)
             else:
                 if type_url in types.WILDCARD_TYPES:
                     st.acked = st.in_flight
                 else:
                     st.rejected.difference_update(st.in_flight)
                     if st.rejected:
-                        st.acked.update(st.in_flight)
+                        st.own_acked().update(st.in_flight)
                     else:
-                        # It holds everything it was sent: one mapping serves as both,
-                        # until the next push copies `sent` (see TypeState.unshare).
+                        # It holds everything it was sent: one mapping serves as both
+                        # (see TypeState.own_sent).
                         st.acked = st.sent
                 self._ack(type_url, nonce, request.version_info)
             st.answered = True
             st.in_flight = {}  # answered: holding it would keep a copy per stream
-        raw = tuple(request.resource_names)
-        if st.requested and raw == st.raw_names:
+        if request.names_are(st.subscription):
             # An ACK repeating the same subscriptions (the common case): nothing to diff.
             self.wake.set()
             return
-        # Interned: thousands of streams subscribe to the same thousands of names, and each
-        # request brings fresh copies of every one of them.
-        raw = tuple(map(sys.intern, raw))
-        st.raw_names = raw
-        names = set(raw)
+        st.subscription = sub = self.server.subscriptions.get(request.names())
+        st.name_set = sub.name_set
+        names = sub.names
         if type_url not in types.WILDCARD_TYPES:
-            for gone in st.names - names:
-                st.sent.pop(gone, None)
-                st.acked.pop(gone, None)
-                st.rejected.discard(gone)
-            st.dirty |= names if not st.requested else names - st.names
+            gone = st.names - names
+            if gone:
+                sent, acked = st.own_sent(), st.own_acked()
+                for name in gone:
+                    sent.pop(name, None)
+                    acked.pop(name, None)
+                    st.rejected.discard(name)
+            st.dirty |= names - st.names
             st.names = names
         st.requested = True
-        # The request's own tuple, shared rather than copied: at thousands of names per
-        # proxy, copies are most of a stream's memory. Views sort it when shown.
-        self.server.registry.subscribed(self.sync, type_url, raw)
+        # Shared, not copied: views sort it when shown.
+        self.server.registry.subscribed(self.sync, type_url, sub.raw)
         self.wake.set()
 
     async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
@@ -325,20 +349,28 @@ class SotwStream(Stream):
         if not st.requested:
             return
         res, changed = self._current(type_url, snap)
-        candidates = st.names if changed is None else (changed & st.names) | st.dirty
+        names, items, sent, resend = st.names, res.items, st.sent, st.resend
+        candidates = names if changed is None else (changed & names) | st.dirty | resend
         to_send = sorted(
             n for n in candidates
-            if n in st.names and (r := res.items.get(n)) is not None
-            and ((old := st.sent.get(n)) is None or old.version != r.version))
+            if n in names and (r := items.get(n)) is not None
+            and (n in resend or (old := sent.get(n)) is None or old.version != r.version))
         st.dirty.clear()
+        resend.clear()
         st.generation = snap.generation
-        if not to_send:
-            return
-        resources = [res.items[n] for n in to_send]
-        st.unshare()
-        for r in resources:
-            st.sent[r.name] = r
-        await self._send(type_url, res.version, resources, snap.generation)
+        resources = [items[n] for n in to_send]
+        assert st.name_set is not None
+        if st.name_set.covers(res):
+            # After this push the proxy holds every resource at the snapshot's version
+            # (each pass compares all that changed since the last one), and it
+            # subscribes to all of them: the snapshot's mapping says what it was sent.
+            st.sent = items
+        elif resources:
+            own = st.own_sent()
+            for r in resources:
+                own[r.name] = r
+        if resources:
+            await self._send(type_url, res.version, resources, snap.generation)
 
     async def _send(self, type_url: str, version: str, resources: list[Resource],
                     generation: int, in_flight: Mapping[str, Resource] | None = None) -> None:
@@ -369,12 +401,20 @@ class DeltaStream(Stream):
                 log.debug("stale_nonce", node=self.node_id, type=types.short(type_url),
                           nonce=nonce)
             elif request.HasField("error_detail"):
+                st.rejected.update(answered[0])
                 self._nack(type_url, nonce, "", request.error_detail.message)
             else:
                 updates, removed = answered
-                st.acked.update(updates)
-                for name in removed:
-                    st.acked.pop(name, None)
+                st.rejected.difference_update(updates)
+                if not st.outstanding and not st.rejected:
+                    # It holds everything it was sent: one mapping serves as both
+                    # (see TypeState.own_sent).
+                    st.acked = st.sent
+                else:
+                    acked = st.own_acked()
+                    acked.update(updates)
+                    for name in removed:
+                        acked.pop(name, None)
                 self._ack(type_url, nonce, st.version)
             st.answered = not st.outstanding
         subscribe = set(map(sys.intern, request.resource_names_subscribe))
@@ -384,22 +424,29 @@ class DeltaStream(Stream):
             st.wildcard = "*" in subscribe or (type_url in types.WILDCARD_TYPES
                                                and not subscribe)
             # What a reconnecting proxy holds: not sent again unless it changed.
-            st.sent = {name: _Held(name, version) for name, version in
-                       request.initial_resource_versions.items()}  # type: ignore[misc]
+            st.sent = Owned({name: _Held(name, version) for name, version in
+                             request.initial_resource_versions.items()})
         if "*" in subscribe:
             st.wildcard = True
         if "*" in unsubscribe:
             st.wildcard = False
         subscribe.discard("*")
         unsubscribe.discard("*")
-        for name in unsubscribe:
-            st.names.discard(name)
-            st.sent.pop(name, None)
-            st.acked.pop(name, None)
-        st.dirty |= subscribe - st.names
-        st.names |= subscribe
+        unsubscribe &= st.names
+        subscribe -= st.names
+        if unsubscribe:
+            sent, acked = st.own_sent(), st.own_acked()
+            for name in unsubscribe:
+                sent.pop(name, None)
+                acked.pop(name, None)
+                st.rejected.discard(name)
+        if subscribe or unsubscribe or st.name_set is None:
+            st.name_set = self.server.subscriptions.name_set(
+                (st.names - unsubscribe) | subscribe)
+            st.names = st.name_set.names
+            st.dirty |= subscribe
+            self.server.registry.subscribed(self.sync, type_url, st.names)
         st.requested = True
-        self.server.registry.subscribed(self.sync, type_url, tuple(sorted(st.names)))
         self.wake.set()
 
     async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
@@ -408,30 +455,42 @@ class DeltaStream(Stream):
         if not st.requested:
             return
         res, changed = self._current(type_url, snap)
+        resend = st.resend
         if st.wildcard:
-            scope: set[str] | dict[str, Resource] = res.items
+            scope: Set[str] | Mapping[str, Resource] = res.items
             candidates = (set(res.items) | set(st.sent)) if changed is None else (
-                changed | st.dirty | st.retained)
+                changed | st.dirty | st.retained | resend)
         else:
             scope = st.names
-            candidates = st.names if changed is None else (changed & st.names) | st.dirty
+            candidates = st.names if changed is None else (
+                (changed & st.names) | st.dirty | resend)
         st.dirty.clear()
         st.generation = snap.generation
         updates = [r for n in sorted(candidates)
                    if (n in scope or n in st.names) and (r := res.items.get(n)) is not None
-                   and ((old := st.sent.get(n)) is None or old.version != r.version)]
+                   and (n in resend or (old := st.sent.get(n)) is None
+                        or old.version != r.version)]
+        resend.clear()
         removed = sorted(n for n in candidates if n not in res.items and n in st.sent)
         keep: list[str] = []
         if retain and type_url == types.CLUSTER and self.states[types.LISTENER].requested:
             # Make before break: removed clusters go once routes moved off them.
             keep, removed = removed, []
         st.retained = set(keep)
+        assert st.name_set is not None
+        if not keep and (st.wildcard or st.name_set.covers(res)):
+            # After this push the proxy was sent every resource in its scope at the
+            # snapshot's version, and nothing else: the snapshot's mapping says so, shared
+            # with every such stream.
+            st.sent = res.items
+        elif updates or removed:
+            sent = st.own_sent()
+            for r in updates:
+                sent[r.name] = r
+            for name in removed:
+                sent.pop(name, None)
         if not updates and not removed:
             return
-        for r in updates:
-            st.sent[r.name] = r
-        for name in removed:
-            st.sent.pop(name, None)
         self._invalidate_dependents(type_url, updates)
         nonce = self._new_nonce(type_url, res.version, snap.generation)
         st.outstanding[nonce] = ({r.name: r for r in updates}, set(removed))
@@ -457,6 +516,7 @@ class AdsServer:
         self.cache = cache
         self.registry = registry
         self.answer_timeout = answer_timeout
+        self.subscriptions = Subscriptions()
         self.streams: dict[int, Stream] = {}
 
     async def _serve(self, stream: Stream, requests: Any) -> None:
@@ -476,7 +536,7 @@ class AdsServer:
         return grpc.method_handlers_generic_handler(ADS_SERVICE, {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self._sotw,
-                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                request_deserializer=SotwRequest,  # read lazily: see requests.py
                 response_serializer=None,  # responses are assembled as bytes (wire.py)
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
