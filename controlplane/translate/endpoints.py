@@ -16,14 +16,16 @@ from controlplane.translate.policy import traffic_policy
 
 
 @functools.lru_cache(maxsize=1 << 17)
-def _lb_endpoint(ep: Endpoint) -> endpoint_components_pb2.LbEndpoint:
+def _lb_endpoint(ip: str, port: int, hostname: str) -> endpoint_components_pb2.LbEndpoint:
     """Memoized: a pod's endpoint appears in its service's assignment and in a subset's,
-    and stays the same across pushes (extend() copies it into each assignment)."""
+    and stays the same across pushes (extend() copies it into each assignment). Keyed by
+    what it holds, not by the Endpoint: hashing three fields in C beats the dataclass's
+    hash in Python, ten thousand times per full translation."""
     return endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
             address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
-                address=ep.ip, port_value=ep.port)),
-            hostname=ep.hostname,
+                address=ip, port_value=port)),
+            hostname=hostname,
         ),
         health_status=health_check_pb2.HEALTHY,
     )
@@ -33,7 +35,8 @@ def load_assignment(name: str, endpoints: tuple[Endpoint, ...]
                     ) -> endpoint_pb2.ClusterLoadAssignment:
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     if endpoints:
-        cla.endpoints.add().lb_endpoints.extend(_lb_endpoint(ep) for ep in endpoints)
+        cla.endpoints.add().lb_endpoints.extend(
+            [_lb_endpoint(ep.ip, ep.port, ep.hostname) for ep in endpoints])
     return cla
 
 

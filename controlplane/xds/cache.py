@@ -91,9 +91,8 @@ def make_resource(type_url: str, name: str, message: Message, deps: tuple[str, .
     version = hashlib.blake2b(body, digest_size=8).hexdigest()
     mix = int.from_bytes(hashlib.blake2b(f"{name}\0{version}".encode(),
                                          digest_size=8).digest())
-    return Resource(name, version, body, wire.resource_entry(type_url, body),
-                    wire.delta_resource_entry(type_url, name, version, body), deps, message,
-                    mix)
+    entry, delta_entry = wire.entries(type_url, name, version, body)
+    return Resource(name, version, body, entry, delta_entry, deps, message, mix)
 
 
 @dataclass

@@ -9,6 +9,8 @@ with the generated classes.
 
 from __future__ import annotations
 
+import functools
+
 
 def varint(n: int) -> bytes:
     if n < 0x80:  # the common cases first: names, versions and most resources are short
@@ -26,18 +28,42 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
+# Tags of the length-delimited fields used here (all below 16: one byte each).
+_TAG = {field: bytes(((field << 3) | 2,)) for field in range(1, 16)}
+
+
 def length_delimited(field: int, payload: bytes) -> bytes:
-    return varint((field << 3) | 2) + varint(len(payload)) + payload
+    return _TAG[field] + varint(len(payload)) + payload
+
+
+@functools.cache
+def _any_type(type_url: str) -> bytes:
+    return length_delimited(1, type_url.encode())
 
 
 def any_bytes(type_url: str, value: bytes) -> bytes:
     """google.protobuf.Any: type_url = 1, value = 2."""
-    return length_delimited(1, type_url.encode()) + length_delimited(2, value)
+    return b"".join((_any_type(type_url), _TAG[2], varint(len(value)), value))
 
 
 def resource_entry(type_url: str, value: bytes) -> bytes:
     """One `resources` (field 2) entry of a DiscoveryResponse."""
     return length_delimited(2, any_bytes(type_url, value))
+
+
+def entries(type_url: str, name: str, version: str, value: bytes) -> tuple[bytes, bytes]:
+    """`resource_entry` and `delta_resource_entry` of one resource, sharing their Any:
+    every resource of a snapshot needs both, so they are built in one go."""
+    packed = any_bytes(type_url, value)
+    return length_delimited(2, packed), _delta_entry(name, version, packed)
+
+
+def _delta_entry(name: str, version: str, packed: bytes) -> bytes:
+    return length_delimited(2, b"".join((
+        length_delimited(1, version.encode()),
+        length_delimited(2, packed),
+        length_delimited(3, name.encode()),
+    )))
 
 
 def discovery_response(version: str, entries: list[bytes], type_url: str, nonce: str) -> bytes:
@@ -53,11 +79,7 @@ def discovery_response(version: str, entries: list[bytes], type_url: str, nonce:
 def delta_resource_entry(type_url: str, name: str, version: str, value: bytes) -> bytes:
     """One `resources` (field 2) entry of a DeltaDiscoveryResponse: a discovery Resource
     with version = 1, resource = 2 (Any), name = 3."""
-    return length_delimited(2, b"".join((
-        length_delimited(1, version.encode()),
-        length_delimited(2, any_bytes(type_url, value)),
-        length_delimited(3, name.encode()),
-    )))
+    return _delta_entry(name, version, any_bytes(type_url, value))
 
 
 def delta_discovery_response(version: str, entries: list[bytes], type_url: str,
