@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -299,3 +300,26 @@ def test_proxies_in_step_share_the_snapshots_endpoint_state(plane: ControlPlane)
     finally:
         run(a.close())
         run(b.close())
+
+
+def test_a_silent_proxy_gets_listeners_once_the_cds_answer_is_overdue() -> None:
+    """Listeners wait for the CDS answer, but not forever: a proxy that never answers
+    still gets the rest of its config after --answer-timeout."""
+    plane = ControlPlane(answer_timeout=0.6)
+    try:
+        apply_docs(plane, *mesh_docs())
+        wait_until(lambda: {REVIEWS, RATINGS} <= plane.cluster_names())
+        c = AdsClient(plane.port, "silent-1", {"INSTANCE_IPS": "127.0.9.3"})
+        plane.call(c.open())
+        plane.call(c.send(types.CLUSTER))
+        assert plane.call(c.recv()).type_url == types.CLUSTER
+        plane.call(c.send(types.LISTENER))  # CDS never answered
+        t = time.monotonic()
+        assert plane.call(c.silent(0.4))  # the gate holds...
+        lds = plane.call(c.recv(3.0))  # ...until the answer is overdue
+        waited = time.monotonic() - t
+        assert lds.type_url == types.LISTENER
+        assert 0.4 <= waited < 2.0, waited
+        plane.call(c.close())
+    finally:
+        plane.stop()

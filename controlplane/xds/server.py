@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,8 +229,7 @@ class Stream:
         nonce = f"{self.id}-{next(self._nonces)}"
         st.version, st.nonce, st.answered = version, nonce, False
         st.sent_at = time.monotonic()
-        # Look again once the answer is overdue, whatever else happens.
-        asyncio.get_running_loop().call_later(self.server.answer_timeout, self.wake.set)
+        self.server.deadlines.add(st.sent_at + self.server.answer_timeout, self.wake)
         self.server.registry.sent(self.sync, type_url, version, nonce, generation)
         return nonce
 
@@ -502,6 +502,35 @@ class DeltaStream(Stream):
         await self.context.write(data)
 
 
+class Deadlines:
+    """Events to set at given times, on one timer. A timer per response sent was a heap
+    entry per stream per push; deadlines here come in order (sent time + one fixed
+    timeout), so a queue and a single timer for its head do."""
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[float, asyncio.Event]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, at: float, event: asyncio.Event) -> None:
+        self._queue.append((at, event))
+        if self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._queue[0][0] - time.monotonic()
+        self._timer = loop.call_at(loop.time() + max(delay, 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            queue.popleft()[1].set()
+        if queue:
+            self._arm()
+
+
 @dataclass(frozen=True)
 class _Held:
     """A resource a reconnecting proxy reported holding: only its name and version."""
@@ -517,6 +546,8 @@ class AdsServer:
         self.registry = registry
         self.answer_timeout = answer_timeout
         self.subscriptions = Subscriptions()
+        # Streams look again once an answer is overdue, whatever else happens.
+        self.deadlines = Deadlines()
         self.streams: dict[int, Stream] = {}
 
     async def _serve(self, stream: Stream, requests: Any) -> None:
