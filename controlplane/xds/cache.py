@@ -184,6 +184,8 @@ class SnapshotCache:
         self._changes: deque[tuple[int, dict[str, frozenset[str]]]] = deque(
             maxlen=self.HISTORY)
         self.on_publish: list[Callable[[Snapshot, dict[str, frozenset[str]]], None]] = []
+        # changed_since answers, per snapshot: a push asks the same for every stream.
+        self._since: dict[tuple[str, int], frozenset[str] | None] = {}
 
     def publish(self, source: TranslationSource, probe: Any) -> Snapshot:
         """Build, check and install a new snapshot; raises InconsistentSnapshot, leaving
@@ -212,6 +214,7 @@ class SnapshotCache:
             prev.previous = None  # keep one generation back, not the whole history
         self.snapshot = snap
         self._changes.append((snap.generation, changed))
+        self._since.clear()
         self.ready.set()
         for notify in self.on_publish:
             notify(snap, changed)
@@ -224,13 +227,19 @@ class SnapshotCache:
         that is too far back to know and the caller must compare everything."""
         if self.snapshot is None or generation >= self.snapshot.generation:
             return frozenset()
+        key = (type_url, generation)
+        if key in self._since:
+            return self._since[key]
         if not self._changes or self._changes[0][0] > generation + 1:
-            return None
-        out: set[str] = set()
-        for gen, changed in self._changes:
-            if gen > generation:
-                out |= changed.get(type_url, frozenset())
-        return frozenset(out)
+            found = None
+        else:
+            out: set[str] = set()
+            for gen, changed in self._changes:
+                if gen > generation:
+                    out |= changed.get(type_url, frozenset())
+            found = frozenset(out)
+        self._since[key] = found
+        return found
 
     def watch(self) -> asyncio.Event:
         event = asyncio.Event()
