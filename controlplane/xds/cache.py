@@ -42,6 +42,14 @@ class TypeResources:
 
     mix: int = 0
     changed: frozenset[str] | None = None  # vs the set it was built from, when known
+    _joined: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    def joined(self) -> bytes:
+        """Every resource's DiscoveryResponse entry, joined once and shared: the body of
+        each stream's full answer (only the nonce around it differs)."""
+        if not self._joined:
+            self._joined.append(b"".join([r.entry for r in self.items.values()]))
+        return self._joined[0]
 
     @classmethod
     def build(cls, type_url: str, resources: Iterable[Resource],

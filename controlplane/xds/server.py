@@ -340,8 +340,12 @@ class SotwStream(Stream):
         st.sent = {**items, **retained} if retained else items
         st.retained = set(retained)
         self._invalidate_dependents(type_url, changed)
-        await self._send(type_url, version, [*items.values(), *retained.values()],
-                         snap.generation, in_flight=st.sent)
+        if retained:
+            await self._send(type_url, version, [*items.values(), *retained.values()],
+                             snap.generation, in_flight=st.sent)
+        else:
+            await self._send(type_url, version, res.joined(), snap.generation,
+                             in_flight=items)
 
     async def _push_named(self, type_url: str, snap: Snapshot) -> None:
         assert self.proxy is not None
@@ -350,6 +354,18 @@ class SotwStream(Stream):
             return
         res, changed = self._current(type_url, snap)
         names, items, sent, resend = st.names, res.items, st.sent, st.resend
+        assert st.name_set is not None
+        if changed is None and not sent and st.name_set.covers(res):
+            # The first answer to a proxy subscribed to everything: the whole set, in a
+            # response body every such stream shares (a connect storm is mostly these).
+            st.dirty.clear()
+            resend.clear()
+            st.generation = snap.generation
+            if items:
+                st.sent = items
+                await self._send(type_url, res.version, res.joined(), snap.generation,
+                                 in_flight=items)
+            return
         candidates = names if changed is None else (changed & names) | st.dirty | resend
         to_send = sorted(
             n for n in candidates
@@ -359,7 +375,6 @@ class SotwStream(Stream):
         resend.clear()
         st.generation = snap.generation
         resources = [items[n] for n in to_send]
-        assert st.name_set is not None
         if st.name_set.covers(res):
             # After this push the proxy holds every resource at the snapshot's version
             # (each pass compares all that changed since the last one), and it
@@ -372,14 +387,21 @@ class SotwStream(Stream):
         if resources:
             await self._send(type_url, res.version, resources, snap.generation)
 
-    async def _send(self, type_url: str, version: str, resources: list[Resource],
+    async def _send(self, type_url: str, version: str, resources: list[Resource] | bytes,
                     generation: int, in_flight: Mapping[str, Resource] | None = None) -> None:
+        """`resources`, or the joined entries of all of `in_flight` (TypeResources.joined)."""
         nonce = self._new_nonce(type_url, version, generation)
-        self.states[type_url].in_flight = (in_flight if in_flight is not None
-                                           else {r.name: r for r in resources})
-        data = wire.discovery_response(version, [r.entry for r in resources], type_url, nonce)
+        if isinstance(resources, bytes):
+            assert in_flight is not None
+            body = resources
+        else:
+            body = b"".join([r.entry for r in resources])
+            if in_flight is None:
+                in_flight = {r.name: r for r in resources}
+        self.states[type_url].in_flight = in_flight
+        data = wire.discovery_response(version, body, type_url, nonce)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
-                 nonce=nonce, resources=len(resources), bytes=len(data))
+                 nonce=nonce, resources=len(in_flight), bytes=len(data))
         await self.context.write(data)
 
 

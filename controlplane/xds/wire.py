@@ -66,11 +66,13 @@ def _delta_entry(name: str, version: str, packed: bytes) -> bytes:
     )))
 
 
-def discovery_response(version: str, entries: list[bytes], type_url: str, nonce: str) -> bytes:
-    """DiscoveryResponse: version_info = 1, resources = 2, type_url = 4, nonce = 5."""
+def discovery_response(version: str, entries: list[bytes] | bytes, type_url: str,
+                       nonce: str) -> bytes:
+    """DiscoveryResponse: version_info = 1, resources = 2, type_url = 4, nonce = 5.
+    `entries`: resource entries, or several already joined."""
     return b"".join((
         length_delimited(1, version.encode()),
-        *entries,
+        entries if isinstance(entries, bytes) else b"".join(entries),
         length_delimited(4, type_url.encode()),
         length_delimited(5, nonce.encode()),
     ))
