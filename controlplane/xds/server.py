@@ -608,6 +608,15 @@ async def start_grpc_server(handlers: list[grpc.GenericRpcHandler], address: str
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Streams that arrived but that grpc.aio has not picked up yet (it takes one per
+        # event-loop round trip) wait in gRPC core's pending queue, which by default
+        # refuses new ones at random past 1,000 waiting (all past 3,000) and cancels those
+        # waiting over 30 s. When thousands of proxies connect at once (a restart, a
+        # connect storm) that refuses most of them; each retries, and the retries keep
+        # the queue full: 5,000 proxies never all got back. Queue them instead.
+        ("grpc.server.max_pending_requests", 1 << 20),
+        ("grpc.server.max_pending_requests_hard_limit", 1 << 20),
+        ("grpc.server_max_unrequested_time_in_server", 24 * 3600),
     ])
     server.add_generic_rpc_handlers(handlers)
     port = server.add_insecure_port(address)
