@@ -189,6 +189,7 @@ def start_py_spy(a: argparse.Namespace, pid: int, logs: Path, target: str
     out = logs / f"{target}.py-spy.txt"
     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
                             str(pid), "--rate", "250", "--format", "raw", "--nonblocking",
+                            *(["--duration", str(a.py_spy_seconds)] if a.py_spy_seconds else []),
                             "-o", str(out)], stdout=subprocess.DEVNULL,
                            stderr=open(logs / f"{target}.py-spy.stderr", "w"),  # noqa: SIM115
                            start_new_session=True)
@@ -431,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pause", type=float, default=1.0, help="quiet seconds before a change")
     p.add_argument("--go-binary", type=Path, default=None,
                    help="default: build benchmarks/goserver into ~/.cache/controlplane/bench")
+    p.add_argument("--py-spy-seconds", type=int, default=0,
+                   help="record only this long (the endpoint changes come first)")
     p.add_argument("--py-spy", action="store_true",
                    help="record the Python servers with py-spy during the changes (raw "
                         "collapsed stacks in the run directory)")

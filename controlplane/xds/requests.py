@@ -119,7 +119,7 @@ class SotwRequest:
             wire = sub.wire = names_wire(sub.raw)
         return (len(data) == len(prefix) + len(wire) + len(suffix)
                 and data.startswith(prefix) and data.endswith(suffix)
-                and data[len(prefix):len(prefix) + len(wire)] == wire)
+                and data.startswith(wire, len(prefix)))
 
     def names(self) -> tuple[str, ...]:
         """The requested names, parsed in full."""

@@ -175,6 +175,16 @@ class Stream:
             if self.sync is not None:
                 self.server.registry.pass_done(self.sync, snap.generation)
 
+    def _answer_unblocks(self, type_url: str) -> bool:
+        """Whether an answer for `type_url` can let the sender send something: the CDS
+        answer opens the gate for listeners and routes, and their answers let retained
+        clusters go. (New snapshots and overdue answers wake the sender themselves.)"""
+        if type_url == types.CLUSTER:
+            return True
+        if type_url in (types.LISTENER, types.ROUTE):
+            return bool(self.states[types.CLUSTER].retained)
+        return False
+
     def _waiting(self, type_url: str) -> bool:
         """Sent, not answered yet, and not given up on (a silent proxy must not stall the
         rest of its config forever)."""
@@ -289,8 +299,10 @@ class SotwStream(Stream):
             st.answered = True
             st.in_flight = {}  # answered: holding it would keep a copy per stream
         if request.names_are(st.subscription):
-            # An ACK repeating the same subscriptions (the common case): nothing to diff.
-            self.wake.set()
+            # An ACK repeating the same subscriptions (the common case): nothing to diff,
+            # and a pass of the sender only if the answer lets something go out.
+            if self._answer_unblocks(type_url):
+                self.wake.set()
             return
         st.subscription = sub = self.server.subscriptions.get(request.names())
         st.name_set = sub.name_set
