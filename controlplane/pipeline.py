@@ -26,7 +26,7 @@ from controlplane.translate import (
     service_assignments,
     service_clusters,
 )
-from controlplane.translate.routes import route_bases, route_configs
+from controlplane.translate.routes import route_bases, route_config_bodies
 from controlplane.xds import types
 from controlplane.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
 
@@ -85,7 +85,7 @@ class MeshTranslation:
         else:
             if self._route_bases is None:  # shared by every namespace's configurations
                 self._route_bases = route_bases(self.mesh)
-            out = route_configs(self._route_bases, str(key))
+            out = route_config_bodies(self._route_bases, str(key))
         self._memo[memo_key] = out
         return out
 

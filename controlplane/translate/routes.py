@@ -4,6 +4,7 @@ straight to its cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
@@ -41,6 +42,7 @@ from controlplane.translate.names import (
 )
 from controlplane.translate.policy import traffic_policy
 from controlplane.translate.ports import port_groups
+from controlplane.xds.wire import length_delimited
 
 CORS_FILTER = "envoy.filters.http.cors"
 FAULT_FILTER = "envoy.filters.http.fault"
@@ -293,6 +295,7 @@ class _Host:
     namespace: str
     short: str  # the alias only proxies of `namespace` get ("" for none)
     vhost: rc.VirtualHost  # without it: shared by every namespace
+    entry: bytes | None = None  # `vhost` serialized, once (see route_config_bodies)
 
 
 @dataclass
@@ -339,24 +342,82 @@ def route_bases(mesh: Mesh) -> list[RouteBase]:
     return bases
 
 
+def _namespace_hosts(base: RouteBase, namespace: str
+                     ) -> Iterator[tuple[_Host, list[str]]]:
+    """Each virtual host of `base` and the short-name domains it takes on for proxies of
+    `namespace` (none unless the service is in it and the domain is still free)."""
+    used = base.used
+    for host in base.hosts:
+        extra = [d for d in (host.short, f"{host.short}:{base.port}")
+                 if host.short and host.namespace == namespace and d not in used]
+        if extra:
+            used = used | set(extra)
+        yield host, extra
+
+
+def _config(base: RouteBase) -> route_pb2.RouteConfiguration:
+    return route_pb2.RouteConfiguration(name=route_name(base.port),
+                                        validate_clusters=wrappers_pb2.BoolValue())
+
+
 def route_configs(bases: list[RouteBase], namespace: str) -> list[route_pb2.RouteConfiguration]:
     configs = []
     for base in bases:
-        config = route_pb2.RouteConfiguration(name=route_name(base.port),
-                                              validate_clusters=wrappers_pb2.BoolValue())
-        used = base.used
-        for host in base.hosts:
-            extra = [d for d in (host.short, f"{host.short}:{base.port}")
-                     if host.short and host.namespace == namespace and d not in used]
+        config = _config(base)
+        for host, extra in _namespace_hosts(base, namespace):
             if extra:
                 vhost = config.virtual_hosts.add()
                 vhost.CopyFrom(host.vhost)
                 vhost.domains.extend(extra)
-                used = used | set(extra)
             else:
                 config.virtual_hosts.append(host.vhost)
         configs.append(config)
     return configs
+
+
+@dataclass(frozen=True, eq=False)
+class SerializedRouteConfiguration:
+    """A route configuration in wire form, what the push loop publishes: the exact bytes
+    `route_configs` serializes to (tests hold them equal), assembled from each virtual
+    host's bytes, serialized once per mesh rather than copied into ten namespaces'
+    messages and serialized ten times. `make_resource` takes the bytes as they are."""
+
+    name: str
+    body: bytes
+
+    def SerializeToString(self, deterministic: bool = True) -> bytes:
+        return self.body
+
+
+def route_config_bodies(bases: list[RouteBase], namespace: str
+                        ) -> list[SerializedRouteConfiguration]:
+    out = []
+    for base in bases:
+        # Fields in number order, as a deterministic serialization writes them: the
+        # name (1), the virtual hosts (2), then validate_clusters (7).
+        config = _config(base)
+        head = route_pb2.RouteConfiguration(name=config.name).SerializeToString()
+        config.ClearField("name")
+        tail = config.SerializeToString(deterministic=True)
+        parts = [head]
+        for host, extra in _namespace_hosts(base, namespace):
+            if extra:
+                vhost = rc.VirtualHost()
+                vhost.CopyFrom(host.vhost)
+                vhost.domains.extend(extra)
+                parts.append(_vhost_entry(vhost))
+            else:
+                if host.entry is None:
+                    host.entry = _vhost_entry(host.vhost)
+                parts.append(host.entry)
+        parts.append(tail)
+        out.append(SerializedRouteConfiguration(route_name(base.port), b"".join(parts)))
+    return out
+
+
+def _vhost_entry(vhost: rc.VirtualHost) -> bytes:
+    """A `virtual_hosts` (field 2) entry of a RouteConfiguration."""
+    return length_delimited(2, vhost.SerializeToString(deterministic=True))
 
 
 def build_route_configs(mesh: Mesh, namespace: str) -> list[route_pb2.RouteConfiguration]:
