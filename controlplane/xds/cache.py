@@ -26,10 +26,18 @@ class Resource:
     version: str  # content hash: equal bytes, equal version, across restarts too
     body: bytes  # the serialized message
     entry: bytes  # the same, wrapped as a DiscoveryResponse `resources` entry
-    delta_entry: bytes  # and as a DeltaDiscoveryResponse one (name and version included)
     deps: tuple[str, ...] = ()  # names of DEPENDENT[type] resources this one uses
     message: Any = None  # what it was serialized from: the same object, the same bytes
     mix: int = 0  # this resource's share of its type's version (see TypeResources)
+    _delta: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def delta_entry(self) -> bytes:
+        """The same, as a DeltaDiscoveryResponse entry (name and version included): made
+        when a Delta stream first needs it, not for every resource of every snapshot."""
+        if not self._delta:
+            self._delta.append(wire.delta_entry_of(self.name, self.version, self.entry))
+        return self._delta[0]
 
 
 @dataclass(frozen=True)
@@ -99,8 +107,8 @@ def make_resource(type_url: str, name: str, message: Message, deps: tuple[str, .
     version = hashlib.blake2b(body, digest_size=8).hexdigest()
     mix = int.from_bytes(hashlib.blake2b(f"{name}\0{version}".encode(),
                                          digest_size=8).digest())
-    entry, delta_entry = wire.entries(type_url, name, version, body)
-    return Resource(name, version, body, entry, delta_entry, deps, message, mix)
+    return Resource(name, version, body, wire.resource_entry(type_url, body), deps, message,
+                    mix)
 
 
 @dataclass

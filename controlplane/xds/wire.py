@@ -51,11 +51,12 @@ def resource_entry(type_url: str, value: bytes) -> bytes:
     return length_delimited(2, any_bytes(type_url, value))
 
 
-def entries(type_url: str, name: str, version: str, value: bytes) -> tuple[bytes, bytes]:
-    """`resource_entry` and `delta_resource_entry` of one resource, sharing their Any:
-    every resource of a snapshot needs both, so they are built in one go."""
-    packed = any_bytes(type_url, value)
-    return length_delimited(2, packed), _delta_entry(name, version, packed)
+def delta_entry_of(name: str, version: str, entry: bytes) -> bytes:
+    """`delta_resource_entry` from a `resource_entry` (its Any, unwrapped)."""
+    start = 1  # after the tag; then the length's varint
+    while entry[start] & 0x80:
+        start += 1
+    return _delta_entry(name, version, entry[start + 1:])
 
 
 def _delta_entry(name: str, version: str, packed: bytes) -> bytes:
