@@ -83,6 +83,16 @@ class TypeState:
             self.sent = Owned(self.sent)
         return self.sent  # type: ignore[return-value]
 
+    def forget(self, names: Set[str]) -> None:
+        """Unsubscribed: what was sent, held and rejected under these names."""
+        if not names:
+            return
+        sent, acked = self.own_sent(), self.own_acked()
+        for name in names:
+            sent.pop(name, None)
+            acked.pop(name, None)
+            self.rejected.discard(name)
+
     def own_acked(self) -> Owned:
         if type(self.acked) is not Owned or self.acked is self.sent:
             self.acked = Owned(self.acked)
@@ -308,13 +318,7 @@ class SotwStream(Stream):
         st.name_set = sub.name_set
         names = sub.names
         if type_url not in types.WILDCARD_TYPES:
-            gone = st.names - names
-            if gone:
-                sent, acked = st.own_sent(), st.own_acked()
-                for name in gone:
-                    sent.pop(name, None)
-                    acked.pop(name, None)
-                    st.rejected.discard(name)
+            st.forget(st.names - names)
             st.dirty |= names - st.names
             st.names = names
         st.requested = True
@@ -468,12 +472,7 @@ class DeltaStream(Stream):
         unsubscribe.discard("*")
         unsubscribe &= st.names
         subscribe -= st.names
-        if unsubscribe:
-            sent, acked = st.own_sent(), st.own_acked()
-            for name in unsubscribe:
-                sent.pop(name, None)
-                acked.pop(name, None)
-                st.rejected.discard(name)
+        st.forget(unsubscribe)
         if subscribe or unsubscribe or st.name_set is None:
             st.name_set = self.server.subscriptions.name_set(
                 (st.names - unsubscribe) | subscribe)
