@@ -50,14 +50,20 @@ class TypeResources:
 
     mix: int = 0
     changed: frozenset[str] | None = None  # vs the set it was built from, when known
-    _joined: list[bytes] = field(default_factory=list, compare=False, repr=False)
+    _joined: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
 
-    def joined(self) -> bytes:
-        """Every resource's DiscoveryResponse entry, joined once and shared: the body of
-        each stream's full answer (only the nonce around it differs)."""
-        if not self._joined:
-            self._joined.append(b"".join([r.entry for r in self.items.values()]))
-        return self._joined[0]
+    def joined(self, delta: bool = False) -> bytes:
+        """Every resource's DiscoveryResponse entry (or DeltaDiscoveryResponse entry),
+        joined once and shared: the body of each stream's full answer (only the version
+        and nonce around it differ)."""
+        body = self._joined.get(delta)
+        if body is None:
+            body = self._joined[delta] = b"".join(
+                [r.delta_entry if delta else r.entry for r in self.items.values()])
+        return body
+
+    def joined_delta(self) -> bytes:
+        return self.joined(delta=True)
 
     @classmethod
     def build(cls, type_url: str, resources: Iterable[Resource],

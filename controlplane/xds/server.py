@@ -74,7 +74,8 @@ class TypeState:
     rejected: set[str] = field(default_factory=set)  # EDS/RDS, Delta: sent version NACKed
     wildcard: bool = False  # delta: subscribed to every resource of the type
     # delta: responses not answered yet, nonce -> (resources sent, names removed)
-    outstanding: dict[str, tuple[dict[str, Resource], set[str]]] = field(default_factory=dict)
+    outstanding: dict[str, tuple[Mapping[str, Resource], set[str]]] = field(
+        default_factory=dict)
 
     def own_sent(self) -> Owned:
         """`sent`, writable: a copy when it is shared, with the snapshot or with `acked`
@@ -489,6 +490,20 @@ class DeltaStream(Stream):
             return
         res, changed = self._current(type_url, snap)
         resend = st.resend
+        assert st.name_set is not None
+        if (changed is None and not st.sent and not st.retained
+                and (st.wildcard or st.name_set.covers(res))):
+            # The first answer to a proxy that holds nothing and subscribes to everything:
+            # the whole set, in a response body every such stream shares.
+            st.dirty.clear()
+            resend.clear()
+            st.generation = snap.generation
+            if res.items:
+                st.sent = res.items
+                self._invalidate_dependents(type_url, list(res.items.values()))
+                await self._write(type_url, res.version, snap.generation, res.items,
+                                  res.joined_delta(), [])
+            return
         if st.wildcard:
             scope: Set[str] | Mapping[str, Resource] = res.items
             candidates = (set(res.items) | set(st.sent)) if changed is None else (
@@ -510,7 +525,6 @@ class DeltaStream(Stream):
             # Make before break: removed clusters go once routes moved off them.
             keep, removed = removed, []
         st.retained = set(keep)
-        assert st.name_set is not None
         if not keep and (st.wildcard or st.name_set.covers(res)):
             # After this push the proxy was sent every resource in its scope at the
             # snapshot's version, and nothing else: the snapshot's mapping says so, shared
@@ -525,11 +539,19 @@ class DeltaStream(Stream):
         if not updates and not removed:
             return
         self._invalidate_dependents(type_url, updates)
-        nonce = self._new_nonce(type_url, res.version, snap.generation)
-        st.outstanding[nonce] = ({r.name: r for r in updates}, set(removed))
-        data = wire.delta_discovery_response(res.version, [r.delta_entry for r in updates],
-                                             type_url, removed, nonce)
-        log.info("push", node=self.node_id, type=types.short(type_url), version=res.version,
+        await self._write(type_url, res.version, snap.generation,
+                          {r.name: r for r in updates}, [r.delta_entry for r in updates],
+                          removed)
+
+    async def _write(self, type_url: str, version: str, generation: int,
+                     updates: Mapping[str, Resource], entries: list[bytes] | bytes,
+                     removed: list[str]) -> None:
+        """`entries`: the delta entries of `updates`, or those joined already."""
+        st = self.states[type_url]
+        nonce = self._new_nonce(type_url, version, generation)
+        st.outstanding[nonce] = (updates, set(removed))
+        data = wire.delta_discovery_response(version, entries, type_url, removed, nonce)
+        log.info("push", node=self.node_id, type=types.short(type_url), version=version,
                  nonce=nonce, resources=len(updates), removed=len(removed), bytes=len(data),
                  delta=True)
         await self.context.write(data)

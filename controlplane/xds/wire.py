@@ -85,13 +85,13 @@ def delta_resource_entry(type_url: str, name: str, version: str, value: bytes) -
     return _delta_entry(name, version, any_bytes(type_url, value))
 
 
-def delta_discovery_response(version: str, entries: list[bytes], type_url: str,
+def delta_discovery_response(version: str, entries: list[bytes] | bytes, type_url: str,
                              removed: list[str], nonce: str) -> bytes:
     """DeltaDiscoveryResponse: system_version_info = 1, resources = 2, type_url = 4,
-    nonce = 5, removed_resources = 6."""
+    nonce = 5, removed_resources = 6. `entries`: resource entries, or several joined."""
     return b"".join((
         length_delimited(1, version.encode()),
-        *entries,
+        entries if isinstance(entries, bytes) else b"".join(entries),
         length_delimited(4, type_url.encode()),
         length_delimited(5, nonce.encode()),
         *(length_delimited(6, name.encode()) for name in removed),
