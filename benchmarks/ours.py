@@ -18,7 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import threading
 import time
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 from benchmarks import mesh as M
@@ -28,16 +31,51 @@ from controlplane.app import App, Settings
 from controlplane.model.parse import parse_object
 
 
+def trace_memory(path: Path, app: App, every: float = 0.5, step_mb: float = 50.0) -> None:
+    """Python's own allocations (tracemalloc) beside the process's RSS, written to `path`
+    each time RSS sets a new high by `step_mb`: whether a peak is Python objects (and
+    which lines made them) or memory Python does not see (gRPC core, the allocator)."""
+    def rss() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def sample() -> None:
+        high = 0.0
+        with path.open("w") as out:
+            while True:
+                time.sleep(every)
+                now = rss()
+                traced, _ = tracemalloc.get_traced_memory()
+                out.write(f"t={time.monotonic():.1f} rss={now:.0f}MB "
+                          f"traced={traced / 2**20:.0f}MB streams={len(app.ads.streams)}\n")
+                if now < high + step_mb:
+                    out.flush()
+                    continue
+                high = now
+                stats = tracemalloc.take_snapshot().statistics("lineno")
+                for stat in stats[:15]:
+                    out.write(f"    {stat.size / 2**20:8.1f} MB {stat.count:9d}  "
+                              f"{stat.traceback[0]}\n")
+                out.flush()
+
+    tracemalloc.start(1)
+    threading.Thread(target=sample, name="trace-memory", daemon=True).start()
+
+
 async def serve(a: argparse.Namespace) -> None:
     sc = M.Scenario(a.services, a.endpoints)
     app = App(Settings(xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
                        http_address="127.0.0.1:0", debounce_quiet=a.debounce_quiet,
-                       debounce_max=a.debounce_max))
+                       debounce_max=a.debounce_max, large_push_limit=a.large_push_limit))
     publishes: list[dict[str, Any]] = []
     app.push.on_publish.append(
         lambda snap, mesh, seen, started, took: publishes.append(
             {"generation": snap.generation, "change_seen": seen, "started": started,
              "took": took}))
+    if a.trace_memory:
+        trace_memory(Path(a.trace_memory), app)
     for raw in M.objects(sc):
         app.store.apply(parse_object(raw))
     await app.start()
@@ -69,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--debounce-quiet", type=float, default=0.1)
     p.add_argument("--debounce-max", type=float, default=1.0)
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--large-push-limit", type=int, default=Settings.large_push_limit)
+    p.add_argument("--trace-memory", metavar="PATH",
+                   help="write RSS beside tracemalloc's top allocations to PATH "
+                        "(slows the server: for finding a peak, not for timing)")
     a = p.parse_args(argv)
     log.configure(a.log_level)
     asyncio.run(serve(a))

@@ -215,6 +215,10 @@ def start_server(target: str, a: argparse.Namespace, dump: Path | None, logs: Pa
     if target == "ours":
         argv = [py, "-m", "benchmarks.ours", "--services", str(a.services),
                 "--endpoints", str(a.endpoints)]
+        if a.trace_memory:
+            argv += ["--trace-memory", str(logs / "ours.memory.txt")]
+        if a.large_push_limit is not None:
+            argv += ["--large-push-limit", str(a.large_push_limit)]
     elif target == "floor":
         argv = [py, "-m", "benchmarks.floor", "--dump", str(dump)]
     else:
@@ -437,6 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--py-spy", action="store_true",
                    help="record the Python servers with py-spy during the changes (raw "
                         "collapsed stacks in the run directory)")
+    p.add_argument("--large-push-limit", type=int, default=None, metavar="N",
+                   help="our server's --large-push-limit (default: its own)")
+    p.add_argument("--trace-memory", action="store_true",
+                   help="our server writes RSS beside tracemalloc's top allocations at each "
+                        "new high into ours.memory.txt in the run directory (slows it)")
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
     a = p.parse_args(argv)
     targets = [t.strip() for t in a.targets.split(",") if t.strip()]
@@ -452,7 +461,9 @@ def main(argv: list[str] | None = None) -> None:
         ".venv/bin/python", "-m", "benchmarks.run", "--proxies", str(a.proxies),
         "--services", str(a.services), "--endpoints", str(a.endpoints),
         "--targets", ",".join(targets), "--mode", a.mode, "--repeats", str(a.repeats),
-        "--per-process", str(a.per_process)])
+        "--per-process", str(a.per_process),
+        *(["--large-push-limit", str(a.large_push_limit)]
+          if a.large_push_limit is not None else [])])
     atexit.register(kill_all)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
