@@ -39,6 +39,7 @@ class Settings:
     debounce_max: float = 1.0
     answer_timeout: float = 5.0
     stale_after: float = 5.0
+    large_push_limit: int = 128  # see xds.server.LargeResponses
 
 
 class App:
@@ -47,11 +48,14 @@ class App:
         self.store = Store()
         self.cache = SnapshotCache()
         self.registry = SyncRegistry(stale_after=settings.stale_after)
-        self.ads = AdsServer(self.cache, self.registry, answer_timeout=settings.answer_timeout)
+        self.ads = AdsServer(self.cache, self.registry, answer_timeout=settings.answer_timeout,
+                             large_responses=settings.large_push_limit)
         self.push = PushLoop(self.store, self.cache, quiet=settings.debounce_quiet,
                              max_delay=settings.debounce_max)
         self.metrics = Metrics()
         self.metrics.attach(self.registry)
+        self.metrics.large_held.set_function(lambda: self.ads.large.held)
+        self.metrics.large_waiting.set_function(lambda: self.ads.large.waiting)
         self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
         self.push.on_publish.append(self._published)
         self.sources: list[Source] = []

@@ -58,6 +58,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="how long a push waits for the proxy's ACK before going on to the "
                         "next type (default %(default)s)")
+    p.add_argument("--large-push-limit", type=int, default=128, metavar="N",
+                   help="proxies at a time with a large response (256 KiB or more: a "
+                        "first full config) written and not yet answered; bounds memory "
+                        "when many connect at once; 0: no limit (default %(default)s)")
 
 
 def _bootstrap_args(p: argparse.ArgumentParser) -> None:
@@ -120,7 +124,7 @@ async def serve(args: argparse.Namespace) -> None:
         xds_address=args.xds_address, admin_address=args.admin_address,
         http_address=args.http_address, debounce_quiet=args.debounce_quiet,
         debounce_max=args.debounce_max, answer_timeout=args.answer_timeout,
-        stale_after=args.stale_after))
+        stale_after=args.stale_after, large_push_limit=args.large_push_limit))
     app.sources = _sources(args, app.store)
     await app.start()
     stop = asyncio.Event()

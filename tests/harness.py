@@ -74,7 +74,8 @@ class ControlPlane:
 
     def __init__(self, config_dir: Path | None = None, *, poll_interval: float = 0.05,
                  quiet: float = 0.05, max_delay: float = 0.5, answer_timeout: float = 5.0,
-                 stale_after: float = 5.0, pending_sources: tuple[str, ...] = (),
+                 stale_after: float = 5.0, large_push_limit: int = 128,
+                 pending_sources: tuple[str, ...] = (),
                  kubernetes: dict[str, Any] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -85,7 +86,8 @@ class ControlPlane:
             self.app = App(Settings(
                 xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
                 http_address="127.0.0.1:0", debounce_quiet=quiet, debounce_max=max_delay,
-                answer_timeout=answer_timeout, stale_after=stale_after))
+                answer_timeout=answer_timeout, stale_after=stale_after,
+                large_push_limit=large_push_limit))
             self.store, self.cache = self.app.store, self.app.cache
             self.registry, self.ads = self.app.registry, self.app.ads
             for name in pending_sources:  # sources that will report their initial load later
@@ -152,3 +154,11 @@ def iter_ips(start: int = 2) -> Iterator[str]:
     while True:
         yield f"127.0.{n // 250}.{n % 250 + 2}"
         n += 1
+
+
+def metric(text: str, name: str) -> float:
+    """One sample's value from a Prometheus text exposition (`/metrics`)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")

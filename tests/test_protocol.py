@@ -12,7 +12,7 @@ from controlplane.pipeline import MeshTranslation
 from controlplane.xds import types
 from tests.ads_client import AdsClient, decode, names_of
 from tests.conftest import apply_docs
-from tests.harness import ControlPlane, wait_until
+from tests.harness import ControlPlane, metric, wait_until
 from tests.manifests import destination_rule, pod, service
 
 REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
@@ -282,6 +282,7 @@ def test_proxies_in_step_share_the_snapshots_endpoint_state(plane: ControlPlane)
         ua, ub = run(a.recv()), run(b.recv())
         assert names_of(ua) == names_of(ub) == [REVIEWS]
         snap2 = _snapshot_endpoints(plane)
+        assert list(snap2._subsets) == [(REVIEWS,)]  # both responses: one body, joined once
         assert sa.sent is snap2.items and sa.acked is snap.items  # not ACKed yet
         run(a.ack(ua, [REVIEWS, RATINGS]))
         wait_until(lambda: sa.acked is snap2.items)
@@ -321,5 +322,56 @@ def test_a_silent_proxy_gets_listeners_once_the_cds_answer_is_overdue() -> None:
         assert lds.type_url == types.LISTENER
         assert 0.4 <= waited < 2.0, waited
         plane.call(c.close())
+    finally:
+        plane.stop()
+
+
+def test_large_responses_wait_for_a_place_until_an_answer_frees_one() -> None:
+    """With one place (--large-push-limit 1), a second proxy's large response waits until
+    the first proxy answered its own; a holder is never made to wait for its next large
+    response (CDS then EDS, the CDS answer coming only after EDS), and a place comes
+    back when its answer is overdue or its stream ends."""
+    plane = ControlPlane(answer_timeout=0.8, large_push_limit=1)
+    run = plane.call
+    try:
+        apply_docs(plane, *mesh_docs())
+        wait_until(lambda: {REVIEWS, RATINGS} <= plane.cluster_names())
+        plane.ads.large.threshold = 1  # every response counts as large here
+        a = AdsClient(plane.port, "big-a", {"INSTANCE_IPS": "127.0.9.4"})
+        b = AdsClient(plane.port, "big-b", {"INSTANCE_IPS": "127.0.9.5"})
+        c = AdsClient(plane.port, "big-c", {"INSTANCE_IPS": "127.0.9.6"})
+        for x in (a, b, c):
+            run(x.open())
+        run(a.send(types.CLUSTER))
+        cds_a = run(a.recv())
+        run(b.send(types.CLUSTER))
+        assert run(b.silent(0.3))  # a holds the only place
+        text = plane.app.metrics.render().decode()
+        assert metric(text, "controlplane_large_pushes_waiting") == 1
+        assert metric(text, "controlplane_large_pushes_unanswered") == 1
+        b_sync = plane.registry.by_node("big-b")[0]
+        assert not b_sync.types[types.CLUSTER].sent_nonce  # NOT SENT while it waits
+        run(a.send(types.ENDPOINT, [REVIEWS]))  # a holder's next large response: no wait
+        eds_a = run(a.recv(1.0))
+        assert names_of(eds_a) == [REVIEWS]
+        run(a.ack(cds_a))
+        assert run(b.silent(0.2))  # a's EDS is still unanswered
+        t = time.monotonic()
+        run(a.ack(eds_a, [REVIEWS]))
+        cds_b = run(b.recv(1.0))  # both answered: b gets the place...
+        assert cds_b.type_url == types.CLUSTER and time.monotonic() - t < 0.5
+        run(c.send(types.CLUSTER))
+        t = time.monotonic()
+        run(c.recv(3.0))  # b never answers: c gets the place once b's answer is overdue
+        assert 0.4 <= time.monotonic() - t < 2.0
+        d = AdsClient(plane.port, "big-d", {"INSTANCE_IPS": "127.0.9.7"})
+        run(d.open())
+        run(d.send(types.CLUSTER))
+        assert run(d.silent(0.3))  # c holds it now
+        run(c.close())  # a stream that ends gives its place back at once
+        assert run(d.recv(1.0)).type_url == types.CLUSTER
+        assert plane.ads.large.waiting == 0 and plane.ads.large.held == 1  # d's
+        for x in (a, b, d):
+            run(x.close())
     finally:
         plane.stop()

@@ -21,7 +21,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from controlplane.admin.v1 import admin_pb2, admin_pb2_grpc
 from controlplane.pipeline import MeshTranslation
 from controlplane.xds import types
-from tests.harness import ControlPlane, Envoy, get, wait_until, write_yaml
+from tests.harness import ControlPlane, Envoy, get, metric, wait_until, write_yaml
 from tests.manifests import pod, service
 
 pytestmark = pytest.mark.e2e
@@ -61,13 +61,6 @@ def sidecars(file_cp: ControlPlane, mesh: str, envoy: Any, ip: Any) -> list[Envo
     for p in proxies:
         wait_until(lambda p=p: get(p.instance_ip, PORT, "web")[0] == 200)
     return proxies
-
-
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def rows(table: str) -> dict[str, list[str]]:

@@ -38,6 +38,12 @@ class Metrics:
                                registry=r)
         self.generation = Gauge("controlplane_snapshot_generation", "newest snapshot",
                                 registry=r)
+        self.large_held = Gauge(
+            "controlplane_large_pushes_unanswered", "proxies holding a place for a large "
+            "response (--large-push-limit) until they answer it", registry=r)
+        self.large_waiting = Gauge(
+            "controlplane_large_pushes_waiting", "proxies whose large response waits for a "
+            "place (--large-push-limit)", registry=r)
         self.rejected_objects = Counter(
             "controlplane_objects_rejected", "objects that failed validation", ["kind"],
             registry=r)

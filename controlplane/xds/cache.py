@@ -51,6 +51,8 @@ class TypeResources:
     mix: int = 0
     changed: frozenset[str] | None = None  # vs the set it was built from, when known
     _joined: dict[bool, bytes] = field(default_factory=dict, compare=False, repr=False)
+    _subsets: dict[tuple[str, ...], bytes] = field(default_factory=dict, compare=False,
+                                                   repr=False)
 
     def joined(self, delta: bool = False) -> bytes:
         """Every resource's DiscoveryResponse entry (or DeltaDiscoveryResponse entry),
@@ -64,6 +66,17 @@ class TypeResources:
 
     def joined_delta(self) -> bytes:
         return self.joined(delta=True)
+
+    def joined_subset(self, names: tuple[str, ...]) -> bytes:
+        """The entries of `names` (each in `items`), joined once per distinct tuple:
+        streams sent the same changes (one endpoint change; a namespace's routes after a
+        VirtualService change) share one body instead of a copy each in flight."""
+        body = self._subsets.get(names)
+        if body is None:
+            if len(self._subsets) >= 64:  # per-proxy subsets: a bound, not a cache
+                self._subsets.clear()
+            body = self._subsets[names] = b"".join([self.items[n].entry for n in names])
+        return body
 
     @classmethod
     def build(cls, type_url: str, resources: Iterable[Resource],

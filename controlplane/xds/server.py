@@ -71,6 +71,7 @@ class TypeState:
     generation: int = 0  # snapshot generation the named resources were compared at
     answered: bool = False  # the proxy ACKed or NACKed `nonce`
     sent_at: float = 0.0  # monotonic
+    large: bool = False  # the last response was at least LargeResponses.threshold bytes
     rejected: set[str] = field(default_factory=set)  # EDS/RDS, Delta: sent version NACKed
     wildcard: bool = False  # delta: subscribed to every resource of the type
     # delta: responses not answered yet, nonce -> (resources sent, names removed)
@@ -115,6 +116,7 @@ class Stream:
         self.states = {t: TypeState() for t in types.PUSH_ORDER}
         self.wake = self.cache.watch()
         self._nonces = itertools.count(1)
+        self._holds_large = False  # one of the server's LargeResponses places
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self, requests: Any) -> None:
@@ -130,6 +132,9 @@ class Stream:
                                 error=f"{type(exc).__name__}: {exc}")
         finally:
             # Bookkeeping first: it must happen even if a task is slow to wind down.
+            if self._holds_large:
+                self._holds_large = False
+                self.server.large.release()
             self.cache.unwatch(self.wake)
             self.server.registry.disconnect(self.id)
             if self.proxy is not None:
@@ -167,6 +172,7 @@ class Stream:
         while True:
             await self.wake.wait()
             self.wake.clear()
+            self._release_large()  # an answer may be overdue: that is what woke us
             snap = self.cache.snapshot
             if self.proxy is None or snap is None:
                 continue
@@ -202,6 +208,12 @@ class Stream:
         st = self.states[type_url]
         return (bool(st.nonce) and not st.answered
                 and time.monotonic() - st.sent_at < self.server.answer_timeout)
+
+    def _release_large(self) -> None:
+        if self._holds_large and not any(
+                st.large and self._waiting(t) for t, st in self.states.items()):
+            self._holds_large = False
+            self.server.large.release()
 
     def on_request(self, request: Any) -> None:
         raise NotImplementedError
@@ -244,15 +256,29 @@ class Stream:
         for resource in changed:
             dependent.resend.update(resource.deps)
 
-    def _new_nonce(self, type_url: str, version: str, generation: int) -> str:
-        assert self.sync is not None
+    def _new_nonce(self, type_url: str, version: str, size: int) -> str:
+        """Number the next response of the type (`size` bytes). From here on, answers to
+        the previous one are stale, even while the response waits for `_sending`."""
         st = self.states[type_url]
         nonce = f"{self.id}-{next(self._nonces)}"
         st.version, st.nonce, st.answered = version, nonce, False
+        st.large = size >= self.server.large.threshold
+        return nonce
+
+    async def _sending(self, type_url: str, version: str, nonce: str,
+                       generation: int) -> None:
+        """Wait for a place if the response is large (LargeResponses), then record it as
+        sent: the clock for its answer starts now."""
+        assert self.sync is not None
+        st = self.states[type_url]
+        if st.large and not self._holds_large:
+            # Holding one place at most, and keeping it until every large response
+            # was answered, a holder never waits for another: no deadlock.
+            await self.server.large.acquire()
+            self._holds_large = True
         st.sent_at = time.monotonic()
         self.server.deadlines.add(st.sent_at + self.server.answer_timeout, self.wake)
         self.server.registry.sent(self.sync, type_url, version, nonce, generation)
-        return nonce
 
     def _nack(self, type_url: str, nonce: str, accepted: str, message: str) -> None:
         assert self.sync is not None
@@ -309,6 +335,7 @@ class SotwStream(Stream):
                 self._ack(type_url, nonce, request.version_info)
             st.answered = True
             st.in_flight = {}  # answered: holding it would keep a copy per stream
+            self._release_large()
         if request.names_are(st.subscription):
             # An ACK repeating the same subscriptions (the common case): nothing to diff,
             # and a pass of the sender only if the answer lets something go out.
@@ -391,23 +418,23 @@ class SotwStream(Stream):
         st.dirty.clear()
         resend.clear()
         st.generation = snap.generation
-        resources = [items[n] for n in to_send]
         if st.name_set.covers(res):
             # After this push the proxy holds every resource at the snapshot's version
             # (each pass compares all that changed since the last one), and it
             # subscribes to all of them: the snapshot's mapping says what it was sent.
             st.sent = items
-        elif resources:
+        elif to_send:
             own = st.own_sent()
-            for r in resources:
-                own[r.name] = r
-        if resources:
-            await self._send(type_url, res.version, resources, snap.generation)
+            for n in to_send:
+                own[n] = items[n]
+        if to_send:
+            await self._send(type_url, res.version, res.joined_subset(tuple(to_send)),
+                             snap.generation, in_flight={n: items[n] for n in to_send})
 
     async def _send(self, type_url: str, version: str, resources: list[Resource] | bytes,
                     generation: int, in_flight: Mapping[str, Resource] | None = None) -> None:
-        """`resources`, or the joined entries of all of `in_flight` (TypeResources.joined)."""
-        nonce = self._new_nonce(type_url, version, generation)
+        """`resources`, or the joined entries of `in_flight` (TypeResources.joined or
+        joined_subset)."""
         if isinstance(resources, bytes):
             assert in_flight is not None
             body = resources
@@ -415,6 +442,8 @@ class SotwStream(Stream):
             body = b"".join([r.entry for r in resources])
             if in_flight is None:
                 in_flight = {r.name: r for r in resources}
+        nonce = self._new_nonce(type_url, version, len(body))
+        await self._sending(type_url, version, nonce, generation)
         self.states[type_url].in_flight = in_flight
         data = wire.discovery_response(version, body, type_url, nonce)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
@@ -456,6 +485,7 @@ class DeltaStream(Stream):
                         acked.pop(name, None)
                 self._ack(type_url, nonce, st.version)
             st.answered = not st.outstanding
+            self._release_large()
         subscribe = set(map(sys.intern, request.resource_names_subscribe))
         unsubscribe = set(request.resource_names_unsubscribe)
         if not st.requested:
@@ -548,13 +578,47 @@ class DeltaStream(Stream):
                      removed: list[str]) -> None:
         """`entries`: the delta entries of `updates`, or those joined already."""
         st = self.states[type_url]
-        nonce = self._new_nonce(type_url, version, generation)
+        size = len(entries) if isinstance(entries, bytes) else sum(map(len, entries))
+        nonce = self._new_nonce(type_url, version, size)
         st.outstanding[nonce] = (updates, set(removed))
+        await self._sending(type_url, version, nonce, generation)
         data = wire.delta_discovery_response(version, entries, type_url, removed, nonce)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
                  nonce=nonce, resources=len(updates), removed=len(removed), bytes=len(data),
                  delta=True)
         await self.context.write(data)
+
+
+class LargeResponses:
+    """At most `limit` streams at a time with a large response (a first full answer,
+    mostly) written and not yet answered.
+
+    gRPC takes a copy of every response and holds it until the proxy has read it, and
+    `write()` returns long before that. When thousands of proxies connect at once (a
+    control plane restart), each is written its whole config — about 1.7 MB per proxy at
+    1,000 services — and proxies slower to read than the server is to write made those
+    copies pile up to gigabytes. A proxy's answer proves it read the response, so the
+    place is held until then (or until the answer is overdue, or the stream ends).
+    Small responses (an endpoint change) never wait."""
+
+    def __init__(self, limit: int, threshold: int = 256 * 1024) -> None:
+        self.limit = limit
+        self.threshold = threshold if limit > 0 else sys.maxsize
+        self._places = asyncio.Semaphore(max(limit, 1))
+        self.waiting = 0
+        self.held = 0
+
+    async def acquire(self) -> None:
+        self.waiting += 1
+        try:
+            await self._places.acquire()
+        finally:
+            self.waiting -= 1
+        self.held += 1
+
+    def release(self) -> None:
+        self.held -= 1
+        self._places.release()
 
 
 class Deadlines:
@@ -596,10 +660,11 @@ class _Held:
 
 class AdsServer:
     def __init__(self, cache: SnapshotCache, registry: SyncRegistry,
-                 answer_timeout: float = 5.0) -> None:
+                 answer_timeout: float = 5.0, large_responses: int = 128) -> None:
         self.cache = cache
         self.registry = registry
         self.answer_timeout = answer_timeout
+        self.large = LargeResponses(large_responses)
         self.subscriptions = Subscriptions()
         # Streams look again once an answer is overdue, whatever else happens.
         self.deadlines = Deadlines()
