@@ -91,10 +91,22 @@ class App:
         log.info("serving", xds_port=self.xds_port, admin_port=self.admin_port,
                  http_port=self.http_port, sources=[type(x).__name__ for x in self.sources])
 
-    async def stop(self) -> None:
+    async def stop(self, phase_timeout: float = 3.0) -> None:
+        """Each phase is bounded: a stop that hangs (it happened, rarely, in tests; where
+        is not known yet) must not keep a SIGTERMed process alive. A phase that runs
+        over is logged with its name and left behind."""
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self._bounded("sources_and_push", phase_timeout,
+                            asyncio.gather(*self.tasks, return_exceptions=True))
         if self._http is not None:
             self._http.close()
-        await asyncio.gather(*(srv.stop(grace=0.5) for srv in self._servers))
+        await self._bounded("grpc_servers", phase_timeout,
+                            asyncio.gather(*(srv.stop(grace=0.5) for srv in self._servers)))
+
+    @staticmethod
+    async def _bounded(phase: str, timeout: float, work: Any) -> None:
+        # asyncio.wait, not wait_for: wait_for waits for the cancelled work to finish.
+        done, _ = await asyncio.wait({asyncio.ensure_future(work)}, timeout=timeout)
+        if not done:
+            log.warning("stop_phase_timed_out", phase=phase, timeout_s=timeout)
