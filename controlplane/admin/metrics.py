@@ -3,7 +3,11 @@ run several in one process)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from controlplane.status.sync import ProxySync, SyncRegistry
 from controlplane.xds import types
@@ -12,16 +16,36 @@ from controlplane.xds import types
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+class XdsCounters(Collector):
+    """Pushes, ACKs and NACKs by type: plain integers, counted on the event loop and read
+    at scrape time. A prometheus_client Counter takes a lock per increment, and there
+    are two increments per proxy per push (about 5 % of the server's time at 1,000
+    proxies, in py-spy)."""
+
+    FAMILIES = {  # registry event -> (metric name, help)
+        "sent": ("controlplane_xds_pushes", "xDS responses sent"),
+        "acked": ("controlplane_xds_acks", "xDS responses ACKed"),
+        "nacked": ("controlplane_xds_nacks", "xDS responses rejected by a proxy (NACK)"),
+    }
+
+    def __init__(self) -> None:
+        # Every series exists from the start, at 0.
+        self.counts = {event: dict.fromkeys(types.PUSH_ORDER, 0) for event in self.FAMILIES}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for event, (name, help_text) in self.FAMILIES.items():
+            family = CounterMetricFamily(name, help_text, labels=["type"])
+            for type_url, value in self.counts[event].items():
+                family.add_metric([types.short(type_url)], value)
+            yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.pushes = Counter("controlplane_xds_pushes", "xDS responses sent", ["type"],
-                              registry=r)
-        self.acks = Counter("controlplane_xds_acks", "xDS responses ACKed", ["type"],
-                            registry=r)
-        self.nacks = Counter("controlplane_xds_nacks",
-                             "xDS responses rejected by a proxy (NACK)", ["type"], registry=r)
+        self.xds = XdsCounters()
+        r.register(self.xds)
         self.connected = Gauge("controlplane_connected_proxies", "proxies with an open ADS "
                                "stream", registry=r)
         self.push_duration = Histogram(
@@ -47,21 +71,14 @@ class Metrics:
         self.rejected_objects = Counter(
             "controlplane_objects_rejected", "objects that failed validation", ["kind"],
             registry=r)
-        # Every series exists from the start, at 0; the children are looked up once, not
-        # on every push and ACK.
-        self._by_event = {
-            event: {t: metric.labels(type=types.short(t)) for t in types.PUSH_ORDER}
-            for event, metric in (("sent", self.pushes), ("acked", self.acks),
-                                  ("nacked", self.nacks))
-        }
-
     def attach(self, registry: SyncRegistry) -> None:
+        counts = self.xds.counts
+
         def on_event(event: str, proxy: ProxySync, type_url: str) -> None:
-            counters = self._by_event.get(event)
-            if counters is not None:
-                counter = counters.get(type_url)
-                if counter is not None:
-                    counter.inc()
+            by_type = counts.get(event)
+            if by_type is not None:
+                if type_url in by_type:
+                    by_type[type_url] += 1
             elif event in ("connected", "disconnected"):
                 self.connected.set(len(registry.proxies))
         registry.listeners.append(on_event)
