@@ -77,6 +77,7 @@ class Parsed:
     def __init__(self) -> None:
         self.cds: dict[str, tuple[tuple[str, ...], dict[str, bytes]]] = {}
         self.lds: dict[str, tuple[str, ...]] = {}
+        self.delta_cds: dict[tuple[str, str], str] = {}
         self._wire: dict[int, tuple[tuple[str, ...], bytes]] = {}
 
     def names_wire(self, names: tuple[str, ...]) -> bytes:
@@ -105,6 +106,20 @@ class Parsed:
             if len(self.cds) > 64:
                 self.cds.clear()
             self.cds[key] = hit
+        return hit
+
+    def delta_cluster(self, r: Any) -> str:
+        """A Delta resource's EDS service name ("" for other cluster types), decoded once
+        per name and version in the process, as `clusters` does per CDS version."""
+        key = (r.name, r.version)
+        hit = self.delta_cds.get(key)
+        if hit is None:
+            c = cluster_pb2.Cluster.FromString(r.resource.value)
+            hit = ((c.eds_cluster_config.service_name or c.name)
+                   if c.type == cluster_pb2.Cluster.EDS else "")
+            if len(self.delta_cds) > 100_000:
+                self.delta_cds.clear()
+            self.delta_cds[key] = hit
         return hit
 
     def routes(self, resp: Any) -> tuple[str, ...]:
@@ -289,7 +304,8 @@ class Proxy:
                 self.first = False
             await call.write(req.SerializeToString())
 
-        clusters: dict[str, bytes] = {}  # name -> digest of what the proxy holds
+        clusters: dict[str, str] = {}  # name -> its EDS service name ("": not EDS)
+        parsed = self.fleet.parsed
         await send(CDS)
         while True:
             raw = await call.read()
@@ -304,11 +320,8 @@ class Proxy:
                 for name in resp.removed_resources:
                     clusters.pop(name, None)
                 for r in resp.resources:
-                    body = r.resource.value
-                    c = cluster_pb2.Cluster.FromString(body)
-                    clusters[c.name] = (c.eds_cluster_config.service_name or c.name).encode() \
-                        if c.type == cluster_pb2.Cluster.EDS else b""
-                eds = tuple(sorted(v.decode() for v in clusters.values() if v))
+                    clusters[r.name] = parsed.delta_cluster(r)
+                eds = tuple(sorted(v for v in clusters.values() if v))
                 added = tuple(sorted(set(eds) - set(self.eds_names)))
                 gone = tuple(sorted(set(self.eds_names) - set(eds)))
                 self.eds_names = eds

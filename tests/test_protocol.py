@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 
 from controlplane.pipeline import MeshTranslation
 from controlplane.xds import types
+from controlplane.xds.server import Deadlines, TypeState
 from tests.ads_client import AdsClient, decode, names_of
 from tests.conftest import apply_docs
 from tests.harness import ControlPlane, metric, wait_until
@@ -375,3 +377,21 @@ def test_large_responses_wait_for_a_place_until_an_answer_frees_one() -> None:
             run(x.close())
     finally:
         plane.stop()
+
+
+def test_an_overdue_answer_wakes_its_stream_and_an_answered_push_does_not() -> None:
+    """The answer deadline wakes a stream only for its newest response of the type, still
+    unanswered: waking every stream pushed to cost a sender pass per proxy after each push."""
+    async def main() -> list[bool]:
+        deadlines = Deadlines()
+        now = time.monotonic()
+        cases = []
+        for answered, newest in ((False, True), (True, True), (False, False)):
+            st = TypeState(nonce="7-2", answered=answered)
+            event = asyncio.Event()
+            deadlines.add(now + 0.05, event, st, "7-2" if newest else "7-1")
+            cases.append(event)
+        await asyncio.sleep(0.2)
+        return [e.is_set() for e in cases]
+
+    assert asyncio.run(main()) == [True, False, False]

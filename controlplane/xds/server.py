@@ -277,7 +277,8 @@ class Stream:
             await self.server.large.acquire()
             self._holds_large = True
         st.sent_at = time.monotonic()
-        self.server.deadlines.add(st.sent_at + self.server.answer_timeout, self.wake)
+        self.server.deadlines.add(st.sent_at + self.server.answer_timeout, self.wake, st,
+                                  nonce)
         self.server.registry.sent(self.sync, type_url, version, nonce, generation)
 
     def _nack(self, type_url: str, nonce: str, accepted: str, message: str) -> None:
@@ -622,16 +623,19 @@ class LargeResponses:
 
 
 class Deadlines:
-    """Events to set at given times, on one timer. A timer per response sent was a heap
-    entry per stream per push; deadlines here come in order (sent time + one fixed
-    timeout), so a queue and a single timer for its head do."""
+    """Answers to check for at given times, on one timer. A timer per response sent was a
+    heap entry per stream per push; deadlines here come in order (sent time + one fixed
+    timeout), so a queue and a single timer for its head do. A stream is woken only if
+    that response is still its newest of the type and still unanswered: waking every
+    stream pushed to, answer or not, cost a sender pass per proxy a few seconds after
+    each push."""
 
     def __init__(self) -> None:
-        self._queue: deque[tuple[float, asyncio.Event]] = deque()
+        self._queue: deque[tuple[float, asyncio.Event, TypeState, str]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, at: float, event: asyncio.Event) -> None:
-        self._queue.append((at, event))
+    def add(self, at: float, event: asyncio.Event, state: TypeState, nonce: str) -> None:
+        self._queue.append((at, event, state, nonce))
         if self._timer is None:
             self._arm()
 
@@ -645,7 +649,9 @@ class Deadlines:
         now = time.monotonic()
         queue = self._queue
         while queue and queue[0][0] <= now:
-            queue.popleft()[1].set()
+            _, event, state, nonce = queue.popleft()
+            if state.nonce == nonce and not state.answered:
+                event.set()
         if queue:
             self._arm()
 
