@@ -285,6 +285,9 @@ def test_proxies_in_step_share_the_snapshots_endpoint_state(plane: ControlPlane)
         assert names_of(ua) == names_of(ub) == [REVIEWS]
         snap2 = _snapshot_endpoints(plane)
         assert list(snap2._subsets) == [(REVIEWS,)]  # both responses: one body, joined once
+        # ...and one response, nonce included, named after the snapshot's generation
+        assert ua.nonce == ub.nonce == f"{plane.generation()}.1"
+        assert ua.SerializeToString() == ub.SerializeToString()
         assert sa.sent is snap2.items and sa.acked is snap.items  # not ACKed yet
         run(a.ack(ua, [REVIEWS, RATINGS]))
         wait_until(lambda: sa.acked is snap2.items)

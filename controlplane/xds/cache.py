@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -136,6 +137,28 @@ class Snapshot:
     source: TranslationSource
     previous: Snapshot | None = field(default=None, repr=False)
     _built: dict[tuple[str, Hashable], TypeResources] = field(default_factory=dict)
+    _responses: dict[tuple[str, str, bytes], tuple[str, bytes]] = field(
+        default_factory=dict, repr=False)
+    _response_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1),
+                                         repr=False)
+
+    def response(self, type_url: str, version: str, body: bytes) -> tuple[str, bytes]:
+        """A whole SotW DiscoveryResponse carrying `body` (shared joined entries), and its
+        nonce, built once and written to every stream sent the same: 5,000 streams sent a
+        route configuration held 5,000 copies of it while gRPC wrote them.
+
+        The nonce names the generation and the response (`7.2`; a stream's own are
+        `12-5`), so one stream gets the same nonce twice only for the same bytes of the
+        same snapshot — an answer to either is an answer to that content."""
+        key = (type_url, version, body)
+        hit = self._responses.get(key)
+        if hit is None:
+            if len(self._responses) >= 64:  # per-proxy subsets: a bound, not a cache
+                self._responses.clear()
+            nonce = f"{self.generation}.{next(self._response_ids)}"
+            hit = self._responses[key] = (
+                nonce, wire.discovery_response(version, body, type_url, nonce))
+        return hit
 
     def resources(self, type_url: str, proxy: Any) -> TypeResources:
         return self.for_key(type_url, self.source.group_key(type_url, proxy))

@@ -256,11 +256,13 @@ class Stream:
         for resource in changed:
             dependent.resend.update(resource.deps)
 
-    def _new_nonce(self, type_url: str, version: str, size: int) -> str:
-        """Number the next response of the type (`size` bytes). From here on, answers to
+    def _new_nonce(self, type_url: str, version: str, size: int,
+                   shared: str | None = None) -> str:
+        """Number the next response of the type (`size` bytes), or give it the nonce of a
+        response shared with other streams (Snapshot.response). From here on, answers to
         the previous one are stale, even while the response waits for `_sending`."""
         st = self.states[type_url]
-        nonce = f"{self.id}-{next(self._nonces)}"
+        nonce = shared or f"{self.id}-{next(self._nonces)}"
         st.version, st.nonce, st.answered = version, nonce, False
         st.large = size >= self.server.large.threshold
         return nonce
@@ -387,10 +389,9 @@ class SotwStream(Stream):
         self._invalidate_dependents(type_url, changed)
         if retained:
             await self._send(type_url, version, [*items.values(), *retained.values()],
-                             snap.generation, in_flight=st.sent)
+                             snap, in_flight=st.sent)
         else:
-            await self._send(type_url, version, res.joined(), snap.generation,
-                             in_flight=items)
+            await self._send(type_url, version, res.joined(), snap, in_flight=items)
 
     async def _push_named(self, type_url: str, snap: Snapshot) -> None:
         assert self.proxy is not None
@@ -408,7 +409,7 @@ class SotwStream(Stream):
             st.generation = snap.generation
             if items:
                 st.sent = items
-                await self._send(type_url, res.version, res.joined(), snap.generation,
+                await self._send(type_url, res.version, res.joined(), snap,
                                  in_flight=items)
             return
         candidates = names if changed is None else (changed & names) | st.dirty | resend
@@ -430,23 +431,29 @@ class SotwStream(Stream):
                 own[n] = items[n]
         if to_send:
             await self._send(type_url, res.version, res.joined_subset(tuple(to_send)),
-                             snap.generation, in_flight={n: items[n] for n in to_send})
+                             snap, in_flight={n: items[n] for n in to_send})
 
     async def _send(self, type_url: str, version: str, resources: list[Resource] | bytes,
-                    generation: int, in_flight: Mapping[str, Resource] | None = None) -> None:
+                    snap: Snapshot, in_flight: Mapping[str, Resource] | None = None
+                    ) -> None:
         """`resources`, or the joined entries of `in_flight` (TypeResources.joined or
-        joined_subset)."""
+        joined_subset): then the whole response is the one every stream sent the same
+        bytes of this snapshot is written (Snapshot.response)."""
+        data: bytes | None = None
+        shared: str | None = None
         if isinstance(resources, bytes):
             assert in_flight is not None
             body = resources
+            shared, data = snap.response(type_url, version, body)
         else:
             body = b"".join([r.entry for r in resources])
             if in_flight is None:
                 in_flight = {r.name: r for r in resources}
-        nonce = self._new_nonce(type_url, version, len(body))
-        await self._sending(type_url, version, nonce, generation)
+        nonce = self._new_nonce(type_url, version, len(body), shared)
+        await self._sending(type_url, version, nonce, snap.generation)
         self.states[type_url].in_flight = in_flight
-        data = wire.discovery_response(version, body, type_url, nonce)
+        if data is None:
+            data = wire.discovery_response(version, body, type_url, nonce)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
                  nonce=nonce, resources=len(in_flight), bytes=len(data))
         await self.context.write(data)
