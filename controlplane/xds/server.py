@@ -605,9 +605,10 @@ class LargeResponses:
     `write()` returns long before that. When thousands of proxies connect at once (a
     control plane restart), each is written its whole config — about 1.7 MB per proxy at
     1,000 services — and proxies slower to read than the server is to write made those
-    copies pile up to gigabytes. A proxy's answer proves it read the response, so the
-    place is held until then (or until the answer is overdue, or the stream ends).
-    Small responses (an endpoint change) never wait."""
+    copies pile up (5,000 simulated proxies: 1.6 GB; 0.86-1.03 GB with the limit). A
+    proxy's answer proves it read the response, so the place is held until then (or
+    until the answer is overdue, or the stream ends). Small responses (an endpoint
+    change) never wait."""
 
     def __init__(self, limit: int, threshold: int = 256 * 1024) -> None:
         self.limit = limit
