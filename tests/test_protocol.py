@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from typing import Any
 
+import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 
 from controlplane.pipeline import MeshTranslation
+from controlplane.status.sync import SyncRegistry
 from controlplane.xds import types
-from controlplane.xds.server import Deadlines, TypeState
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.server import AdsServer, Deadlines, SotwStream, TypeState
 from tests.ads_client import AdsClient, decode, names_of
 from tests.conftest import apply_docs
 from tests.harness import ControlPlane, metric, wait_until
@@ -398,3 +403,46 @@ def test_an_overdue_answer_wakes_its_stream_and_an_answered_push_does_not() -> N
         return [e.is_set() for e in cases]
 
     assert asyncio.run(main()) == [True, False, False]
+
+
+def test_the_reader_keeps_no_request_while_it_waits_for_the_next() -> None:
+    """grpc.aio's request iterator holds the last message until the next one comes: a
+    SotW ACK of endpoints is 140 kB, and after an endpoint change every stream kept
+    one. The reader reads with context.read() and lets each request go."""
+    class Request:  # weakly referenceable
+        type_url = "nothing"
+
+    class Context:
+        def __init__(self) -> None:
+            self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def peer(self) -> str:
+            return "test"
+
+        async def read(self) -> Any:
+            return await self.queue.get()
+
+    async def main() -> None:
+        ctx = Context()
+
+        async def iterator() -> Any:  # what grpc.aio hands the handler
+            while (message := await ctx.read()) is not grpc.aio.EOF:
+                yield message
+
+        stream = SotwStream(AdsServer(SnapshotCache(), SyncRegistry()), ctx)  # type: ignore[arg-type]
+        seen: list[str] = []
+        stream.on_request = lambda r: seen.append(r.type_url)  # type: ignore[method-assign]
+        reader = asyncio.create_task(stream._read(iterator()))
+        request = Request()
+        ref = weakref.ref(request)
+        ctx.queue.put_nowait(request)
+        del request
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()
+        assert seen == ["nothing"] and not reader.done()
+        assert ref() is None  # handled, and not held while the next read waits
+        ctx.queue.put_nowait(grpc.aio.EOF)
+        await asyncio.wait_for(reader, 1)
+
+    asyncio.run(main())

@@ -62,58 +62,59 @@ _BEFORE_NAMES = ((0x0A, "version_info"), (0x12, "node"))
 _AFTER_NAMES = ((0x22, "type_url"), (0x2A, "response_nonce"), (0x32, "error_detail"))
 
 
-def _fields(head: Any, fields: tuple[tuple[int, str], ...]) -> bytes:
-    out = b""
-    for tag, name in fields:
-        if head.HasField(name):
-            value = getattr(head, name)
-            out += _field(tag, value.encode() if isinstance(value, str) else value)
-    return out
-
-
 def names_wire(names: tuple[str, ...]) -> bytes:
     """The names as a request encodes them (field 3, in order)."""
     return discovery_pb2.DiscoveryRequest(resource_names=names).SerializeToString()
 
 
 class SotwRequest:
-    """One DiscoveryRequest, as received."""
+    """One DiscoveryRequest, as received: the head's fields, and the bytes for the names.
 
-    __slots__ = ("_full", "data", "head")
+    The head is copied out of the parsed message and the message dropped at once: upb
+    keeps the fields it does not know — the 140 kB of names — in the message, a second
+    copy of every ACK for as long as the request lives."""
+
+    __slots__ = ("_error", "_full", "_node", "data", "response_nonce", "type_url",
+                 "version_info")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.head = _Head.FromString(data)
+        head = _Head.FromString(data)
+        self.version_info: str = head.version_info
+        self.type_url: str = head.type_url
+        self.response_nonce: str = head.response_nonce
+        self._node: bytes | None = head.node if head.HasField("node") else None
+        self._error: bytes | None = (head.error_detail if head.HasField("error_detail")
+                                     else None)
         self._full: discovery_pb2.DiscoveryRequest | None = None
 
-    @property
-    def type_url(self) -> str:
-        return self.head.type_url  # type: ignore[no-any-return]
-
-    @property
-    def version_info(self) -> str:
-        return self.head.version_info  # type: ignore[no-any-return]
-
-    @property
-    def response_nonce(self) -> str:
-        return self.head.response_nonce  # type: ignore[no-any-return]
-
     def node(self) -> base_pb2.Node | None:
-        return base_pb2.Node.FromString(self.head.node) if self.head.HasField("node") else None
+        return base_pb2.Node.FromString(self._node) if self._node is not None else None
 
     def error_message(self) -> str | None:
         """Envoy's reason when this is a NACK, else None."""
-        if not self.head.HasField("error_detail"):
+        if self._error is None:
             return None
-        return status_pb2.Status.FromString(self.head.error_detail).message
+        return status_pb2.Status.FromString(self._error).message
+
+    def _head_fields(self, fields: tuple[tuple[int, str], ...]) -> bytes:
+        """The head's fields among `fields`, encoded as in the request (field order)."""
+        out = b""
+        for tag, name in fields:
+            value = self._node if name == "node" else (
+                self._error if name == "error_detail" else getattr(self, name))
+            if value is None or (isinstance(value, str) and not value):
+                continue
+            out += _field(tag, value.encode() if isinstance(value, str) else value)
+        return out
 
     def names_are(self, sub: Subscription | None) -> bool:
         """The request names exactly `sub`'s names, in its order."""
         if sub is None:
             return False
-        h, data = self.head, self.data
-        prefix = _fields(h, _BEFORE_NAMES)
-        suffix = _fields(h, _AFTER_NAMES)
+        data = self.data
+        prefix = self._head_fields(_BEFORE_NAMES)
+        suffix = self._head_fields(_AFTER_NAMES)
         wire = sub.wire
         if wire is None:
             wire = sub.wire = names_wire(sub.raw)

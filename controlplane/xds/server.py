@@ -148,8 +148,17 @@ class Stream:
         return self.proxy.node_id if self.proxy else ""
 
     async def _read(self, requests: Any) -> None:
-        async for request in requests:
+        """`context.read()`, not `async for` over `requests`: grpc.aio's request iterator
+        holds the last message until the next one comes, and a SotW ACK of endpoints
+        is 140 kB (every subscribed name). After an endpoint change every stream kept
+        its ACK: 5,000 proxies held 1.4 GB until their next request."""
+        read = self.context.read
+        while True:
+            request = await read()
+            if request is grpc.aio.EOF:
+                return
             self.on_request(request)
+            del request  # not kept while waiting for the next one
 
     # -- requests ---------------------------------------------------------------------------
     def _connect(self, node: Any) -> None:
