@@ -96,7 +96,9 @@ class Floor:
         self.streams.add(stream)
         writer = asyncio.create_task(stream.write_loop())
         try:
-            async for req in requests:
+            # context.read(), as ours reads: grpc.aio's request iterator would keep each
+            # stream's last 140 kB ACK until the next one.
+            while (req := await context.read()) is not grpc.aio.EOF:
                 node = req.node()
                 if node is not None:
                     ns = node.metadata.fields.get("NAMESPACE")
@@ -107,6 +109,7 @@ class Floor:
                     stream.requested.add(short)
                     stream.queue.put_nowait(
                         self.responses.full(self.current, short, stream.group))
+                del req
         finally:
             self.streams.discard(stream)
             writer.cancel()

@@ -150,8 +150,8 @@ class Stream:
     async def _read(self, requests: Any) -> None:
         """`context.read()`, not `async for` over `requests`: grpc.aio's request iterator
         holds the last message until the next one comes, and a SotW ACK of endpoints
-        is 140 kB (every subscribed name). After an endpoint change every stream kept
-        its ACK: 5,000 proxies held 1.4 GB until their next request."""
+        is 140 kB (every subscribed name): after an endpoint change every stream kept
+        its ACK until its next request."""
         read = self.context.read
         while True:
             request = await read()
