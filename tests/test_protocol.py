@@ -11,11 +11,12 @@ from typing import Any
 import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.pipeline import MeshTranslation
 from controlplane.status.sync import SyncRegistry
-from controlplane.xds import types
-from controlplane.xds.cache import SnapshotCache
+from controlplane.xds import types, wire
+from controlplane.xds.cache import Snapshot, SnapshotCache
 from controlplane.xds.server import AdsServer, Deadlines, SotwStream, TypeState
 from tests.ads_client import AdsClient, decode, names_of
 from tests.conftest import apply_docs
@@ -446,3 +447,19 @@ def test_the_reader_keeps_no_request_while_it_waits_for_the_next() -> None:
         await asyncio.wait_for(reader, 1)
 
     asyncio.run(main())
+
+
+def test_a_shared_response_stays_while_single_use_ones_come_and_go() -> None:
+    """A storm writes the same cluster set to every stream between each proxy's own
+    listeners: the shared response is built once, whatever passes through meanwhile."""
+    snap = Snapshot(generation=3, source=None)  # type: ignore[arg-type]
+    clusters = wire.resource_entry(
+        types.CLUSTER, cluster_pb2.Cluster(name="c").SerializeToString()) * 1000
+    nonce, data = snap.response(types.CLUSTER, "v1", clusters)
+    assert nonce == "3.1"
+    for i in range(200):  # per-proxy listener sets, one each
+        snap.response(types.LISTENER, f"l{i}", f"listener {i}".encode())
+        assert snap.response(types.CLUSTER, "v1", clusters) == (nonce, data)
+    parsed = discovery_pb2.DiscoveryResponse.FromString(data)
+    assert (parsed.version_info, parsed.nonce, parsed.type_url) == ("v1", "3.1", types.CLUSTER)
+    assert len(parsed.resources) == 1000

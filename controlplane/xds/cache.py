@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -137,8 +137,8 @@ class Snapshot:
     source: TranslationSource
     previous: Snapshot | None = field(default=None, repr=False)
     _built: dict[tuple[str, Hashable], TypeResources] = field(default_factory=dict)
-    _responses: dict[tuple[str, str, bytes], tuple[str, bytes]] = field(
-        default_factory=dict, repr=False)
+    _responses: OrderedDict[tuple[str, str, bytes], tuple[str, bytes]] = field(
+        default_factory=OrderedDict, repr=False)
     _response_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1),
                                          repr=False)
 
@@ -151,13 +151,18 @@ class Snapshot:
         `12-5`), so one stream gets the same nonce twice only for the same bytes of the
         same snapshot — an answer to either is an answer to that content."""
         key = (type_url, version, body)
-        hit = self._responses.get(key)
+        responses = self._responses
+        hit = responses.get(key)
         if hit is None:
-            if len(self._responses) >= 64:  # per-proxy subsets: a bound, not a cache
-                self._responses.clear()
+            # Least recently used out: each proxy's own listeners come once each, and
+            # must not push out the whole cluster set every stream of a storm is sent.
+            if len(responses) >= 64:
+                responses.popitem(last=False)
             nonce = f"{self.generation}.{next(self._response_ids)}"
-            hit = self._responses[key] = (
+            hit = responses[key] = (
                 nonce, wire.discovery_response(version, body, type_url, nonce))
+        else:
+            responses.move_to_end(key)
         return hit
 
     def resources(self, type_url: str, proxy: Any) -> TypeResources:
