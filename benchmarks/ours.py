@@ -26,6 +26,7 @@ from typing import Any
 
 from benchmarks import mesh as M
 from benchmarks.control import commands, reply
+from benchmarks.run import rss_mb
 from controlplane import log
 from controlplane.app import App, Settings
 from controlplane.model.parse import parse_object
@@ -35,18 +36,12 @@ def trace_memory(path: Path, app: App, every: float = 0.5, step_mb: float = 50.0
     """Python's own allocations (tracemalloc) beside the process's RSS, written to `path`
     each time RSS sets a new high by `step_mb`: whether a peak is Python objects (and
     which lines made them) or memory Python does not see (gRPC core, the allocator)."""
-    def rss() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
     def sample() -> None:
         high = 0.0
         with path.open("w") as out:
             while True:
                 time.sleep(every)
-                now = rss()
+                now = rss_mb(os.getpid())
                 traced, _ = tracemalloc.get_traced_memory()
                 out.write(f"t={time.monotonic():.1f} rss={now:.0f}MB "
                           f"traced={traced / 2**20:.0f}MB streams={len(app.ads.streams)}\n")

@@ -426,14 +426,10 @@ def test_the_reader_keeps_no_request_while_it_waits_for_the_next() -> None:
     async def main() -> None:
         ctx = Context()
 
-        async def iterator() -> Any:  # what grpc.aio hands the handler
-            while (message := await ctx.read()) is not grpc.aio.EOF:
-                yield message
-
         stream = SotwStream(AdsServer(SnapshotCache(), SyncRegistry()), ctx)  # type: ignore[arg-type]
         seen: list[str] = []
         stream.on_request = lambda r: seen.append(r.type_url)  # type: ignore[method-assign]
-        reader = asyncio.create_task(stream._read(iterator()))
+        reader = asyncio.create_task(stream._read())
         request = Request()
         ref = weakref.ref(request)
         ctx.queue.put_nowait(request)

@@ -57,9 +57,10 @@ def _field(tag: int, value: bytes) -> bytes:
     return bytes((tag,)) + _varint(len(value)) + value
 
 
-# (tag, field): the head's fields before the names and after them, in field order.
-_BEFORE_NAMES = ((0x0A, "version_info"), (0x12, "node"))
-_AFTER_NAMES = ((0x22, "type_url"), (0x2A, "response_nonce"), (0x32, "error_detail"))
+# (tag, SotwRequest attribute): the head's fields before the names and after them, in
+# field order.
+_BEFORE_NAMES = ((0x0A, "version_info"), (0x12, "_node"))
+_AFTER_NAMES = ((0x22, "type_url"), (0x2A, "response_nonce"), (0x32, "_error"))
 
 
 def names_wire(names: tuple[str, ...]) -> bytes:
@@ -101,8 +102,7 @@ class SotwRequest:
         """The head's fields among `fields`, encoded as in the request (field order)."""
         out = b""
         for tag, name in fields:
-            value = self._node if name == "node" else (
-                self._error if name == "error_detail" else getattr(self, name))
+            value = getattr(self, name)
             if value is None or (isinstance(value, str) and not value):
                 continue
             out += _field(tag, value.encode() if isinstance(value, str) else value)

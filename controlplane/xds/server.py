@@ -119,8 +119,8 @@ class Stream:
         self._holds_large = False  # one of the server's LargeResponses places
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def run(self, requests: Any) -> None:
-        reader = asyncio.create_task(self._read(requests), name=f"ads-read-{self.id}")
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read(), name=f"ads-read-{self.id}")
         sender = asyncio.create_task(self._send_loop(), name=f"ads-send-{self.id}")
         try:
             done, _ = await asyncio.wait({reader, sender},
@@ -147,8 +147,8 @@ class Stream:
     def node_id(self) -> str:
         return self.proxy.node_id if self.proxy else ""
 
-    async def _read(self, requests: Any) -> None:
-        """`context.read()`, not `async for` over `requests`: grpc.aio's request iterator
+    async def _read(self) -> None:
+        """`context.read()`, not `async for` over the handler's requests: grpc.aio's iterator
         holds the last message until the next one comes, and a SotW ACK of endpoints
         is 140 kB (every subscribed name): after an endpoint change every stream kept
         its ACK until its next request."""
@@ -620,7 +620,6 @@ class LargeResponses:
     change) never wait."""
 
     def __init__(self, limit: int, threshold: int = 256 * 1024) -> None:
-        self.limit = limit
         self.threshold = threshold if limit > 0 else sys.maxsize
         self._places = asyncio.Semaphore(max(limit, 1))
         self.waiting = 0
@@ -693,18 +692,18 @@ class AdsServer:
         self.deadlines = Deadlines()
         self.streams: dict[int, Stream] = {}
 
-    async def _serve(self, stream: Stream, requests: Any) -> None:
+    async def _serve(self, stream: Stream) -> None:
         self.streams[stream.id] = stream
         try:
-            await stream.run(requests)
+            await stream.run()
         finally:
             self.streams.pop(stream.id, None)
 
     async def _sotw(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await self._serve(SotwStream(self, context), requests)
+        await self._serve(SotwStream(self, context))  # reads with context.read()
 
     async def _delta(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await self._serve(DeltaStream(self, context), requests)
+        await self._serve(DeltaStream(self, context))
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(ADS_SERVICE, {
