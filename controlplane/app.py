@@ -5,17 +5,20 @@ run several in one process."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 import structlog
+from prometheus_client import Gauge
 
 from controlplane.admin.http import HttpEndpoints
 from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import AdminService, add_to_server
 from controlplane.model.mesh import Mesh
 from controlplane.pipeline import PROBE, PushLoop
+from controlplane.quarantine import Quarantine
 from controlplane.status.convergence import Convergence
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
@@ -40,6 +43,7 @@ class Settings:
     answer_timeout: float = 5.0
     stale_after: float = 5.0
     large_push_limit: int = 128  # see xds.server.LargeResponses
+    nack_quarantine: bool = True  # see quarantine.py
 
 
 class App:
@@ -58,6 +62,16 @@ class App:
         self.metrics.large_waiting.set_function(lambda: self.ads.large.waiting)
         self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
         self.push.on_publish.append(self._published)
+        self.quarantine = (
+            Quarantine(self.store, self.registry, lambda: self.push.committed,
+                       on_change=lambda _: self._count_rejections())
+            if settings.nack_quarantine else None)
+        self.rejected = Gauge(
+            "controlplane_rejected_objects", "objects not served as written, by what "
+            "refused them: translation (it raised), constraints (Envoy would reject the "
+            "result), envoy (a proxy NACKed it); their last good version, or nothing, is "
+            "served instead", ["by"], registry=self.metrics.registry)
+        self._count_rejections()
         self.sources: list[Source] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self.xds_port = self.admin_port = self.http_port = 0
@@ -74,6 +88,12 @@ class App:
             self.metrics.resources.labels(type=types.short(t)).set(
                 len(snap.resources(t, PROBE).items))
         self.convergence.published(snap.generation, change_seen)
+        self._count_rejections()
+
+    def _count_rejections(self) -> None:
+        by = Counter(r.by for r in self.store.rejections.values())
+        for reason in ("translation", "constraints", "envoy"):
+            self.rejected.labels(by=reason).set(by[reason])
 
     async def start(self) -> None:
         s = self.settings

@@ -62,6 +62,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="proxies at a time with a large response (256 KiB or more: a "
                         "first full config) written and not yet answered; bounds memory "
                         "when many connect at once; 0: no limit (default %(default)s)")
+    p.add_argument("--no-nack-quarantine", dest="nack_quarantine", action="store_false",
+                   help="when a proxy rejects a push, do not stop serving the "
+                        "VirtualService/DestinationRule its error points at (by default "
+                        "that object's previous version is served again)")
 
 
 def _bootstrap_args(p: argparse.ArgumentParser) -> None:
@@ -124,7 +128,8 @@ async def serve(args: argparse.Namespace) -> None:
         xds_address=args.xds_address, admin_address=args.admin_address,
         http_address=args.http_address, debounce_quiet=args.debounce_quiet,
         debounce_max=args.debounce_max, answer_timeout=args.answer_timeout,
-        stale_after=args.stale_after, large_push_limit=args.large_push_limit))
+        stale_after=args.stale_after, large_push_limit=args.large_push_limit,
+        nack_quarantine=args.nack_quarantine))
     app.sources = _sources(args, app.store)
     await app.start()
     stop = asyncio.Event()

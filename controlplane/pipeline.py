@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -17,8 +18,10 @@ import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 
 from controlplane.model.mesh import Mesh
-from controlplane.model.service import Service
-from controlplane.store import Store
+from controlplane.model.meta import Key
+from controlplane.model.parse import Object
+from controlplane.model.service import Service, ServicePort
+from controlplane.store import Rejection, Store
 from controlplane.translate import (
     ProxyView,
     build_listeners,
@@ -26,11 +29,16 @@ from controlplane.translate import (
     service_assignments,
     service_clusters,
 )
-from controlplane.translate.routes import route_bases, route_config_bodies
+from controlplane.translate.guard import Failure, checked, route_suspects, service_suspects
+from controlplane.translate.routes import plain_routes, route_bases, route_config_bodies
 from controlplane.xds import types
 from controlplane.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
 
 log = structlog.get_logger("controlplane.pipeline")
+
+# What a failing unit can be blamed on: the routing objects people write. A Service and
+# its endpoints describe what runs; rejecting one would take a workload off the mesh.
+REJECTABLE = frozenset({"VirtualService", "DestinationRule"})
 
 # Checks the listener/route pairing at publish time on behalf of every proxy.
 PROBE = ProxyView(node_id="consistency-probe")
@@ -50,6 +58,9 @@ class MeshTranslation:
         self._memo: dict[tuple[str, Hashable], list[Any]] = {}
         self._units: dict[str, tuple[list[Any], list[Any]]] = {}
         self._route_bases: list[Any] | None = None
+        # Units whose translation raised or broke Envoy's constraints: withheld (see
+        # translate/guard.py), for the push loop to trace to an object and reject.
+        self.failures: list[Failure] = []
         if previous is not None and mesh.dirty is not None:
             # Every unit the Mesh did not mark dirty carries over as it is.
             self._units = {f: u for f, u in previous._units.items() if f not in mesh.dirty}
@@ -64,9 +75,47 @@ class MeshTranslation:
     def _unit(self, service: Service) -> tuple[list[Any], list[Any]]:
         fqdn = service.fqdn
         if fqdn not in self._units:  # dirty, or new: clean units were carried over
-            self._units[fqdn] = (service_clusters(self.mesh, service),
-                                 service_assignments(self.mesh, service))
+            mesh = self.mesh
+            parts: list[list[Any]] = []
+
+            def build() -> list[Any]:
+                parts[:] = [service_clusters(mesh, service),
+                            service_assignments(mesh, service)]
+                return [*parts[0], *parts[1]]
+
+            _, failure = checked(f"clusters of {fqdn}", service_suspects(mesh, service),
+                                 build)
+            if failure is None:
+                self._units[fqdn] = (parts[0], parts[1])
+            else:
+                self.failures.append(failure)
+                # The last unit that passed, else nothing: never a failing resource.
+                old = self.previous._units.get(fqdn) if self.previous else None
+                self._units[fqdn] = old if old is not None else ([], [])
         return self._units[fqdn]
+
+    def _guard_routes(self, service: Service, port: ServicePort, number: int,
+                      build: Callable[[], list[Any]]) -> list[Any]:
+        routes, failure = checked(f"virtual host {service.fqdn}:{number}",
+                                  route_suspects(self.mesh, service), build)
+        if failure is None:
+            return routes
+        self.failures.append(failure)
+        # Straight to the service's own cluster, which needs no object's help.
+        fallback, _ = checked(failure.what, failure.suspects,
+                              lambda: plain_routes(service, port))
+        return fallback
+
+    def prepare(self, probe: ProxyView) -> None:
+        """Translate everything this Mesh changed that every proxy shares (dirty
+        services, route bases, the probe's listeners), so `failures` is complete
+        before anything is published."""
+        services = self.mesh.services
+        for fqdn in services if self.mesh.dirty is None else self.mesh.dirty:
+            if fqdn in services:
+                self._unit(services[fqdn])
+        self.messages(types.LISTENER, self.group_key(types.LISTENER, probe))
+        self.messages(types.ROUTE, self.group_key(types.ROUTE, probe))
 
     def messages(self, type_url: str, key: Hashable) -> list[Any]:
         memo_key = (type_url, key)
@@ -80,14 +129,25 @@ class MeshTranslation:
         elif (prev is not None and not self.mesh.routes_changed
               and memo_key in prev._memo):
             out = prev._memo[memo_key]
-        elif type_url == types.LISTENER:
-            out = build_listeners(self.mesh, str(key))
         else:
-            if self._route_bases is None:  # shared by every namespace's configurations
-                self._route_bases = route_bases(self.mesh)
-            out = route_config_bodies(self._route_bases, str(key))
+            try:
+                out = self._per_proxy(type_url, key)
+            except Exception:  # a translator bug: the last good set, never a crash
+                log.exception("translation_failed", type=types.short(type_url), key=key)
+                out = prev._memo.get(memo_key, []) if prev is not None else []
         self._memo[memo_key] = out
         return out
+
+    def _per_proxy(self, type_url: str, key: Hashable) -> list[Any]:
+        if type_url == types.LISTENER:
+            listeners, failure = checked(f"listeners for {key}", (),
+                                         lambda: build_listeners(self.mesh, str(key)))
+            if failure is not None:
+                raise RuntimeError(failure.reason)
+            return listeners
+        if self._route_bases is None:  # shared by every namespace's configurations
+            self._route_bases = route_bases(self.mesh, self._guard_routes)
+        return route_config_bodies(self._route_bases, str(key))
 
     def delta(self, type_url: str) -> tuple[list[Any], set[str]] | None:
         """For a shared type, what differs from the previous translation: the messages of
@@ -136,6 +196,11 @@ class PushLoop:
         self.max_delay = max_delay
         self._problems: set[str] = set()
         self._translation: MeshTranslation | None = None
+        self._withheld_seen: set[str] = set()
+        self.withheld: list[Failure] = []  # units of the last publish no rejection fixed
+        # Per published generation, what each changed object was before it: where a
+        # NACK quarantine goes back to (see quarantine.py).
+        self.committed: deque[tuple[int, dict[Key, Object | None]]] = deque(maxlen=64)
         # Called after each publish with (snapshot, mesh, first change seen or None,
         # monotonic start of the publish, its duration in seconds).
         self.on_publish: list[Callable[[Snapshot, Mesh, float | None, float, float],
@@ -155,18 +220,52 @@ class PushLoop:
             if gc_was_enabled:
                 gc.enable()
 
+    # Rejections per publish at most: each one removes a suspect, so this bounds the
+    # work a publish can do however many objects fail at once; the rest wait one push.
+    MAX_REJECTIONS = 64
+
+    def _translate(self) -> tuple[Mesh, MeshTranslation]:
+        """Build and translate the Mesh; while a unit fails, reject the routing object
+        most likely behind it (changed since the last publish) and build again without
+        it. A failure no such object explains keeps that unit's last good messages (or
+        none) and is reported: a Service or its endpoints are the cluster's truth and
+        are never rejected, only the unit they made is withheld."""
+        rejected = 0
+        while True:
+            mesh = self.store.build()
+            translation = MeshTranslation(mesh, self._translation)
+            translation.prepare(PROBE)
+            progress = False
+            for failure in translation.failures:
+                key = next((k for k in failure.suspects if k.kind in REJECTABLE
+                            and self.store.changed_since_published(k)), None)
+                rejection = (self.store.reject(key, f"{failure.what}: {failure.reason}",
+                                               failure.by)
+                             if key is not None and rejected < self.MAX_REJECTIONS else None)
+                if rejection is not None:
+                    rejected += 1
+                    progress = True
+                    self._report_rejection(rejection)
+            if not progress:
+                self.withheld = list(translation.failures)  # none could be rejected
+                for failure in self.withheld:
+                    self._withheld(failure)
+                return mesh, translation
+
     def _publish(self, started: float, change_seen: float | None) -> bool:
         try:
-            mesh = self.store.mesh()
-            translation = MeshTranslation(mesh, self._translation)
+            mesh, translation = self._translate()
             snap = self.cache.publish(translation, PROBE)
             translation.finish()
             self._translation = translation
+            before = self.store.commit(
+                mesh, [f"{f.what}: withheld ({f.by}): {f.reason}" for f in self.withheld])
+            self.committed.append((snap.generation, before))
         except InconsistentSnapshot as exc:
             log.error("snapshot_rejected", reason=str(exc))
             return False
-        except Exception:  # a translator bug must not take the server down
-            log.exception("translation_failed")
+        except Exception:  # a bug outside any unit must not take the server down
+            log.exception("publish_failed")
             return False
         took = time.monotonic() - started
         self._report_problems(mesh)
@@ -175,6 +274,19 @@ class PushLoop:
         for notify in self.on_publish:
             notify(snap, mesh, change_seen, started, took)
         return True
+
+    def _report_rejection(self, rejection: Rejection) -> None:
+        log.error("object_rejected", object=str(rejection.key), by=rejection.by,
+                  reason=rejection.reason,
+                  serving="last good version" if rejection.serving is not None
+                  else "nothing (no good version yet)")
+
+    def _withheld(self, failure: Failure) -> None:
+        message = f"{failure.what}: {failure.reason}"
+        if message not in self._withheld_seen:
+            self._withheld_seen.add(message)
+            log.error("unit_withheld", unit=failure.what, by=failure.by,
+                      suspects=[str(k) for k in failure.suspects], reason=failure.reason)
 
     def _report_problems(self, mesh: Mesh) -> None:
         current = set(mesh.problems)

@@ -1,28 +1,55 @@
-"""The in-memory mirror of every object the sources delivered.
+"""The in-memory mirror of every object the sources delivered, its index, and the journal
+of changes since the last published Mesh.
 
-Sources call `apply`/`delete`/`replace`; readers take `mesh()`, an immutable view rebuilt
-at most once per change. Change events are a generation counter plus an asyncio.Event,
-so the push loop can debounce without a queue that grows while it is busy.
+Sources write (`apply`/`delete`/`replace`). Exactly one owner moves the incremental state
+forward: the push loop builds a candidate Mesh from the last published one and the
+journal (`build`, which reads and never writes), may `reject` objects that broke the
+translation or Envoy's constraints, and `commit`s the Mesh it published, which empties the
+journal and makes the published objects the "last good" versions. Every other reader
+(admin, debug, analysis) reads `published`, the last Mesh that reached the proxies, and
+cannot move anything forward.
+
+A rejected object is replaced, in the index and so in every Mesh, by its last good
+version (or by nothing when it never had one) until its source delivers a new version.
+Change events are a generation counter plus an asyncio.Event, so the push loop can
+debounce without a queue that grows while it is busy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from controlplane.model.mesh import Mesh, MeshIndex, build_mesh
 from controlplane.model.meta import Key
 from controlplane.model.parse import Object, key_of
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """An object the push loop refused to publish, and why."""
+
+    key: Key
+    obj: Object  # the version refused
+    reason: str  # names the field where it can
+    by: str  # "translation", "constraints" (Envoy's rules, checked here) or "envoy" (a NACK)
+    serving: Object | None  # what is served instead: the last good version, or nothing
+
+
 class Store:
     def __init__(self) -> None:
-        self._objects: dict[Key, Object] = {}
-        self._index = MeshIndex()
-        self._mesh: Mesh | None = None  # the newest Mesh built
-        self._mesh_current = False
-        # Changes since the newest Mesh: key -> the object as that Mesh saw it (None: new).
+        self._objects: dict[Key, Object] = {}  # as the sources delivered them
+        self._good: dict[Key, Object] = {}  # as last published
+        self._rejected: dict[Key, Rejection] = {}
+        self._index_objects: dict[Key, Object] = {}  # the objects in force, as indexed
+        self._index = MeshIndex()  # of the objects in force (rejected ones replaced)
+        self.published: Mesh | None = None  # the last Mesh the push loop published
+        # Units of it whose messages were withheld (their translation failed and no
+        # object could be rejected for it), as the push loop described them.
+        self.withheld: list[str] = []
+        # Changes since `published`: key -> the object in force as that Mesh saw it.
         self._changes: dict[Key, Object | None] = {}
         self._pending_sources: set[str] = set()
         self._synced = asyncio.Event()
@@ -30,7 +57,7 @@ class Store:
         self.changed = asyncio.Event()
         self.generation = 0
         self.first_unseen_change: float | None = None  # monotonic time of the oldest change
-        # not yet taken by a reader of `mesh()`: the start of a convergence measurement
+        # not yet published: the start of a convergence measurement
 
     # -- initial-sync barrier -------------------------------------------------------------
     def register_source(self, name: str) -> None:
@@ -54,21 +81,23 @@ class Store:
     async def wait_synced(self) -> None:
         await self._synced.wait()
 
-    # -- writes -----------------------------------------------------------------------------
+    # -- writes (sources) -------------------------------------------------------------------
     def apply(self, obj: Object) -> bool:
         key = key_of(obj)
         old = self._objects.get(key)
         if old == obj:
             return False
         self._objects[key] = obj
-        self._touch(key, old, obj)
+        self._rejected.pop(key, None)  # a new version gets its own chance
+        self._set(key, obj)
         return True
 
     def delete(self, key: Key) -> bool:
         old = self._objects.pop(key, None)
         if old is None:
             return False
-        self._touch(key, old, None)
+        self._rejected.pop(key, None)
+        self._set(key, None)
         return True
 
     def replace(self, kind: str, objects: Iterable[Object],
@@ -82,29 +111,108 @@ class Store:
         for obj in fresh.values():
             self.apply(obj)
 
-    def _touch(self, key: Key, old: Object | None, new: Object | None) -> None:
+    def _set(self, key: Key, new: Object | None) -> None:
+        """Record that the object in force for `key` is now `new` (it may be unchanged)."""
+        old = self._index_objects.get(key)
+        if old is new:
+            return
+        if new is None:
+            self._index_objects.pop(key, None)
+        else:
+            self._index_objects[key] = new
         self._index.update(key, old, new)
         self._changes.setdefault(key, old)
         self.generation += 1
-        self._mesh_current = False
         if self.first_unseen_change is None:
             self.first_unseen_change = time.monotonic()
         self.changed.set()
 
-    # -- reads ------------------------------------------------------------------------------
+    # -- the push loop's side -----------------------------------------------------------------
+    def build(self) -> Mesh:
+        """A candidate Mesh: the published one plus the changes since. Reads only, so the
+        push loop may build again after rejecting an object."""
+        changes = self._changes if self.published is not None else None
+        return build_mesh(self._index, self.published, changes)
+
+    def changed_since_published(self, key: Key) -> bool:
+        """Whether the object in force for `key` differs from the one last published: only
+        such an object can be blamed for a failure (the last publish passed the checks)."""
+        return self._index_objects.get(key) is not self._good.get(key)
+
+    def reject(self, key: Key, reason: str, by: str) -> Rejection | None:
+        """Stop serving the current version of `key`: its last good version (or nothing)
+        is in force instead until the source delivers another version. None if there is
+        nothing to reject (no such object, or it is already rejected)."""
+        obj = self._objects.get(key)
+        if obj is None or key in self._rejected:
+            return None
+        rejection = Rejection(key, obj, reason, by, self._good.get(key))
+        self._rejected[key] = rejection
+        self._set(key, rejection.serving)
+        return rejection
+
+    def quarantine(self, key: Key, before: Object | None, reason: str) -> Rejection | None:
+        """Stop serving `key`'s current version after a proxy rejected it (a NACK the
+        checks did not foresee): serve `before` (the version published before it, or
+        nothing) until the source delivers another version."""
+        obj = self._objects.get(key)
+        if obj is None or key in self._rejected:
+            return None
+        rejection = Rejection(key, obj, reason, "envoy", before)
+        self._rejected[key] = rejection
+        if before is None:
+            self._good.pop(key, None)
+        else:
+            self._good[key] = before
+        self._set(key, before)
+        return rejection
+
+    def commit(self, mesh: Mesh, withheld: list[str] | None = None
+               ) -> dict[Key, Object | None]:
+        """`mesh` (built by `build`) was published: it is the base of the next one, its
+        objects are the last good versions, and the journal starts afresh. Returns, for
+        each key that changed, the version that was good before (for `quarantine`)."""
+        before: dict[Key, Object | None] = {}
+        for key in self._changes:
+            before[key] = self._good.get(key)
+            obj = self._index_objects.get(key)
+            if obj is None:
+                self._good.pop(key, None)
+            else:
+                self._good[key] = obj
+        if self.published is None:  # the first publish: everything in it is new
+            for key, obj in self._index_objects.items():
+                before.setdefault(key, None)
+                self._good[key] = obj
+        self.published = mesh
+        self.withheld = list(withheld or [])
+        self._changes = {}
+        return before
+
+    # -- reads --------------------------------------------------------------------------------
     def get(self, key: Key) -> Object | None:
+        """The object as its source delivered it (rejected or not)."""
         return self._objects.get(key)
 
     def objects(self, kind: str | None = None) -> list[Object]:
         return [o for k, o in self._objects.items() if kind is None or k.kind == kind]
 
+    @property
+    def rejections(self) -> Mapping[Key, Rejection]:
+        return self._rejected
+
+    def problems(self) -> list[str]:
+        """The published Mesh's problems, then every rejected object and why."""
+        out = list(self.published.problems) if self.published is not None else []
+        out += self.withheld
+        out += [f"{r.key}: rejected ({r.by}): {r.reason}; serving "
+                f"{'its last good version' if r.serving is not None else 'nothing'}"
+                for r in self._rejected.values()]
+        return out
+
     def mesh(self) -> Mesh:
-        """The Mesh of the current objects, built from the previous one and the changes
-        since (see model/mesh.py)."""
-        if not self._mesh_current:
-            self._mesh = build_mesh(self._index, self._mesh, self._changes
-                                    if self._mesh is not None else None)
-            self._changes = {}
-            self._mesh_current = True
-        assert self._mesh is not None
-        return self._mesh
+        """The last published Mesh (readers); before the first publish, one built from
+        the objects now in force, without moving anything forward."""
+        if self.published is not None:
+            return self.published
+        return build_mesh(self._index)

@@ -78,7 +78,12 @@ class HttpEndpoints:
         for obj in self.store.objects():
             kind = type(obj).__name__
             objects.setdefault(kind, {})[f"{obj.meta.namespace}/{obj.meta.name}"] = _plain(obj)
-        return _json({"objects": objects, "problems": list(self.store.mesh().problems)})
+        rejected = {str(k): {"reason": r.reason, "by": r.by,
+                             "serving": "last good version" if r.serving is not None
+                             else "nothing"}
+                    for k, r in self.store.rejections.items()}
+        return _json({"objects": objects, "problems": self.store.problems(),
+                      "rejected": rejected})
 
     def config_dump(self, query: dict[str, list[str]]) -> Response:
         node_id = (query.get("proxy") or [""])[0]

@@ -75,8 +75,10 @@ class MeshIndex:
         self.virtual_services: dict[ServiceId, VirtualService] = {}
         self.destination_rules: dict[ServiceId, DestinationRule] = {}
         self.slice_by_name: dict[ServiceId, EndpointSlice] = {}
-        # Which services' endpoints name a pod (slices' targetRef): a pod's labels feed
-        # those services' subsets. Kept by build_mesh as it computes endpoints.
+        # Which services' slices or Endpoints name a pod (targetRef): a pod's labels feed
+        # those services' subsets. Kept here, as objects change, and only here: building
+        # a Mesh reads the index and never writes it, so a Mesh can be built again from
+        # the same state (a rejected object's retry) with the same result.
         self.pod_services: dict[ServiceId, set[ServiceId]] = defaultdict(set)
         self.service_pods: dict[ServiceId, set[str]] = {}
 
@@ -108,6 +110,26 @@ class MeshIndex:
                 self.pods_by_ns[key.namespace].pop(key.name, None)
             else:
                 self.pods_by_ns[key.namespace][key.name] = new  # type: ignore[assignment]
+        # The pods a service's endpoint objects name, after this change.
+        for obj in (old, new):
+            if isinstance(obj, EndpointSlice):
+                self._link_pods((key.namespace, obj.service))
+            elif isinstance(obj, Endpoints):
+                self._link_pods(ident)
+
+    def _link_pods(self, service: ServiceId) -> None:
+        ns = service[0]
+        for pod_name in self.service_pods.pop(service, ()):
+            self.pod_services[(ns, pod_name)].discard(service)
+        named = {a.pod for s in self.slices.get(service, {}).values() for a in s.addresses
+                 if a.pod}
+        endpoints = self.endpoints.get(service)
+        if endpoints is not None:
+            named |= {a.pod for a in endpoints.addresses if a.pod}
+        if named:
+            self.service_pods[service] = named
+        for pod_name in named:
+            self.pod_services[(ns, pod_name)].add(service)
 
     @classmethod
     def of(cls, objects: Mapping[Key, object]) -> MeshIndex:
@@ -176,12 +198,6 @@ def _service_endpoints(index: MeshIndex, service: Service, labels: _LabelIndex
     else:
         addrs = []
     pods = index.pods_by_ns.get(ns, {})
-    for pod_name in index.service_pods.pop(ident, ()):
-        index.pod_services[(ns, pod_name)].discard(ident)
-    named = {a.pod for a in addrs if a.pod}
-    index.service_pods[ident] = named
-    for pod_name in named:
-        index.pod_services[(ns, pod_name)].add(ident)
     # Per ready address once: its port map and pod labels (not once per service port).
     usable = []
     single = len(service.ports) == 1

@@ -4,8 +4,9 @@ straight to its cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -20,6 +21,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 from controlplane.model.destination_rule import ConsistentHash
 from controlplane.model.istio_common import StringMatch
 from controlplane.model.mesh import Mesh
+from controlplane.model.service import Service, ServicePort
 from controlplane.model.virtual_service import (
     CorsPolicy,
     Fault,
@@ -321,17 +323,37 @@ class RouteBase:
         self.hosts.append(_Host(namespace, short, vhost))
 
 
-def route_bases(mesh: Mesh) -> list[RouteBase]:
+def service_routes(mesh: Mesh, service: Service, port: ServicePort, number: int
+                   ) -> list[rc.Route]:
+    """A service port's routes: its VirtualService's, else straight to its cluster."""
+    vs = mesh.virtual_services.get(service.fqdn)
+    if vs is not None:
+        return _vs_routes(mesh, vs, number)
+    return [_default_route(cluster_name(port.port, service.fqdn),
+                           _service_hash(mesh, service.fqdn, port.port))]
+
+
+def plain_routes(service: Service, port: ServicePort) -> list[rc.Route]:
+    """Straight to the service's cluster, nothing taken from a VirtualService or a
+    DestinationRule: what a virtual host falls back to when its own routes failed."""
+    return [_default_route(cluster_name(port.port, service.fqdn))]
+
+
+# (service, port, number, build) -> the routes to use: lets the push loop check what
+# `build` makes and fall back per virtual host (see controlplane.pipeline).
+RouteGuard = Callable[[Service, ServicePort, int, Callable[[], list[rc.Route]]],
+                      list[rc.Route]]
+
+
+def route_bases(mesh: Mesh, guard: RouteGuard | None = None) -> list[RouteBase]:
     bases = []
     for number, group in port_groups(mesh).items():
         if not group.is_http:
             continue
         base = RouteBase(number)
         for service, port in group.http:
-            vs = mesh.virtual_services.get(service.fqdn)
-            routes = (_vs_routes(mesh, vs, number) if vs
-                      else [_default_route(cluster_name(port.port, service.fqdn),
-                                           _service_hash(mesh, service.fqdn, port.port))])
+            build = partial(service_routes, mesh, service, port, number)
+            routes = guard(service, port, number, build) if guard is not None else build()
             ns = service.meta.namespace
             base.add(ns, service.fqdn, host_aliases(service), short_alias(service), routes)
             for pod_fqdn, _ in pod_hosts(mesh, service, port):

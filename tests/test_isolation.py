@@ -1,0 +1,232 @@
+"""Nothing a user writes can break the mesh: an object whose translation raises, or whose
+resources Envoy would reject, is rejected on its own (named, with the field), its last
+good version keeps being served, every other object keeps flowing, and a proxy never
+sees it. If a proxy NACKs anyway, the object behind it is quarantined.
+
+Real Envoys, real upstreams; the `envoy` fixture fails a test whose Envoy rejected any
+update it was not told to expect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.model.meta import Key
+from controlplane.model.parse import parse_object
+from controlplane.pipeline import PushLoop
+from controlplane.status.sync import Status
+from controlplane.store import Store
+from controlplane.translate import guard, routes
+from controlplane.xds import types
+from controlplane.xds.cache import SnapshotCache
+from tests.harness import ControlPlane, get, wait_until, write_yaml
+from tests.manifests import destination_rule, pod, service, virtual_service, weighted
+
+pytestmark = pytest.mark.e2e
+
+PORT = 19080
+TARGET = 18080
+RATINGS_VS = Key("VirtualService", "default", "ratings")
+BAD = "%NO_SUCH_VARIABLE%"
+
+
+def objects(ips: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        service("reviews", PORT, target=TARGET),
+        service("ratings", PORT, target=TARGET),
+        pod("reviews-v1", ips["reviews-v1"], {"app": "reviews", "version": "v1"}),
+        pod("reviews-v2", ips["reviews-v2"], {"app": "reviews", "version": "v2"}),
+        pod("ratings-1", ips["ratings-1"], {"app": "ratings", "version": "v1"}),
+        destination_rule("reviews", "reviews", {"v1": {"version": "v1"},
+                                                "v2": {"version": "v2"}}),
+    ]
+
+
+@pytest.fixture
+def mesh(ip: Any, upstream: Any, config_dir: Path) -> dict[str, str]:
+    ips = {name: ip() for name in ("reviews-v1", "reviews-v2", "ratings-1")}
+    for name, addr in ips.items():
+        svc, _, ver = name.rpartition("-")
+        upstream(addr, TARGET, svc, name, version=ver if ver.startswith("v") else "v1")
+    write_yaml(config_dir / "mesh.yaml", *objects(ips))
+    return ips
+
+
+def reviews_to(version: str) -> dict[str, Any]:
+    other = "v2" if version == "v1" else "v1"
+    return virtual_service("reviews", ["reviews"], [
+        {"route": weighted("reviews", {version: 100, other: 0})}])
+
+
+def ratings_vs(header_value: str) -> dict[str, Any]:
+    """A VirtualService setting a response header. Envoy parses the value as a format
+    string: `%NO_SUCH_VARIABLE%` is well formed, so Istio's validation accepts it, and
+    names no variable Envoy knows, so Envoy rejects it."""
+    return virtual_service("ratings", ["ratings"], [
+        {"headers": {"response": {"set": {"x-served": header_value}}},
+         "route": [{"destination": {"host": "ratings"}}]}])
+
+
+def http_json(plane: ControlPlane, path: str) -> Any:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{plane.http_port}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def metric(plane: ControlPlane, name: str) -> float:
+    text = plane.run(plane.app.metrics.render).decode()
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == name:
+            return float(value)
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def served_header(sidecar: str) -> str | None:
+    import http.client
+    conn = http.client.HTTPConnection(sidecar, PORT, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": "ratings"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader("x-served")
+    finally:
+        conn.close()
+
+
+def test_a_rejected_object_keeps_its_last_good_version_and_blocks_nobody(
+        file_cp: ControlPlane, mesh: dict[str, str], envoy: Any, ip: Any,
+        config_dir: Path) -> None:
+    write_yaml(config_dir / "ratings.yaml", ratings_vs("good"))
+    write_yaml(config_dir / "reviews.yaml", reviews_to("v1"))
+    sidecar = ip()
+    proxy = envoy("iso-1", file_cp.port, instance_ip=sidecar)
+    wait_until(lambda: served_header(sidecar) == "good", what="the good version served")
+
+    write_yaml(config_dir / "ratings.yaml", ratings_vs(BAD))
+    wait_until(lambda: file_cp.run(lambda: RATINGS_VS in file_cp.store.rejections),
+               what="the bad version rejected")
+    # Another object's change in the same port's route configuration still flows.
+    write_yaml(config_dir / "reviews.yaml", reviews_to("v2"))
+    wait_until(lambda: get(sidecar, PORT, "reviews")[1]["pod"] == "reviews-v2", 5,
+               what="the reviews change applied beside the rejected ratings")
+    assert served_header(sidecar) == "good"  # the last good version keeps serving
+
+    configz = http_json(file_cp, "/debug/configz")
+    reason = configz["rejected"][str(RATINGS_VS)]["reason"]
+    assert "x-served" in reason or "header" in reason, reason
+    assert configz["rejected"][str(RATINGS_VS)]["serving"] == "last good version"
+    assert any(p.startswith(str(RATINGS_VS)) for p in configz["problems"])
+    assert metric(file_cp, 'controlplane_rejected_objects{by="constraints"}') == 1.0
+    [sync] = file_cp.registry.by_node("iso-1")
+    now = time.time()
+    assert all(t.status(now, 5.0) is Status.SYNCED for t in sync.types.values())
+    assert proxy.update_rejected() == {}
+
+    write_yaml(config_dir / "ratings.yaml", ratings_vs("50%% off"))  # fixed: served
+    wait_until(lambda: served_header(sidecar) == "50% off", what="the fixed version served")
+    assert file_cp.run(lambda: RATINGS_VS not in file_cp.store.rejections)
+    assert metric(file_cp, 'controlplane_rejected_objects{by="constraints"}') == 0.0
+
+
+def test_an_object_that_makes_translation_raise_is_rejected_and_the_rest_served(
+        monkeypatch: pytest.MonkeyPatch, config_dir: Path, mesh: dict[str, str],
+        envoy: Any, ip: Any) -> None:
+    """A translator bug (a value the validation let through and the translator cannot
+    express) present at start-up: the rest is served, /readyz is ready, a new proxy
+    gets its config, and the object is rejected by name."""
+    real = routes._vs_routes
+
+    def buggy(mesh_: Any, vs: Any, port: int) -> Any:
+        if vs.meta.name == "ratings":
+            raise OverflowError("int too large to convert")  # what a 400-digit value did
+        return real(mesh_, vs, port)
+
+    monkeypatch.setattr(routes, "_vs_routes", buggy)
+    write_yaml(config_dir / "ratings.yaml", ratings_vs("good"))
+    write_yaml(config_dir / "reviews.yaml", reviews_to("v2"))
+    plane = ControlPlane(config_dir)
+    try:
+        wait_until(lambda: plane.run(lambda: plane.cache.snapshot is not None),
+                   what="a snapshot despite the bad object")
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{plane.http_port}/readyz") as r:
+            assert r.status == 200
+        sidecar = ip()
+        envoy("iso-2", plane.port, instance_ip=sidecar)
+        wait_until(lambda: get(sidecar, PORT, "reviews")[1]["pod"] == "reviews-v2", 5)
+        # The host whose routes failed falls back to its own cluster, nothing else.
+        assert get(sidecar, PORT, "ratings")[1]["service"] == "ratings"
+        assert served_header(sidecar) is None
+        rejection = plane.run(lambda: plane.store.rejections[RATINGS_VS])
+        assert rejection.by == "translation" and rejection.serving is None
+        assert "OverflowError" in rejection.reason
+        assert "virtual host ratings.default.svc.cluster.local" in rejection.reason
+    finally:
+        plane.stop()
+
+
+def test_a_nack_nobody_foresaw_quarantines_the_object_and_the_proxy_converges(
+        monkeypatch: pytest.MonkeyPatch, file_cp: ControlPlane, mesh: dict[str, str],
+        envoy: Any, ip: Any, config_dir: Path) -> None:
+    """With the constraint check blind to one rule (as it is to any rule nobody modelled
+    yet), Envoy NACKs: the object its error points at is quarantined, its previous
+    version served again, and the proxy ends SYNCED."""
+    real = guard.check
+    monkeypatch.setattr(guard, "check", lambda m: [v for v in real(m)
+                                                   if "NO_SUCH_VARIABLE" not in v.message])
+    write_yaml(config_dir / "ratings.yaml", ratings_vs("good"))
+    sidecar = ip()
+    proxy = envoy("iso-3", file_cp.port, instance_ip=sidecar, allow_rejections=True)
+    wait_until(lambda: served_header(sidecar) == "good")
+    write_yaml(config_dir / "ratings.yaml", ratings_vs(BAD))
+    wait_until(lambda: file_cp.run(lambda: RATINGS_VS in file_cp.store.rejections), 10,
+               what="the NACKed object quarantined")
+    rejection = file_cp.run(lambda: file_cp.store.rejections[RATINGS_VS])
+    assert rejection.by == "envoy" and rejection.serving is not None
+    assert "iso-3" in rejection.reason
+    [sync] = file_cp.registry.by_node("iso-3")
+    wait_until(lambda: sync.types[types.ROUTE].status(time.time(), 5.0) is Status.SYNCED,
+               what="RDS synced again after the quarantine")
+    assert served_header(sidecar) == "good"
+    rejected = proxy.update_rejected()
+    assert sum(rejected.values()) == 1, rejected  # once: never resent, never looped
+    write_yaml(config_dir / "reviews.yaml", reviews_to("v2"))  # others keep flowing
+    wait_until(lambda: get(sidecar, PORT, "reviews")[1]["pod"] == "reviews-v2", 5)
+    assert sum(proxy.update_rejected().values()) == 1
+
+
+# -- the store: readers never move state forward ---------------------------------------------
+
+def _parse(*docs: dict[str, Any]) -> list[Any]:
+    return [parse_object(d) for d in docs]
+
+
+def test_a_debug_read_between_two_changes_loses_no_endpoint_update() -> None:
+    """Two changes of one push with a reader in between (GET /debug/configz did this):
+    the next snapshot must carry the new pod IP."""
+    async def scenario() -> None:
+        store, cache = Store(), SnapshotCache()
+        push = PushLoop(store, cache)
+        for o in _parse(service("db", 5432, selector={"app": "db"}),
+                        pod("db-0", "10.0.0.1", {"app": "db"})):
+            store.apply(o)
+        assert push.publish()
+        [moved] = _parse(pod("db-0", "10.0.0.2", {"app": "db"}))
+        store.apply(moved)
+        store.mesh(), store.problems()  # what /debug/configz reads
+        [other] = _parse(service("web", 80))
+        store.apply(other)
+        assert push.publish()
+        assert cache.snapshot is not None
+        cla = cache.snapshot.for_key(types.ENDPOINT, None).items[
+            "outbound|5432||db.default.svc.cluster.local"].message
+        ips = [e.endpoint.address.socket_address.address
+               for lb in cla.endpoints for e in lb.lb_endpoints]
+        assert ips == ["10.0.0.2"]
+    asyncio.run(scenario())
