@@ -13,7 +13,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controlplane.model.errors import Errors
-from controlplane.model.fields import as_duration, as_int, as_labels, as_list, as_map, as_str
+from controlplane.model.fields import (
+    as_duration,
+    as_int,
+    as_istio_duration,
+    as_labels,
+    as_list,
+    as_map,
+    as_str,
+)
 from controlplane.model.istio_common import SUBSET_NAME, check_header_name, check_host
 from controlplane.model.meta import Meta, parse_meta
 
@@ -170,7 +178,11 @@ def _load_balancer(raw: Any, path: str, errs: Errors, warnings: list[str]) -> Lo
         ring_size = as_int(ring.get("minimumRingSize", c.get("minimumRingSize")),
                            f"{cpath}.ringHash.minimumRingSize", errs, lo=1, hi=8388608)
         table = as_int(maglev.get("tableSize"), f"{cpath}.maglev.tableSize", errs, lo=1,
-                       hi=5000011)
+                       hi=5000010, required="maglev" in c)
+        if table is not None and not _is_prime(table):
+            # Istio's rule, and Envoy's: Maglev's table size must be prime.
+            errs.add(f"{cpath}.maglev.tableSize", f"must be a prime number, got {table}")
+            table = None
         ch = ConsistentHash(
             header=header.lower(),
             cookie=as_str(cookie.get("name"), f"{cpath}.httpCookie.name", errs),
@@ -183,12 +195,23 @@ def _load_balancer(raw: Any, path: str, errs: Errors, warnings: list[str]) -> Lo
     return LoadBalancer(simple=SIMPLE_LB.get(simple, "ROUND_ROBIN"), consistent_hash=ch)
 
 
+def _is_prime(n: int) -> bool:
+    """As Envoy (and Istio, which copies it) decide: 1, 2 and 3 count as prime."""
+    if n < 4:
+        return n > 0
+    if n % 2 == 0:
+        return False
+    return all(n % f for f in range(3, int(n**0.5) + 1, 2))
+
+
+# Envoy holds TCP keepalive times in a uint32 of seconds; Istio takes any duration (and
+# truncates), so a longer one is served as the longest Envoy can hold.
+_MAX_KEEPALIVE_S = 2**32 - 1
+
+
 def _positive_duration(raw: Any, path: str, errs: Errors) -> float | None:
-    value = as_duration(raw, path, errs)
-    if value is not None and value <= 0:
-        errs.add(path, "must be greater than 0")
-        return None
-    return value
+    """Istio's ValidateDuration: at least 1ms, in whole milliseconds."""
+    return as_istio_duration(raw, path, errs)
 
 
 def _connection_pool(raw: Any, path: str, errs: Errors, warnings: list[str]
@@ -209,14 +232,20 @@ def _connection_pool(raw: Any, path: str, errs: Errors, warnings: list[str]
         if key in tcp:
             warnings.append(f"{path}.tcp.{key}: not supported; ignored")
     keepalive = as_map(tcp.get("tcpKeepalive"), f"{path}.tcp.tcpKeepalive", errs)
+    _unknown(keepalive, {"time", "interval", "probes"}, f"{path}.tcp.tcpKeepalive", errs)
+    # Not translated (Envoy's defaults apply), but checked as Istio checks them.
+    _positive_duration(keepalive.get("interval"), f"{path}.tcp.tcpKeepalive.interval", errs)
+    as_int(keepalive.get("probes"), f"{path}.tcp.tcpKeepalive.probes", errs, lo=0,
+           hi=2**32 - 1)
     big = 2**31 - 1
     return ConnectionPool(
         max_connections=as_int(tcp.get("maxConnections"), f"{path}.tcp.maxConnections", errs,
                                lo=1, hi=big),
         connect_timeout=_positive_duration(tcp.get("connectTimeout"),
                                            f"{path}.tcp.connectTimeout", errs),
-        tcp_keepalive_time=_positive_duration(keepalive.get("time"),
-                                              f"{path}.tcp.tcpKeepalive.time", errs),
+        tcp_keepalive_time=_clamp(_positive_duration(keepalive.get("time"),
+                                                     f"{path}.tcp.tcpKeepalive.time", errs),
+                                  _MAX_KEEPALIVE_S),
         http1_max_pending_requests=as_int(http.get("http1MaxPendingRequests"),
                                           f"{path}.http.http1MaxPendingRequests", errs, lo=1,
                                           hi=big),
@@ -260,6 +289,10 @@ def _outlier(raw: Any, path: str, errs: Errors, warnings: list[str]) -> OutlierD
         min_health_percent=as_int(o.get("minHealthPercent"), f"{path}.minHealthPercent", errs,
                                   lo=0, hi=100),
     )
+
+
+def _clamp(value: float | None, hi: float) -> float | None:
+    return None if value is None else min(value, hi)
 
 
 def _or(value: int | None, default: int) -> int:

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controlplane.model.errors import Errors
 from controlplane.model.fields import (
     as_bool,
-    as_duration,
     as_int,
+    as_istio_duration,
     as_list,
     as_map,
     as_str,
+    type_name,
 )
 from controlplane.model.istio_common import (
     SUBSET_NAME,
@@ -51,6 +52,11 @@ GRPC_STATUS = {
     "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
 }
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+# Headers a route's operations may not touch (Istio, and Envoy's own rule); a request
+# set/add of the authority is Istio's way of writing an authority rewrite.
+_AUTHORITY_HEADERS = (":authority", "host")
+# Characters Istio refuses in a header value (protoc-gen-validate's set, minus tab).
+_BAD_VALUE_CHARS = {chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F)}
 
 
 @dataclass(frozen=True)
@@ -257,28 +263,124 @@ def parse_destination(raw: Any, path: str, errs: Errors) -> Destination:
                                    hi=65535))
 
 
-def _header_ops(raw: Any, path: str, errs: Errors) -> HeaderOperations:
+def check_header_value(value: str, path: str, errs: Errors) -> None:
+    """Istio's ValidateHTTPHeaderValue: no control characters, and every unescaped `%`
+    opens a `%VAR%` or `%VAR(args)%` that is closed (`%%` is a literal %). Which
+    variables exist is not checked, as Istio does not."""
+    if _BAD_VALUE_CHARS & set(value):
+        errs.add(path, "must not contain control characters (CR, LF, NUL...)")
+        return
+    problem = _header_value_problem(value)
+    if problem:
+        errs.add(path, f"{problem} in {value[:80]!r}; write a literal % as %%")
+
+
+def _header_value_problem(value: str) -> str:
+    state, i = "literal", 0
+    while i < len(value):
+        ch = value[i]
+        if state == "literal":
+            if ch == "%":
+                if i + 1 == len(value):
+                    return "an unescaped % at the end"
+                if value[i + 1] == "%":
+                    i += 1
+                else:
+                    state = "name"
+        elif state == "name":
+            if ch == "%":
+                state = "literal"
+            elif ch == "(":
+                state = "args"
+        elif state == "args":  # an argument list, JSON-ish array or bare string
+            if ch == "[":
+                state = "expect_string"
+            elif ch != " ":
+                state = "string"
+        elif state == "expect_string":
+            if ch == '"':
+                state = "string"
+            elif ch != " ":
+                return "an argument list expecting '\"'"
+        elif state == "string":
+            if ch == "\\":
+                if i + 1 == len(value):
+                    return "an unterminated backslash"
+                i += 1
+            elif ch == ")":
+                state = "expect_end"
+            elif ch == '"':
+                state = "delimiter"
+        elif state == "delimiter":
+            if ch == ",":
+                state = "expect_string"
+            elif ch == "]":
+                state = "args_end"
+            elif ch != " ":
+                return "an argument list expecting ',' or ']'"
+        elif state == "args_end":
+            if ch == ")":
+                state = "expect_end"
+            elif ch != " ":
+                return "an argument list expecting ')'"
+        elif state == "expect_end":
+            if ch == "%":
+                state = "literal"
+            elif ch != " ":
+                return "a variable expecting its closing %"
+        i += 1
+    return "" if state == "literal" else "an unterminated %VARIABLE%"
+
+
+def _operation_name(name: Any, path: str, errs: Errors, *, authority_ok: bool) -> str:
+    """A header name an operation may use: Istio refuses `:`-prefixed names and `host`
+    (except the authority in a request set/add, see `_authority`)."""
+    if isinstance(name, str) and (name.startswith(":") or name.lower() == "host"):
+        if not (authority_ok and name.lower() in _AUTHORITY_HEADERS):
+            errs.add(path, f"{name!r} cannot be modified (a pseudo-header or Host)")
+        return name
+    return check_header_name(name, path, errs)
+
+
+def _header_ops(raw: Any, path: str, errs: Errors, *, request: bool = False
+                ) -> tuple[HeaderOperations, str | None]:
+    """The operations, and the authority a request set/add writes (Istio turns that into
+    an authority rewrite: Envoy may not modify the header itself)."""
     ops = as_map(raw, path, errs)
     for key in sorted(set(ops) - {"set", "add", "remove"}):
         errs.add(f"{path}.{key}", "unknown field; use set, add or remove")
+    authority: list[str] = []
 
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
         out = []
-        for name, value in sorted(as_map(ops.get(key), f"{path}.{key}", errs).items()):
-            name = check_header_name(name, f"{path}.{key}.{name}", errs)
-            out.append((name, as_str(value, f"{path}.{key}.{name}", errs)))
+        for name, value in sorted(as_map(ops.get(key), f"{path}.{key}", errs).items(),
+                                  key=lambda kv: str(kv[0])):
+            fpath = f"{path}.{key}.{name}"
+            name = _operation_name(name, fpath, errs, authority_ok=request)
+            if not isinstance(value, str):
+                errs.add(fpath, f"must be a string, got {type_name(value)}")
+                continue
+            check_header_value(value, fpath, errs)
+            if name.lower() in _AUTHORITY_HEADERS:
+                if authority:
+                    errs.add(fpath, "the authority is set more than once")
+                authority.append(value)
+                continue
+            out.append((name, value))
         return tuple(out)
-    remove = tuple(check_header_name(n, f"{path}.remove[{i}]", errs)
+    remove = tuple(_operation_name(n, f"{path}.remove[{i}]", errs, authority_ok=False)
                    for i, n in enumerate(as_list(ops.get("remove"), f"{path}.remove", errs)))
-    return HeaderOperations(set=pairs("set"), add=pairs("add"), remove=remove)
+    return (HeaderOperations(set=pairs("set"), add=pairs("add"), remove=remove),
+            authority[0] if authority else None)
 
 
-def _headers(raw: Any, path: str, errs: Errors) -> Headers:
+def _headers(raw: Any, path: str, errs: Errors) -> tuple[Headers, str | None]:
     h = as_map(raw, path, errs)
     for key in sorted(set(h) - {"request", "response"}):
         errs.add(f"{path}.{key}", "unknown field; use request or response")
-    return Headers(request=_header_ops(h.get("request"), f"{path}.request", errs),
-                   response=_header_ops(h.get("response"), f"{path}.response", errs))
+    request, authority = _header_ops(h.get("request"), f"{path}.request", errs, request=True)
+    response, _ = _header_ops(h.get("response"), f"{path}.response", errs)
+    return Headers(request=request, response=response), authority
 
 
 def parse_weighted(raw: Any, path: str, errs: Errors) -> tuple[WeightedDestination, ...]:
@@ -289,10 +391,16 @@ def parse_weighted(raw: Any, path: str, errs: Errors) -> tuple[WeightedDestinati
         for key in sorted(set(d) - {"destination", "weight", "headers"}):
             errs.add(f"{dpath}.{key}", "unknown field")
         weight = as_int(d.get("weight"), f"{dpath}.weight", errs, lo=0, hi=100)
+        headers, authority = _headers(d.get("headers"), f"{dpath}.headers", errs)
+        if authority is not None:
+            # Istio rewrites the authority per destination; the translator has no
+            # per-destination rewrite yet, and Envoy refuses the header operation.
+            errs.add(f"{dpath}.headers.request", "setting the authority per destination is "
+                     "not supported; use the route's rewrite.authority")
         dests.append(WeightedDestination(
             destination=parse_destination(d.get("destination"), f"{dpath}.destination", errs),
             weight=weight if weight is not None else 0,
-            headers=_headers(d.get("headers"), f"{dpath}.headers", errs),
+            headers=headers,
         ))
     if len(dests) == 1 and dests[0].weight == 0:
         dests[0] = WeightedDestination(dests[0].destination, 100, dests[0].headers)
@@ -307,9 +415,12 @@ def _retries(raw: Any, path: str, errs: Errors) -> Retries:
                                 "retryRemoteLocalities"}):
         errs.add(f"{path}.{key}", "unknown field")
     attempts = as_int(r.get("attempts"), f"{path}.attempts", errs, lo=0, hi=1000)
-    per_try = as_duration(r.get("perTryTimeout"), f"{path}.perTryTimeout", errs)
-    if per_try is not None and per_try <= 0:
-        errs.add(f"{path}.perTryTimeout", "must be greater than 0")
+    per_try = as_istio_duration(r.get("perTryTimeout"), f"{path}.perTryTimeout", errs)
+    if not attempts and any(r.get(k) is not None for k in ("perTryTimeout", "retryOn",
+                                                             "retryRemoteLocalities")):
+        # Istio: attempts 0 (or left out) disables retries; anything more is a mistake.
+        errs.add(f"{path}.attempts", "retries are configured but attempts is 0 or missing "
+                 "(which disables them)")
     policies, codes = [], []
     for token in (t.strip() for t in as_str(r.get("retryOn"), f"{path}.retryOn", errs)
                   .split(",") if t.strip()):
@@ -338,11 +449,13 @@ def _fault(raw: Any, path: str, errs: Errors) -> Fault:
         d = as_map(f["delay"], f"{path}.delay", errs)
         if "exponentialDelay" in d:
             errs.add(f"{path}.delay.exponentialDelay", "not supported by Istio or Envoy")
-        seconds = as_duration(d.get("fixedDelay"), f"{path}.delay.fixedDelay", errs)
-        if seconds is None or seconds <= 0:
-            errs.add(f"{path}.delay.fixedDelay", "is required and must be greater than 0")
-        percent = (float(d["percent"]) if isinstance(d.get("percent"), int) else
-                   parse_percent(d.get("percentage"), f"{path}.delay.percentage", errs))
+        if d.get("fixedDelay") is None:
+            errs.add(f"{path}.delay.fixedDelay", "is required")
+        seconds = as_istio_duration(d.get("fixedDelay"), f"{path}.delay.fixedDelay", errs)
+        if "percentage" in d or "percent" not in d:
+            percent = _fault_percent(d.get("percentage"), f"{path}.delay.percentage", errs)
+        else:
+            percent = _int_percent(d["percent"], f"{path}.delay.percent", errs, clamp=True)
         delay = FaultDelay(seconds or 0.0, percent)
     if "abort" in f:
         a = as_map(f["abort"], f"{path}.abort", errs)
@@ -360,10 +473,30 @@ def _fault(raw: Any, path: str, errs: Errors) -> Fault:
         if (http_status is None) == (grpc_status is None):
             errs.add(f"{path}.abort", "needs exactly one of httpStatus or grpcStatus")
         abort = FaultAbort(http_status, grpc_status,
-                           parse_percent(a.get("percentage"), f"{path}.abort.percentage", errs))
+                           _fault_percent(a.get("percentage"), f"{path}.abort.percentage",
+                                          errs))
     if delay is None and abort is None:
         errs.add(path, "needs a delay or an abort")
     return Fault(delay, abort)
+
+
+def _fault_percent(raw: Any, path: str, errs: Errors) -> float:
+    """Istio: a fault's percentage is 0 or within [0.0001, 100] (Envoy's resolution)."""
+    percent = parse_percent(raw, path, errs)
+    if 0 < percent < 0.0001:
+        errs.add(f"{path}.value", f"must be 0 or at least 0.0001, got {percent}")
+    return percent
+
+
+def _int_percent(raw: Any, path: str, errs: Errors, *, clamp: bool = False) -> float:
+    """The deprecated integer percentages. `percent` (fault delay) is an int32 Istio
+    does not range-check: past 100 it means always, below 0 never (clamped, where the
+    translator would overflow). `mirrorPercent` is a uint32 Istio holds to 100."""
+    lo, hi = (-(2**31), 2**31 - 1) if clamp else (0, 100)
+    value = as_int(raw, path, errs, lo=lo, hi=hi)
+    if value is None:
+        return 100.0
+    return float(min(100, max(0, value)))
 
 
 def _mirrors(r: dict[str, Any], path: str, errs: Errors) -> tuple[Mirror, ...]:
@@ -371,9 +504,11 @@ def _mirrors(r: dict[str, Any], path: str, errs: Errors) -> tuple[Mirror, ...]:
         errs.add(f"{path}.mirrors", "use either mirror or mirrors, not both")
         return ()
     if "mirror" in r:
-        raw_percent = r.get("mirrorPercentage")
-        percent = (float(r["mirrorPercent"]) if isinstance(r.get("mirrorPercent"), int)
-                   else parse_percent(raw_percent, f"{path}.mirrorPercentage", errs))
+        if "mirrorPercentage" in r or "mirrorPercent" not in r:
+            percent = parse_percent(r.get("mirrorPercentage"), f"{path}.mirrorPercentage",
+                                    errs)
+        else:
+            percent = _int_percent(r["mirrorPercent"], f"{path}.mirrorPercent", errs)
         return (Mirror(parse_destination(r["mirror"], f"{path}.mirror", errs), percent),)
     out = []
     for i, m in enumerate(as_list(r.get("mirrors"), f"{path}.mirrors", errs)):
@@ -459,7 +594,9 @@ def _cors(raw: Any, path: str, errs: Errors) -> CorsPolicy:
     def names(key: str) -> tuple[str, ...]:
         return tuple(as_str(v, f"{path}.{key}[{i}]", errs)
                      for i, v in enumerate(as_list(c.get(key), f"{path}.{key}", errs)))
-    max_age = as_duration(c.get("maxAge"), f"{path}.maxAge", errs)
+    max_age = as_istio_duration(c.get("maxAge"), f"{path}.maxAge", errs)
+    if max_age is not None and max_age != int(max_age):
+        errs.add(f"{path}.maxAge", "must be a whole number of seconds (Access-Control-Max-Age)")
     return CorsPolicy(
         allow_origins=tuple(o for o in origins if o is not None),
         allow_methods=names("allowMethods"), allow_headers=names("allowHeaders"),
@@ -490,7 +627,15 @@ def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str]
     dests = parse_weighted(r.get("route"), f"{path}.route", errs)
     if "route" in r and not dests:
         errs.add(f"{path}.route", "needs at least one destination")
-    timeout = as_duration(r.get("timeout"), f"{path}.timeout", errs)
+    timeout = as_istio_duration(r.get("timeout"), f"{path}.timeout", errs)
+    headers, authority = _headers(r.get("headers"), f"{path}.headers", errs)
+    rewrite = _rewrite(r["rewrite"], f"{path}.rewrite", errs) if "rewrite" in r else None
+    if authority is not None:
+        if rewrite is not None and rewrite.authority:
+            errs.add(f"{path}.headers.request", "the authority is set here and in "
+                     "rewrite.authority; set it once")
+        elif "route" in r:  # Istio's translation: the header set becomes the rewrite
+            rewrite = replace(rewrite or Rewrite(), authority=authority)
     return HTTPRoute(
         name=as_str(r.get("name"), f"{path}.name", errs),
         matches=tuple(_parse_match(m, f"{path}.match[{i}]", errs, warnings)
@@ -500,12 +645,12 @@ def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str]
         retries=_retries(r["retries"], f"{path}.retries", errs) if "retries" in r else None,
         fault=_fault(r["fault"], f"{path}.fault", errs) if "fault" in r else None,
         mirrors=_mirrors(r, path, errs),
-        rewrite=_rewrite(r["rewrite"], f"{path}.rewrite", errs) if "rewrite" in r else None,
+        rewrite=rewrite,
         redirect=_redirect(r["redirect"], f"{path}.redirect", errs) if "redirect" in r
         else None,
         direct_response=_direct_response(r["directResponse"], f"{path}.directResponse", errs)
         if "directResponse" in r else None,
-        headers=_headers(r.get("headers"), f"{path}.headers", errs),
+        headers=headers,
         cors=_cors(r["corsPolicy"], f"{path}.corsPolicy", errs) if "corsPolicy" in r else None,
     )
 

@@ -150,7 +150,9 @@ def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLIC
         _load_balancing(cluster, policy.load_balancer)
     if pool is not None and pool.tcp_keepalive_time is not None:
         keepalive = address_pb2.TcpKeepalive()
-        keepalive.keepalive_time.value = max(1, round(pool.tcp_keepalive_time))
+        # A uint32 of seconds: clamped rather than raising on a value the model let by.
+        keepalive.keepalive_time.value = min(max(1, round(pool.tcp_keepalive_time)),
+                                             2**32 - 1)
         cluster.upstream_connection_options.tcp_keepalive.CopyFrom(keepalive)
     if policy.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(_outlier(policy.outlier_detection))

@@ -17,12 +17,7 @@ from typing import Any
 from controlplane.model.mesh import Mesh
 from controlplane.model.meta import Key
 from controlplane.model.service import Service
-
-try:  # TEMPORARY until constraints.py lands
-    from controlplane.translate.constraints import check
-except ImportError:  # pragma: no cover
-    def check(message: Any) -> list[Any]:  # type: ignore[misc]
-        return []
+from controlplane.translate.constraints import check
 
 
 @dataclass(frozen=True)

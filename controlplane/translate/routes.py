@@ -61,7 +61,9 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 def _fraction(percent: float) -> percent_pb2.FractionalPercent:
     # Per million, so Istio's double percentages (0.1 %) keep their precision.
-    return percent_pb2.FractionalPercent(numerator=round(percent * 10_000),
+    # Clamped: the model bounds percentages, but a uint32 overflow here would raise.
+    numerator = min(max(round(percent * 10_000), 0), 1_000_000)
+    return percent_pb2.FractionalPercent(numerator=numerator,
                                          denominator=percent_pb2.FractionalPercent.MILLION)
 
 
