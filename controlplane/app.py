@@ -99,7 +99,7 @@ class App:
         s = self.settings
         xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
         admin = grpc.aio.server()
-        add_to_server(admin, AdminService(self.registry, self.ads))
+        add_to_server(admin, AdminService(self.registry, self.ads, self.store))
         self.admin_port = admin.add_insecure_port(s.admin_address)
         await admin.start()
         self._servers = [xds, admin]

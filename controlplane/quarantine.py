@@ -88,7 +88,8 @@ class Quarantine:
         t = proxy.types.get(type_url)
         if t is None or t.nack is None:
             return
-        generation = t.sent_generation if t.nack.nonce == t.sent_nonce else 0
+        generation = t.nack.generation or (
+            t.sent_generation if t.nack.nonce == t.sent_nonce else 0)
         self.nacked(proxy.node_id, type_url, generation, t.nack.message)
 
     def suspects(self, type_url: str, generation: int, message: str) -> list[Key]:

@@ -18,10 +18,10 @@ METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregate
 
 
 class AdsClient:
-    def __init__(self, port: int, node_id: str, metadata: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(self, port: int, node_id: str, metadata: dict[str, Any] | None = None,
+                 cluster: str | None = None) -> None:
         self.port = port
-        self.node = base_pb2.Node(id=node_id, cluster=node_id)
+        self.node = base_pb2.Node(id=node_id, cluster=node_id if cluster is None else cluster)
         if metadata:
             s = struct_pb2.Struct()
             s.update(metadata)
@@ -37,6 +37,10 @@ class AdsClient:
             response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
         self.call = stream()
         self.first = True
+
+    async def status(self) -> tuple[grpc.StatusCode, str]:
+        """How the server ended the call (waits for it to end)."""
+        return await self.call.code(), await self.call.details()
 
     async def close(self) -> None:
         if self.channel is not None:

@@ -3,10 +3,12 @@ subscriptions by name, and nothing resent that a reconnecting proxy already hold
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
+from controlplane.status.sync import Status
 from controlplane.xds import types
 from tests.ads_client import DeltaClient, delta_names
 from tests.conftest import apply_docs, delete_docs
@@ -186,3 +188,83 @@ def test_proxies_in_step_share_the_snapshots_state(plane: ControlPlane,
         assert plane.call(client.silent())
     finally:
         plane.call(other.close())
+
+
+def test_an_answer_to_a_nonce_never_sent_is_a_protocol_error(
+        plane: ControlPlane, client: DeltaClient) -> None:
+    run = plane.call
+    events: list[str] = []
+    plane.run(lambda: plane.registry.listeners.append(lambda e, p, t: events.append(e)))
+    run(client.delta(types.CLUSTER))
+    cds = run(client.recv())
+    [sync] = plane.registry.by_node("delta-1")
+    t = sync.types[types.CLUSTER]
+    run(client.delta(types.CLUSTER, nonce="made-up"))
+    wait_until(lambda: t.nack is not None, what="the protocol error recorded")
+    assert t.nack is not None and t.nack.protocol_error
+    assert t.nack.message == "ACK for nonce 'made-up' which was never sent"
+    assert t.status(time.time(), 5.0) is Status.PENDING  # not SYNCED by it
+    assert "protocol_error" in events and "nacked" not in events
+    run(client.ack_delta(cds))
+    wait_until(lambda: t.status(time.time(), 5.0) is Status.SYNCED)
+    # A second answer to an answered nonce is stale: no error, no second ACK.
+    acks = events.count("acked")
+    run(client.ack_delta(cds))
+    assert run(client.silent())
+    assert events.count("acked") == acks and events.count("protocol_error") == 1
+
+
+def test_a_nack_of_an_older_response_names_its_version_and_generation(
+        plane: ControlPlane, client: DeltaClient) -> None:
+    """Several Delta responses may be in flight: a NACK names the one it answers, and
+    the snapshot generation it was built from (for whoever traces the NACK)."""
+    run = plane.call
+    connect(plane, client)
+    apply_docs(plane, pod("reviews-2", "127.1.0.8", {"app": "reviews"}))
+    first = run(client.recv())
+    first_generation = plane.generation()
+    apply_docs(plane, pod("reviews-3", "127.1.0.9", {"app": "reviews"}))
+    second = run(client.recv())
+    assert first.type_url == second.type_url == types.ENDPOINT
+    assert first.system_version_info != second.system_version_info
+    run(client.delta(types.ENDPOINT, nonce=first.nonce, error="endpoints: no"))
+    [sync] = plane.registry.by_node("delta-1")
+    t = sync.types[types.ENDPOINT]
+    wait_until(lambda: t.nack is not None, what="the NACK recorded")
+    assert t.nack is not None and not t.nack.protocol_error
+    assert t.nack.version == first.system_version_info
+    assert t.nack.generation == first_generation < t.sent_generation
+
+
+def test_a_reconnect_holding_everything_gets_an_empty_answer_and_is_synced(
+        plane: ControlPlane, client: DeltaClient) -> None:
+    """Nothing changed while it was away: each type it asks for is answered with no
+    resources, and its ACK shows the type SYNCED (not NOT SENT, a proxy waiting). What
+    it reported holding is shown as the resources themselves."""
+    run = plane.call
+    first = connect(plane, client)
+    held = {k: {r.name: r.version for r in first[k].resources} for k in ("cds", "eds")}
+    run(client.close())
+    wait_until(lambda: not plane.registry.by_node("delta-1"))
+    again = DeltaClient(plane.port, "delta-1", {"INSTANCE_IPS": "127.0.9.2"})
+    run(again.open())
+    try:
+        run(again.delta(types.CLUSTER, initial=held["cds"]))
+        cds = run(again.recv())
+        assert cds.type_url == types.CLUSTER
+        assert not cds.resources and not cds.removed_resources
+        run(again.delta(types.ENDPOINT, [REVIEWS], initial={REVIEWS: held["eds"][REVIEWS]}))
+        run(again.ack_delta(cds))
+        eds = run(again.recv())
+        assert eds.type_url == types.ENDPOINT
+        assert not eds.resources and not eds.removed_resources
+        run(again.ack_delta(eds))
+        assert run(again.silent())
+        [sync] = plane.registry.by_node("delta-1")
+        for t in (types.CLUSTER, types.ENDPOINT):
+            assert sync.types[t].status(time.time(), 5.0) is Status.SYNCED
+        assert [r.name for r in sync.types[types.ENDPOINT].acked_resources.values()] == [
+            REVIEWS]
+        assert all(r.body for r in sync.types[types.ENDPOINT].acked_resources.values())
+    finally:
+        run(again.close())

@@ -23,6 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from controlplane.bootstrap import SIDECAR_RUNTIME
 from controlplane.model.mesh import build_mesh
 from controlplane.model.parse import key_of, parse_object
 from controlplane.pipeline import MeshTranslation
@@ -95,7 +96,8 @@ def validation_bootstrap(out: dict[str, list[Any]]) -> dict[str, Any]:
         listeners.append(json_format.MessageToDict(listener))
     return {"static_resources": {"clusters": clusters, "listeners": listeners},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                     "port_value": 0}}}}
+                                                     "port_value": 0}}},
+            "layered_runtime": SIDECAR_RUNTIME}
 
 
 @pytest.mark.e2e

@@ -9,6 +9,7 @@ update it was not told to expect."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.admin.proxy_status import run as proxy_status_run
 from controlplane.model.meta import Key
 from controlplane.model.parse import parse_object
 from controlplane.pipeline import PushLoop
@@ -87,6 +89,12 @@ def metric(plane: ControlPlane, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+def proxy_status(plane: ControlPlane) -> tuple[int, str]:
+    out = io.StringIO()
+    code = proxy_status_run(f"127.0.0.1:{plane.admin_port}", None, "table", None, out)
+    return code, out.getvalue()
+
+
 def served_header(sidecar: str) -> str | None:
     import http.client
     conn = http.client.HTTPConnection(sidecar, PORT, timeout=5)
@@ -127,6 +135,9 @@ def test_a_rejected_object_keeps_its_last_good_version_and_blocks_nobody(
     now = time.time()
     assert all(t.status(now, 5.0) is Status.SYNCED for t in sync.types.values())
     assert proxy.update_rejected() == {}
+    code, table = proxy_status(file_cp)
+    assert code == 0, table  # every proxy SYNCED: the object never reached one
+    assert f"{RATINGS_VS}  by constraints; its last good version is served" in table, table
 
     write_yaml(config_dir / "ratings.yaml", ratings_vs("50%% off"))  # fixed: served
     wait_until(lambda: served_header(sidecar) == "50% off", what="the fixed version served")
@@ -194,6 +205,10 @@ def test_a_nack_nobody_foresaw_quarantines_the_object_and_the_proxy_converges(
     wait_until(lambda: sync.types[types.ROUTE].status(time.time(), 5.0) is Status.SYNCED,
                what="RDS synced again after the quarantine")
     assert served_header(sidecar) == "good"
+    code, table = proxy_status(file_cp)
+    assert code == 0, table  # SYNCED again: the NACK is history
+    assert f"{RATINGS_VS}  by envoy; its last good version is served" in table, table
+    assert "iso-3" in table, table
     rejected = proxy.update_rejected()
     assert sum(rejected.values()) == 1, rejected  # once: never resent, never looped
     write_yaml(config_dir / "reviews.yaml", reviews_to("v2"))  # others keep flowing

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import time
 import weakref
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.pipeline import MeshTranslation
-from controlplane.status.sync import SyncRegistry
+from controlplane.status.sync import Status, SyncRegistry
 from controlplane.xds import types, wire
 from controlplane.xds.cache import Snapshot, SnapshotCache
-from controlplane.xds.server import AdsServer, Deadlines, SotwStream, TypeState
+from controlplane.xds.server import AdsServer, Deadlines, JunkLog, SotwStream, TypeState
 from tests.ads_client import AdsClient, decode, names_of
 from tests.conftest import apply_docs
 from tests.harness import ControlPlane, metric, wait_until
@@ -459,3 +461,189 @@ def test_a_shared_response_stays_while_single_use_ones_come_and_go() -> None:
     parsed = discovery_pb2.DiscoveryResponse.FromString(data)
     assert (parsed.version_info, parsed.nonce, parsed.type_url) == ("v1", "3.1", types.CLUSTER)
     assert len(parsed.resources) == 1000
+
+
+# -- protocol hygiene: answers that cannot be true, duplicate node ids, bad nodes, junk ----
+
+def test_an_ack_of_a_version_never_sent_is_a_protocol_error(
+        plane: ControlPlane, client: AdsClient) -> None:
+    """The nonce is the current one, the version is not what it carried: never SYNCED,
+    recorded like a NACK (with our message), emitted as protocol_error, not nacked."""
+    run = plane.call
+    events: list[str] = []
+    plane.run(lambda: plane.registry.listeners.append(lambda e, p, t: events.append(e)))
+    with structlog.testing.capture_logs() as logs:
+        run(client.send(types.CLUSTER))
+        cds = run(client.recv())
+        run(client.send(types.CLUSTER, version="forged-version", nonce=cds.nonce))
+        [sync] = plane.registry.by_node("sidecar-1")
+        t = sync.types[types.CLUSTER]
+        wait_until(lambda: t.nack is not None, what="the protocol error recorded")
+    assert t.status(time.time(), 5.0) is Status.NACKED
+    assert not t.acked_nonce
+    assert t.nack is not None and t.nack.protocol_error and t.nack.nonce == cds.nonce
+    assert t.nack.version == cds.version_info
+    assert t.nack.message.startswith("ACK for version 'forged-version' which was never sent")
+    assert "protocol_error" in events and "nacked" not in events and "acked" not in events
+    [line] = [e for e in logs if e["event"] == "protocol_error"]
+    assert line["log_level"] == "warning" and line["type"] == types.CLUSTER
+    assert metric_count(plane, "acked", types.CLUSTER) == 0
+    assert metric_count(plane, "nacked", types.CLUSTER) == 0
+    assert metric_count(plane, "protocol_error", types.CLUSTER) == 1
+
+
+def test_an_answer_to_a_nonce_never_sent_is_a_protocol_error(
+        plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    cds = run(client.recv())
+    [sync] = plane.registry.by_node("sidecar-1")
+    t = sync.types[types.CLUSTER]
+    for bogus in ("no-such-nonce", "999999-1", "1-999999", "99999999.1"):
+        run(client.send(types.CLUSTER, version=cds.version_info, nonce=bogus))
+        wait_until(lambda b=bogus: t.nack is not None and t.nack.nonce == b,
+                   what=f"the answer to {bogus} recorded")
+        assert t.nack is not None and t.nack.protocol_error
+        assert t.nack.message == f"ACK for nonce {bogus!r} which was never sent"
+        assert t.status(time.time(), 5.0) is Status.PENDING  # not SYNCED by it
+    run(client.ack(cds))  # the real answer still counts
+    wait_until(lambda: t.status(time.time(), 5.0) is Status.SYNCED)
+
+
+def metric_count(plane: ControlPlane, event: str, type_url: str) -> int:
+    return int(plane.run(lambda: plane.app.metrics.xds.counts[event][type_url]))
+
+
+def test_an_eds_re_request_is_not_counted_as_a_second_ack(
+        plane: ControlPlane, client: AdsClient) -> None:
+    """After a cluster change Envoy repeats its last EDS answer (same version and
+    nonce): an ACK is counted once per response, so ACKs never outnumber pushes."""
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    cds = run(client.recv())
+    run(client.send(types.ENDPOINT, [REVIEWS, RATINGS]))
+    run(client.ack(cds))
+    eds = run(client.recv())
+    run(client.ack(eds, [REVIEWS, RATINGS]))
+    assert run(client.silent())
+    assert metric_count(plane, "acked", types.ENDPOINT) == 1
+    apply_docs(plane, service("reviews", 9080, port_name="grpc"))  # the cluster changes
+    cds2 = run(client.recv())
+    run(client.send(types.ENDPOINT, [REVIEWS, RATINGS], eds.version_info, eds.nonce))
+    run(client.ack(cds2))
+    eds2 = run(client.recv())
+    run(client.ack(eds2, [REVIEWS, RATINGS]))
+    # Envoy repeats its answer to the current response too, e.g. once the rebuilt
+    # cluster warmed: the same request again, nothing new to count.
+    run(client.ack(eds2, [REVIEWS, RATINGS]))
+    assert run(client.silent())
+    assert metric_count(plane, "sent", types.ENDPOINT) == 2
+    assert metric_count(plane, "acked", types.ENDPOINT) == 2
+    [sync] = plane.registry.by_node("sidecar-1")
+    assert sync.types[types.ENDPOINT].nack is None
+
+
+def test_a_second_stream_with_a_node_id_keeps_its_own_row(plane: ControlPlane,
+                                                          client: AdsClient) -> None:
+    """Rows are per stream (Envoy's hot restart and a reconnect racing the old stream's
+    end both hold two): a stream claiming a connected proxy's node id cannot touch that
+    proxy's row, and the claim is logged."""
+    run = plane.call
+    run(client.send(types.CLUSTER))
+    cds = run(client.recv())
+    run(client.ack(cds))
+    forger = AdsClient(plane.port, "sidecar-1")
+    run(forger.open())
+    try:
+        with structlog.testing.capture_logs() as logs:
+            run(forger.send(types.CLUSTER))
+            forged = run(forger.recv())
+            run(forger.nack(forged, "", "forged rejection"))
+            wait_until(lambda: len(plane.registry.by_node("sidecar-1")) == 2
+                       and plane.registry.by_node("sidecar-1")[1].types[types.CLUSTER].nack,
+                       what="the second stream's NACK")
+        first, second = plane.registry.by_node("sidecar-1")
+        assert first.stream_id < second.stream_id
+        assert first.types[types.CLUSTER].nack is None
+        assert first.types[types.CLUSTER].status(time.time(), 5.0) is Status.SYNCED
+        nack = second.types[types.CLUSTER].nack
+        assert nack is not None and nack.message == "forged rejection"
+        [dup] = [e for e in logs if e["event"] == "duplicate_node_id"]
+        assert dup["log_level"] == "warning" and dup["node"] == "sidecar-1"
+        assert dup["stream"] == second.stream_id and dup["other_streams"] == [first.stream_id]
+    finally:
+        run(forger.close())
+    wait_until(lambda: len(plane.registry.by_node("sidecar-1")) == 1)
+    assert plane.registry.by_node("sidecar-1")[0] is first
+
+
+@pytest.mark.parametrize(("kwargs", "details"), [
+    ({"node_id": "n" * 15_000_000, "cluster": "c"},
+     r"node.id is 15000000 characters, over the limit of 1024 characters"),
+    ({"node_id": "ok", "cluster": "c" * 5000},
+     r"node.cluster is 5000 characters, over the limit of 1024 characters"),
+    ({"node_id": "ok", "metadata": {"BLOB": "m" * 100_000}},
+     r"node.metadata is 1000\d\d bytes, over the limit of 65536 bytes"),
+    ({"node_id": "ok", "user_agent_name": "u" * 300_000},  # no single field's limit
+     r"node is 300\d\d\d bytes, over the limit of 262144 bytes"),
+])
+def test_an_oversized_node_is_refused_naming_the_limit(
+        plane: ControlPlane, kwargs: dict[str, Any], details: str) -> None:
+    run = plane.call
+    node_id, user_agent = kwargs.pop("node_id"), kwargs.pop("user_agent_name", "")
+    big = AdsClient(plane.port, node_id, **kwargs)
+    big.node.user_agent_name = user_agent
+    run(big.open())
+    try:
+        with structlog.testing.capture_logs() as logs:
+            run(big.send(types.CLUSTER))
+            code, text = run(big.status())
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert re.fullmatch(details, text), text
+        assert not plane.registry.proxies
+        [line] = [e for e in logs if e["event"] == "node_rejected"]
+        assert line["log_level"] == "warning"
+        # The value is logged clipped: no line carries the client's megabytes.
+        assert all(len(repr(e)) < 2000 for e in logs), max(len(repr(e)) for e in logs)
+    finally:
+        run(big.close())
+
+
+def test_junk_requests_are_logged_once_then_counted(plane: ControlPlane,
+                                                    client: AdsClient) -> None:
+    run = plane.call
+    junk = "type.googleapis.com/no.such.Type"
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            run(client.send(junk))
+        run(client.send(types.CLUSTER))
+        run(client.recv())  # every junk request was read before this answer
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+            "unsupported_type"]
+        run(client.close())
+        wait_until(lambda: not plane.registry.proxies, what="the stream ended")
+        warnings = [e for e in logs if e["event"] == "unsupported_type"]
+    assert len(warnings) == 2, warnings
+    assert warnings[0]["type"] == junk and "suppressed" not in warnings[0]
+    assert warnings[1]["suppressed"] == 49 and warnings[1]["stream_ended"]
+
+
+def test_junk_log_repeats_a_count_at_most_once_per_interval() -> None:
+    now = [100.0]
+    junk = JunkLog(interval=60.0, clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(10):
+            junk.warn("unsupported_type", "t1", stream=1)
+        junk.warn("unsupported_type", "t2", stream=1)  # another type: its own first line
+        now[0] += 60.0
+        junk.warn("unsupported_type", "t1", stream=1)
+        junk.warn("unsupported_type", "t1", stream=1)
+        for i in range(JunkLog.KEYS + 5):  # endless distinct types share one count
+            junk.warn("unsupported_type", f"many-{i}", stream=1)
+        junk.flush(stream=1)
+    lines = [(e["type"], e.get("suppressed"), e.get("stream_ended", False)) for e in logs]
+    assert lines[:3] == [("t1", None, False), ("t2", None, False), ("t1", 9, False)]
+    assert ("t1", 1, True) in lines
+    assert len(logs) == 3 + (JunkLog.KEYS - 2) + 1 + 1 + 1, lines  # firsts, shared, flushes
+    # 30 firsts fill the 32 kept; the 7 types after share one: its first line, 6 counted
+    assert lines[-1] == ("(other types)", 6, True)

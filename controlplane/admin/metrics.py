@@ -17,8 +17,10 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 
 class XdsCounters(Collector):
-    """Pushes, ACKs and NACKs by type: plain integers, counted on the event loop and read
-    at scrape time. A prometheus_client Counter takes a lock per increment, and there
+    """Pushes, ACKs, NACKs and protocol errors by type, one per registry event (an ACK
+    is the first answer to a response: SyncRegistry.acked): plain integers, counted on
+    the event loop and read at scrape time. A prometheus_client Counter takes a lock per
+    increment, and there
     are two increments per proxy per push (about 5 % of the server's time at 1,000
     proxies, in py-spy)."""
 
@@ -26,6 +28,9 @@ class XdsCounters(Collector):
         "sent": ("controlplane_xds_pushes", "xDS responses sent"),
         "acked": ("controlplane_xds_acks", "xDS responses ACKed"),
         "nacked": ("controlplane_xds_nacks", "xDS responses rejected by a proxy (NACK)"),
+        "protocol_error": ("controlplane_xds_protocol_errors", "xDS answers that cannot be "
+                           "true (an ACK of a version or nonce never sent), recorded like a "
+                           "NACK"),
     }
 
     def __init__(self) -> None:

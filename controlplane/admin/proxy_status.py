@@ -7,6 +7,7 @@ import difflib
 import json
 import sys
 import urllib.request
+from collections import Counter
 from typing import Any, TextIO
 
 import grpc
@@ -15,7 +16,10 @@ from google.protobuf import json_format
 from controlplane.admin.v1 import admin_pb2, admin_pb2_grpc
 from controlplane.xds import types
 
-OK_STATUSES = {admin_pb2.SYNCED, admin_pb2.NOT_SENT}
+# A type is listed once the proxy asked for it, so a listed NOT SENT is a proxy waiting
+# for config (Envoy's initial fetch stalls on it); a type never asked for is not listed
+# and is fine.
+OK_STATUSES = {admin_pb2.SYNCED}
 COLUMNS = (types.CLUSTER, types.LISTENER, types.ENDPOINT, types.ROUTE)  # istioctl's order
 # Envoy's dump renders endpoints its own way (defaults filled in), so live comparisons
 # cover the types it dumps as received.
@@ -30,9 +34,11 @@ def is_synced(proxy: admin_pb2.ProxyStatus) -> bool:
     return all(t.status in OK_STATUSES for t in proxy.types)
 
 
-def _cells(proxy: admin_pb2.ProxyStatus) -> list[str]:
+def _cells(proxy: admin_pb2.ProxyStatus, shared_id: bool = False) -> list[str]:
+    """shared_id: another stream has this node id too; the row names its stream."""
     by_type = {t.type_url: t for t in proxy.types}
-    cells = [proxy.node_id, proxy.cluster]
+    cells = [f"{proxy.node_id}#{proxy.stream_id}" if shared_id else proxy.node_id,
+             proxy.cluster]
     cells += [status_name(by_type[t].status) if t in by_type else "NOT SENT" for t in COLUMNS]
     cells.append(proxy.build_version or "-")
     nacks = [f"{t.type}: {summarize_nack(t.nack.message)}" for t in proxy.types
@@ -54,11 +60,28 @@ def summarize_nack(message: str, limit: int = 160) -> str:
 
 
 def render_table(proxies: list[admin_pb2.ProxyStatus]) -> str:
+    """One row per stream. A node id held by several streams (an Envoy hot restart, a
+    reconnect before the old stream ended, or a forged id) is shown as NAME#STREAM on
+    each, so no stream's state passes for another's."""
     header = ["NAME", "CLUSTER", "CDS", "LDS", "EDS", "RDS", "VERSION", "NACK"]
-    rows = [header, *(_cells(p) for p in proxies)]
+    streams = Counter(p.node_id for p in proxies)
+    rows = [header, *(_cells(p, streams[p.node_id] > 1) for p in proxies)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows) + "\n"
+
+
+def render_rejected(rejected: Any) -> str:
+    """Objects no proxy is sent as written: every proxy is affected alike, so they are
+    listed once, under the table."""
+    if not rejected:
+        return ""
+    lines = ["", "REJECTED OBJECTS (not sent to any proxy as written)"]
+    for r in rejected:
+        serving = "its last good version is served" if r.serving_last_good else (
+            "nothing of it is served")
+        lines.append(f"{r.object}  by {r.by}; {serving}: {summarize_nack(r.reason, 200)}")
+    return "\n".join(lines) + "\n"
 
 
 def _to_json(message: Any) -> dict[str, Any]:
@@ -117,7 +140,8 @@ def diff(held: dict[str, dict[str, dict[str, Any]]], current: dict[str, dict[str
 
 def render_detail(detail: admin_pb2.ProxyDetail) -> str:
     p = detail.status
-    out = [f"NODE     {p.node_id}", f"CLUSTER  {p.cluster}", f"PEER     {p.peer}",
+    out = [f"NODE     {p.node_id}", f"STREAM   {p.stream_id}", f"CLUSTER  {p.cluster}",
+           f"PEER     {p.peer}",
            f"VERSION  {p.build_version or '-'}", ""]
     for t in p.types:
         out.append(f"{t.type}  {status_name(t.status)}")
@@ -133,23 +157,44 @@ def render_detail(detail: admin_pb2.ProxyDetail) -> str:
     return "\n".join(out) + "\n"
 
 
+def _other_streams(stub: admin_pb2_grpc.AdminStub, shown: admin_pb2.ProxyStatus
+                   ) -> list[admin_pb2.ProxyStatus]:
+    """Other streams with the node id of the one GetProxy showed (the newest). Only a
+    note: the list of every proxy may be too large to fetch, and the detail stands
+    without it."""
+    try:
+        proxies = stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=10).proxies
+    except grpc.RpcError:
+        return []
+    return [p for p in proxies if p.node_id == shown.node_id and p.stream_id != shown.stream_id]
+
+
 def run(server: str, node_id: str | None, output: str, envoy_admin: str | None,
         out: TextIO = sys.stdout) -> int:
     with grpc.insecure_channel(server) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
             if node_id is None:
-                proxies = list(stub.ListProxies(admin_pb2.ListProxiesRequest(),
-                                                timeout=10).proxies)
+                listing = stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=10)
+                proxies = list(listing.proxies)
                 if output == "json":
                     out.write(json.dumps([_to_json(p) for p in proxies], indent=2) + "\n")
+                    if listing.rejected:  # the JSON on stdout stays a list of proxies
+                        sys.stderr.write(render_rejected(listing.rejected))
                 else:
                     out.write(render_table(proxies))
+                    out.write(render_rejected(listing.rejected))
                 return 0 if all(is_synced(p) for p in proxies) else 1
             detail = stub.GetProxy(admin_pb2.GetProxyRequest(node_id=node_id), timeout=10)
         except grpc.RpcError as exc:
             sys.stderr.write(f"proxy-status: {exc.code().name}: {exc.details()}\n")
             return 2
+        others = _other_streams(stub, detail.status)
+    if others:
+        sys.stderr.write(
+            f"proxy-status: {len(others) + 1} streams have node id {node_id!r}; showing "
+            f"stream {detail.status.stream_id} ({detail.status.peer}), the newest; also "
+            + ", ".join(f"stream {p.stream_id} ({p.peer})" for p in others) + "\n")
     current = by_name(detail.current_resources)
     if envoy_admin:
         held, label, compared = live_config(envoy_admin), "envoy", LIVE_TYPES

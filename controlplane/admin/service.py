@@ -11,6 +11,7 @@ import grpc
 from controlplane.admin import views
 from controlplane.admin.v1 import admin_pb2, admin_pb2_grpc
 from controlplane.status.sync import ProxySync, SyncRegistry
+from controlplane.store import Store
 from controlplane.xds.server import AdsServer
 
 
@@ -23,15 +24,21 @@ def newest(registry: SyncRegistry, node_id: str) -> ProxySync | None:
 class AdminService(admin_pb2_grpc.AdminServicer):
     WATCH_QUEUE = 10_000  # events a slow watcher may fall behind before losing some
 
-    def __init__(self, registry: SyncRegistry, ads: AdsServer) -> None:
+    def __init__(self, registry: SyncRegistry, ads: AdsServer, store: Store | None = None
+                 ) -> None:
         self.registry = registry
         self.ads = ads
+        self.store = store
 
     async def ListProxies(self, request: admin_pb2.ListProxiesRequest,
                           context: grpc.aio.ServicerContext) -> admin_pb2.ListProxiesResponse:
         proxies = sorted(self.registry.proxies.values(), key=lambda p: (p.node_id, p.stream_id))
+        rejected = [admin_pb2.RejectedObject(object=str(r.key), by=r.by, reason=r.reason,
+                                             serving_last_good=r.serving is not None)
+                    for r in (self.store.rejections.values() if self.store else ())]
         return admin_pb2.ListProxiesResponse(
-            proxies=[views.proxy_status(p, self.registry) for p in proxies])
+            proxies=[views.proxy_status(p, self.registry) for p in proxies],
+            rejected=rejected)
 
     async def GetProxy(self, request: admin_pb2.GetProxyRequest,
                        context: grpc.aio.ServicerContext) -> admin_pb2.ProxyDetail:

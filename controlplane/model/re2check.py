@@ -8,10 +8,13 @@ import functools
 
 import re2
 
-# Envoy's default `re2.max_program_size.error_level` (source/common/common/regex.cc):
-# a larger program makes the whole resource fail. No runtime override is configured in
-# the sidecar bootstrap we generate, so the default is what the proxies enforce.
-ENVOY_MAX_PROGRAM_SIZE = 100
+# `re2.max_program_size.error_level` (source/common/common/regex.cc): a larger program
+# makes the whole resource fail. Envoy's default is 100; the sidecar bootstrap we
+# generate sets Istio's 32768 (Istio's bootstrap does the same, and its validation
+# accepts any Go-compilable regex of up to 1024 characters), so that is what proxies
+# enforce. A proxy bootstrapped with Envoy's default NACKs larger programs, and the
+# NACK quarantine (controlplane/quarantine.py) takes the object out.
+ENVOY_MAX_PROGRAM_SIZE = 32768
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # errors come back as exceptions; RE2's stderr logging is noise

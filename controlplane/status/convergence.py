@@ -38,7 +38,8 @@ class Convergence:
         self._observe_converged()
 
     def _on_event(self, event: str, proxy: ProxySync, type_url: str) -> None:
-        if not self.pending or event not in ("acked", "nacked", "pass_done", "disconnected"):
+        if not self.pending or event not in ("acked", "nacked", "protocol_error", "pass_done",
+                                             "disconnected"):
             return
         sid = proxy.stream_id
         for generation, (_, behind) in self.pending.items():

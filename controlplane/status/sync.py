@@ -23,10 +23,15 @@ class Status(enum.Enum):
 
 @dataclass
 class Nack:
-    version: str
+    version: str  # the version rejected (for a protocol error: the one named, clipped)
     nonce: str
     at: float
-    message: str
+    message: str  # Envoy's error_detail, or ours for a protocol error
+    generation: int = 0  # snapshot generation of the rejected response; 0: not known
+    # Not Envoy's rejection: a request that broke the protocol (an ACK of something
+    # never sent). Recorded like a NACK so the proxy is never shown SYNCED by it, but
+    # emitted as "protocol_error", not "nacked": nothing may act on the config for it.
+    protocol_error: bool = False
 
 
 @dataclass
@@ -78,13 +83,20 @@ class ProxySync:
         return self.types.setdefault(type_url, TypeSync())
 
 
-Listener = Callable[[str, ProxySync, str], None]  # (event, proxy, type_url)
+# (event, proxy, type_url). Events: connected, disconnected, sent, acked, nacked,
+# protocol_error, pass_done; a listener ignores those it does not know.
+Listener = Callable[[str, ProxySync, str], None]
 
 
 class SyncRegistry:
     def __init__(self, stale_after: float = 5.0) -> None:
         self.stale_after = stale_after
         self.proxies: dict[int, ProxySync] = {}
+        # node id -> its streams. Rows are kept per stream, never per node id: two
+        # streams may legitimately share one (an Envoy hot restart, a reconnect whose
+        # old stream is not known dead yet), and a stream claiming another proxy's node
+        # id must not touch that proxy's row.
+        self._by_node: dict[str, dict[int, ProxySync]] = {}
         self.listeners: list[Listener] = []
 
     def _emit(self, event: str, proxy: ProxySync, type_url: str = "") -> None:
@@ -93,11 +105,17 @@ class SyncRegistry:
 
     def connect(self, proxy: ProxySync) -> None:
         self.proxies[proxy.stream_id] = proxy
+        self._by_node.setdefault(proxy.node_id, {})[proxy.stream_id] = proxy
         self._emit("connected", proxy)
 
     def disconnect(self, stream_id: int) -> None:
         proxy = self.proxies.pop(stream_id, None)
         if proxy is not None:
+            streams = self._by_node.get(proxy.node_id)
+            if streams is not None:
+                streams.pop(stream_id, None)
+                if not streams:
+                    del self._by_node[proxy.node_id]
             self._emit("disconnected", proxy)
 
     def sent(self, proxy: ProxySync, type_url: str, version: str, nonce: str,
@@ -115,17 +133,36 @@ class SyncRegistry:
     def acked(self, proxy: ProxySync, type_url: str, version: str, nonce: str,
               resources: Mapping[str, Any]) -> None:
         t = proxy.type(type_url)
+        repeated = nonce == t.acked_nonce and version == t.acked_version
         t.acked_version, t.acked_nonce, t.acked_at = version, nonce, time.time()
         t.acked_resources = resources
-        self._emit("acked", proxy, type_url)
+        if not repeated:
+            # One "acked" per response: a second answer to one nonce (Envoy's EDS/RDS
+            # re-request after a cluster/listener change looks like one) is no new ACK.
+            self._emit("acked", proxy, type_url)
 
     def nacked(self, proxy: ProxySync, type_url: str, version: str, nonce: str,
-               message: str) -> None:
-        proxy.type(type_url).nack = Nack(version, nonce, time.time(), message)
+               message: str, generation: int | None = None) -> None:
+        """`generation`: of the rejected response; by default the last sent one's when
+        `nonce` is its nonce (a NACK of an older response: pass it, or 0)."""
+        t = proxy.type(type_url)
+        if generation is None:
+            generation = t.sent_generation if nonce == t.sent_nonce else 0
+        t.nack = Nack(version, nonce, time.time(), message, generation)
         self._emit("nacked", proxy, type_url)
+
+    def protocol_error(self, proxy: ProxySync, type_url: str, version: str, nonce: str,
+                       message: str) -> None:
+        """A request that broke the protocol, recorded like a NACK (the type is never
+        SYNCED by it) but emitted as its own event."""
+        t = proxy.type(type_url)
+        generation = t.sent_generation if nonce == t.sent_nonce else 0
+        t.nack = Nack(version, nonce, time.time(), message, generation, protocol_error=True)
+        self._emit("protocol_error", proxy, type_url)
 
     def subscribed(self, proxy: ProxySync, type_url: str, names: Collection[str]) -> None:
         proxy.type(type_url).names = names
 
     def by_node(self, node_id: str) -> list[ProxySync]:
-        return [p for p in self.proxies.values() if p.node_id == node_id]
+        """Every stream with this node id, oldest first."""
+        return sorted(self._by_node.get(node_id, {}).values(), key=lambda p: p.stream_id)

@@ -89,6 +89,10 @@ class SotwRequest:
                                      else None)
         self._full: discovery_pb2.DiscoveryRequest | None = None
 
+    def node_size(self) -> int:
+        """Bytes of the node as sent (0: none), known without parsing it."""
+        return len(self._node) if self._node is not None else 0
+
     def node(self) -> base_pb2.Node | None:
         return base_pb2.Node.FromString(self._node) if self._node is not None else None
 

@@ -7,6 +7,13 @@ only the sender writes, so a stream's responses are strictly ordered. Rules that
 - A NACK names the last *accepted* version; the rejected one is never resent. A new
   version has to come from a new snapshot.
 - A response whose nonce is not the latest one sent for its type is stale and ignored.
+  An answer naming a nonce this stream never sent, or ACKing the latest nonce with a
+  version other than the one it carried, is a protocol error: recorded like a NACK
+  (never SYNCED), logged (rate-limited, see JunkLog), never taken as an ACK.
+- Only the first answer to a nonce counts; a later one is a re-request (below).
+- A node whose id, cluster or metadata is over its limit (MAX_NODE_*) is refused with
+  INVALID_ARGUMENT before anything is recorded: a 15 MB node id made every
+  `proxy-status` fail and every log line of the stream 15 MB.
 - After a cluster or listener changes, Envoy re-requests its EDS/RDS names with the
   same version and nonce as before, which looks exactly like an ACK: the sender forgets
   what it sent for the names those resources depend on, so they are answered again.
@@ -22,7 +29,7 @@ import itertools
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +48,69 @@ log = structlog.get_logger("controlplane.xds")
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _stream_ids = itertools.count(1)
+
+# What a node may carry. An Istio sidecar's id is about 100 characters, its metadata a few
+# kB, and Envoy's whole node (its extension list included) some 20 kB; these leave wide
+# room and keep one proxy's row and log lines small.
+MAX_NODE_BYTES = 256 * 1024  # the serialized Node
+MAX_NODE_ID = 1024  # characters
+MAX_NODE_CLUSTER = 1024  # characters
+MAX_NODE_METADATA_BYTES = 64 * 1024  # serialized
+CLIP = 128  # characters of a client's string kept in a log line or message
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """A client's string for a log line: whole when short, else its start and length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} characters)"
+
+
+class StreamRejected(Exception):
+    """Ends the stream with this gRPC status: the request can never be served."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class JunkLog:
+    """A stream's warnings about requests it cannot use (an unknown type URL, an answer
+    to a response never sent): the first of each event and type at once, then at most
+    one line per `interval` seconds carrying how many were not logged (`suppressed`),
+    and the rest when the stream ends. A client repeating a bad request wrote a
+    warning per request."""
+
+    KEYS = 32  # (event, type) pairs tracked per stream; further types share one count
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._seen: dict[tuple[str, str], list[float]] = {}  # -> [suppressed, last line]
+
+    def warn(self, event: str, type_url: str, **fields: Any) -> None:
+        key = (event, type_url)
+        if key not in self._seen and len(self._seen) >= self.KEYS:
+            key = (event, "")  # a client sending endless distinct types: one count
+        entry = self._seen.get(key)
+        now = self.clock()
+        if entry is None:
+            self._seen[key] = [0, now]
+            log.warning(event, type=clip(type_url), **fields)
+        elif now - entry[1] >= self.interval:
+            log.warning(event, type=clip(type_url), suppressed=int(entry[0]), **fields)
+            entry[0], entry[1] = 0, now
+        else:
+            entry[0] += 1
+
+    def flush(self, **fields: Any) -> None:
+        """The counts not logged yet (the stream ends)."""
+        for (event, type_url), entry in self._seen.items():
+            if entry[0]:
+                log.warning(event, type=clip(type_url) or "(other types)",
+                            suppressed=int(entry[0]), stream_ended=True, **fields)
+                entry[0] = 0
 
 
 class Owned(dict[str, Any]):
@@ -74,8 +144,9 @@ class TypeState:
     large: bool = False  # the last response was at least LargeResponses.threshold bytes
     rejected: set[str] = field(default_factory=set)  # EDS/RDS, Delta: sent version NACKed
     wildcard: bool = False  # delta: subscribed to every resource of the type
-    # delta: responses not answered yet, nonce -> (resources sent, names removed)
-    outstanding: dict[str, tuple[Mapping[str, Resource], set[str]]] = field(
+    # delta: responses not answered yet, nonce -> (resources sent, names removed, version,
+    # snapshot generation)
+    outstanding: dict[str, tuple[Mapping[str, Resource], set[str], str, int]] = field(
         default_factory=dict)
 
     def own_sent(self) -> Owned:
@@ -115,8 +186,10 @@ class Stream:
         self.sync: ProxySync | None = None
         self.states = {t: TypeState() for t in types.PUSH_ORDER}
         self.wake = self.cache.watch()
-        self._nonces = itertools.count(1)
+        self._nonce_count = 0  # this stream's own nonces are `<id>-1` .. `<id>-<count>`
+        self._generation_sent = 0  # newest snapshot generation of a response sent
         self._holds_large = False  # one of the server's LargeResponses places
+        self.junk = JunkLog(server.junk_log_interval)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -128,9 +201,15 @@ class Stream:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
+                    if isinstance(exc, StreamRejected):
+                        # Returning with a status set ends the call with it.
+                        self.context.set_code(exc.code)
+                        self.context.set_details(exc.details)
+                        continue
                     log.warning("stream_error", stream=self.id, node=self.node_id,
                                 error=f"{type(exc).__name__}: {exc}")
         finally:
+            self.junk.flush(stream=self.id, node=self.node_id)
             # Bookkeeping first: it must happen even if a task is slow to wind down.
             if self._holds_large:
                 self._holds_large = False
@@ -161,13 +240,43 @@ class Stream:
             del request  # not kept while waiting for the next one
 
     # -- requests ---------------------------------------------------------------------------
-    def _connect(self, node: Any) -> None:
+    def _reject_node(self, field_name: str, size: int, limit: int, unit: str,
+                     value: str = "") -> None:
+        details = f"{field_name} is {size} {unit}, over the limit of {limit} {unit}"
+        log.warning("node_rejected", stream=self.id, peer=self.peer, field=field_name,
+                    size=size, limit=limit, value=clip(value) if value else None)
+        raise StreamRejected(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+    def _check_node(self, node: Any, size: int) -> None:
+        """Refuse a node over its limits (MAX_NODE_*), before anything records or logs
+        it: the field at fault if one is, else the node as a whole."""
+        if len(node.id) > MAX_NODE_ID:
+            self._reject_node("node.id", len(node.id), MAX_NODE_ID, "characters", node.id)
+        if len(node.cluster) > MAX_NODE_CLUSTER:
+            self._reject_node("node.cluster", len(node.cluster), MAX_NODE_CLUSTER, "characters",
+                              node.cluster)
+        if node.HasField("metadata") and (
+                metadata := node.metadata.ByteSize()) > MAX_NODE_METADATA_BYTES:
+            self._reject_node("node.metadata", metadata, MAX_NODE_METADATA_BYTES, "bytes")
+        if size > MAX_NODE_BYTES:
+            self._reject_node("node", size, MAX_NODE_BYTES, "bytes")
+
+    def _connect(self, node_size: int, node: Any) -> None:
+        node = node()
         if node is not None:
+            self._check_node(node, node_size)
             self.proxy = proxy_from_node(node)
         else:
             self.proxy = ProxyView(node_id=f"unknown-{self.id}")
             log.warning("no_node", stream=self.id, peer=self.peer)
         p = self.proxy
+        others = self.server.registry.by_node(p.node_id)
+        if others:
+            # Kept apart (rows are per stream), but worth a look: an Envoy hot restart,
+            # a reconnect before the old stream was seen to end, or a forged node id.
+            log.warning("duplicate_node_id", stream=self.id, node=p.node_id, peer=self.peer,
+                        other_streams=[o.stream_id for o in others],
+                        other_peers=[o.peer for o in others])
         self.sync = ProxySync(stream_id=self.id, node_id=p.node_id, cluster=p.cluster,
                               peer=self.peer, connected_at=time.time(), metadata=p.metadata,
                               build_version=p.build_version)
@@ -227,17 +336,44 @@ class Stream:
     def on_request(self, request: Any) -> None:
         raise NotImplementedError
 
-    def _node(self, request: Any) -> Any:
-        return request.node if request.HasField("node") else None
+    def _node(self, request: Any) -> Callable[[], Any]:
+        """The request's node, parsed when called."""
+        return lambda: request.node if request.HasField("node") else None
+
+    def _node_size(self, request: Any) -> int:
+        return request.node.ByteSize() if request.HasField("node") else 0
 
     def _state_for(self, request: Any) -> TypeState | None:
         """The type's state, connecting the proxy on its first request."""
         if self.proxy is None:
-            self._connect(self._node(request))
+            self._connect(self._node_size(request), self._node(request))
         st = self.states.get(request.type_url)
         if st is None:
-            log.warning("unsupported_type", node=self.node_id, type=request.type_url)
+            self.junk.warn("unsupported_type", request.type_url, stream=self.id,
+                           node=self.node_id)
         return st
+
+    def _issued(self, nonce: str) -> bool:
+        """Whether this stream may have sent `nonce`: one of its own (`<id>-<n>`), or a
+        shared response's (`<generation>.<n>`) of a generation it was sent. (Shared
+        nonces are not remembered one by one; a made-up one of that form passes here,
+        is taken as stale and changes nothing.)"""
+        own, sep, n = nonce.partition("-")
+        if sep:
+            return (own == str(self.id) and n.isdigit() and len(n) < 20
+                    and 0 < int(n) <= self._nonce_count)
+        generation, sep, n = nonce.partition(".")
+        return bool(sep) and generation.isdigit() and n.isdigit() and len(generation) < 20 \
+            and int(generation) <= self._generation_sent
+
+    def _protocol_error(self, type_url: str, nonce: str, version: str, message: str) -> None:
+        """An answer that cannot be true: recorded like a NACK (so never SYNCED), not
+        taken as Envoy's rejection of the config."""
+        assert self.sync is not None
+        self.server.registry.protocol_error(self.sync, type_url, version, clip(nonce),
+                                            message)
+        self.junk.warn("protocol_error", type_url, stream=self.id, node=self.node_id,
+                       nonce=clip(nonce), error=message)
 
     async def push(self, type_url: str, snap: Snapshot, *, retain: bool = False) -> None:
         raise NotImplementedError
@@ -271,7 +407,11 @@ class Stream:
         response shared with other streams (Snapshot.response). From here on, answers to
         the previous one are stale, even while the response waits for `_sending`."""
         st = self.states[type_url]
-        nonce = shared or f"{self.id}-{next(self._nonces)}"
+        if shared is None:
+            self._nonce_count += 1
+            nonce = f"{self.id}-{self._nonce_count}"
+        else:
+            nonce = shared
         st.version, st.nonce, st.answered = version, nonce, False
         st.large = size >= self.server.large.threshold
         return nonce
@@ -288,16 +428,21 @@ class Stream:
             await self.server.large.acquire()
             self._holds_large = True
         st.sent_at = time.monotonic()
+        self._generation_sent = max(self._generation_sent, generation)
         self.server.deadlines.add(st.sent_at + self.server.answer_timeout, self.wake, st,
                                   nonce)
         self.server.registry.sent(self.sync, type_url, version, nonce, generation)
 
-    def _nack(self, type_url: str, nonce: str, accepted: str, message: str) -> None:
+    def _nack(self, type_url: str, nonce: str, accepted: str, message: str,
+              version: str | None = None, generation: int | None = None) -> None:
+        """`version`, `generation`: of the rejected response, when it is not the last
+        one sent (Delta: several in flight)."""
         assert self.sync is not None
-        st = self.states[type_url]
-        self.server.registry.nacked(self.sync, type_url, st.version, nonce, message)
-        log.warning("nack", node=self.node_id, type=types.short(type_url), version=st.version,
-                    nonce=nonce, accepted_version=accepted, error=message)
+        rejected = self.states[type_url].version if version is None else version
+        self.server.registry.nacked(self.sync, type_url, rejected, nonce, message,
+                                    generation)
+        log.warning("nack", node=self.node_id, type=types.short(type_url), version=rejected,
+                    nonce=nonce, accepted_version=clip(accepted), error=message)
 
     def _ack(self, type_url: str, nonce: str, version: str) -> None:
         assert self.sync is not None
@@ -311,8 +456,11 @@ class SotwStream(Stream):
     """State of the world: every response carries the type's whole set (CDS, LDS) or the
     changed subscribed resources (EDS, RDS)."""
 
-    def _node(self, request: SotwRequest) -> Any:
-        return request.node()
+    def _node(self, request: SotwRequest) -> Callable[[], Any]:
+        return request.node
+
+    def _node_size(self, request: SotwRequest) -> int:
+        return request.node_size()
 
     def on_request(self, request: SotwRequest) -> None:
         st = self._state_for(request)
@@ -321,18 +469,37 @@ class SotwStream(Stream):
         type_url = request.type_url
         nonce = request.response_nonce
         if nonce and nonce != st.nonce:
+            if not self._issued(nonce):
+                kind = "ACK" if request.error_message() is None else "NACK"
+                self._protocol_error(type_url, nonce, clip(request.version_info),
+                                     f"{kind} for nonce {clip(nonce)!r} which was never sent")
+                return
             log.debug("stale_nonce", node=self.node_id, type=types.short(type_url),
-                      nonce=nonce, latest=st.nonce)
+                      nonce=clip(nonce), latest=st.nonce)
             return
-        if nonce:
+        # Only the first answer to a nonce is one. A later one (after a cluster/listener
+        # change Envoy re-requests EDS/RDS with the version and nonce it last answered)
+        # counts as no ACK and no NACK: its names are all it says.
+        if nonce and not st.answered:
             error = request.error_message()
+            if error is None and request.version_info != st.version:
+                # Never SYNCED by it: handled as a rejection, since what the proxy
+                # holds is not known.
+                error = (f"ACK for version {clip(request.version_info)!r} which was never "
+                         f"sent (nonce {nonce!r} carried version {st.version!r})")
+                protocol = True
+            else:
+                protocol = False
             if error is not None:
                 # The proxy kept what it had before: that is what later diffs start from.
                 if type_url in types.WILDCARD_TYPES:
                     st.sent = st.acked
                 else:
                     st.rejected.update(st.in_flight)
-                self._nack(type_url, nonce, request.version_info, error)
+                if protocol:
+                    self._protocol_error(type_url, nonce, st.version, error)
+                else:
+                    self._nack(type_url, nonce, request.version_info, error)
             else:
                 if type_url in types.WILDCARD_TYPES:
                     st.acked = st.in_flight
@@ -483,13 +650,21 @@ class DeltaStream(Stream):
         if nonce:
             answered = st.outstanding.pop(nonce, None)
             if answered is None:
+                if not self._issued(nonce):
+                    kind = "NACK" if request.HasField("error_detail") else "ACK"
+                    self._protocol_error(type_url, nonce, "",
+                                         f"{kind} for nonce {clip(nonce)!r} which was "
+                                         f"never sent")
+                    return
+                # Answered already (only the first answer counts) or not this type's.
                 log.debug("stale_nonce", node=self.node_id, type=types.short(type_url),
-                          nonce=nonce)
+                          nonce=clip(nonce))
             elif request.HasField("error_detail"):
                 st.rejected.update(answered[0])
-                self._nack(type_url, nonce, "", request.error_detail.message)
+                self._nack(type_url, nonce, "", request.error_detail.message,
+                           version=answered[2], generation=answered[3])
             else:
-                updates, removed = answered
+                updates, removed, version, _ = answered
                 st.rejected.difference_update(updates)
                 if not st.outstanding and not st.rejected:
                     # It holds everything it was sent: one mapping serves as both
@@ -500,7 +675,7 @@ class DeltaStream(Stream):
                     acked.update(updates)
                     for name in removed:
                         acked.pop(name, None)
-                self._ack(type_url, nonce, st.version)
+                self._ack(type_url, nonce, version)
             st.answered = not st.outstanding
             self._release_large()
         subscribe = set(map(sys.intern, request.resource_names_subscribe))
@@ -537,6 +712,7 @@ class DeltaStream(Stream):
             return
         res, changed = self._current(type_url, snap)
         resend = st.resend
+        first_pass = not st.generation
         assert st.name_set is not None
         if (changed is None and not st.sent and not st.retained
                 and (st.wildcard or st.name_set.covers(res))):
@@ -550,6 +726,8 @@ class DeltaStream(Stream):
                 self._invalidate_dependents(type_url, list(res.items.values()))
                 await self._write(type_url, res.version, snap.generation, res.items,
                                   res.joined_delta(), [])
+            elif not st.nonce:
+                await self._write_empty(type_url, res.version, snap.generation)
             return
         if st.wildcard:
             scope: Set[str] | Mapping[str, Resource] = res.items
@@ -577,18 +755,34 @@ class DeltaStream(Stream):
             # snapshot's version, and nothing else: the snapshot's mapping says so, shared
             # with every such stream.
             st.sent = res.items
-        elif updates or removed:
+        elif updates or removed or (first_pass and st.sent):
             sent = st.own_sent()
             for r in updates:
                 sent[r.name] = r
             for name in removed:
                 sent.pop(name, None)
+            if first_pass:
+                # What a reconnecting proxy reported holding at the current version: the
+                # resource itself from now on (the registry shows what a proxy holds).
+                for name, held in list(sent.items()):
+                    if type(held) is _Held and (r := res.items.get(name)) is not None \
+                            and r.version == held.version:
+                        sent[name] = r
         if not updates and not removed:
+            if not st.nonce:
+                await self._write_empty(type_url, res.version, snap.generation)
             return
         self._invalidate_dependents(type_url, updates)
         await self._write(type_url, res.version, snap.generation,
                           {r.name: r for r in updates}, [r.delta_entry for r in updates],
                           removed)
+
+    async def _write_empty(self, type_url: str, version: str, generation: int) -> None:
+        """The first answer to a type when the proxy lacks nothing (a reconnect holding
+        every current version, or nothing to hold): it says so, and its ACK shows the
+        type in sync. Without it the type stayed NOT SENT, which proxy-status reports
+        as a proxy waiting for config."""
+        await self._write(type_url, version, generation, {}, [], [])
 
     async def _write(self, type_url: str, version: str, generation: int,
                      updates: Mapping[str, Resource], entries: list[bytes] | bytes,
@@ -597,7 +791,7 @@ class DeltaStream(Stream):
         st = self.states[type_url]
         size = len(entries) if isinstance(entries, bytes) else sum(map(len, entries))
         nonce = self._new_nonce(type_url, version, size)
-        st.outstanding[nonce] = (updates, set(removed))
+        st.outstanding[nonce] = (updates, set(removed), version, generation)
         await self._sending(type_url, version, nonce, generation)
         data = wire.delta_discovery_response(version, entries, type_url, removed, nonce)
         log.info("push", node=self.node_id, type=types.short(type_url), version=version,
@@ -688,6 +882,7 @@ class AdsServer:
         self.answer_timeout = answer_timeout
         self.large = LargeResponses(large_responses)
         self.subscriptions = Subscriptions()
+        self.junk_log_interval = 60.0  # seconds between a stream's repeated warnings
         # Streams look again once an answer is overdue, whatever else happens.
         self.deadlines = Deadlines()
         self.streams: dict[int, Stream] = {}

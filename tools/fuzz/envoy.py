@@ -23,6 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from controlplane.bootstrap import SIDECAR_RUNTIME
 from controlplane.demo.envoy import envoy_binary
 from controlplane.xds import types
 
@@ -94,7 +95,8 @@ def bootstrap(batch: list[Static]) -> dict[str, Any]:
     return {"static_resources": {"clusters": [c for s in batch for c in s.clusters],
                                  "listeners": [x for s in batch for x in s.listeners]},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                     "port_value": 0}}}}
+                                                     "port_value": 0}}},
+            "layered_runtime": SIDECAR_RUNTIME}
 
 
 _CONSTRAINT = re.compile(r"(Proto constraint validation failed \(.*\))", re.S)

@@ -27,15 +27,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!controlplane/admin/v1/admin.proto\x12\x15\x63ontrolplane.admin.v1\x1a\x19google/protobuf/any.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xcf\x02\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.controlplane.admin.v1.SyncStatus\x12\x14\n\x0csent_version\x18\x04 \x01(\t\x12\x12\n\nsent_nonce\x18\x05 \x01(\t\x12+\n\x07sent_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\racked_version\x18\x07 \x01(\t\x12\x13\n\x0b\x61\x63ked_nonce\x18\x08 \x01(\t\x12,\n\x08\x61\x63ked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04nack\x18\n \x01(\x0b\x32\x1b.controlplane.admin.v1.Nack\x12\x12\n\nsubscribed\x18\x0b \x03(\t\"\xf6\x01\n\x0bProxyStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rbuild_version\x18\x06 \x01(\t\x12\x30\n\x05types\x18\x07 \x03(\x0b\x32!.controlplane.admin.v1.TypeStatus\x12\x11\n\tstream_id\x18\x08 \x01(\x03\"\x14\n\x12ListProxiesRequest\"J\n\x13ListProxiesResponse\x12\x33\n\x07proxies\x18\x01 \x03(\x0b\x32\".controlplane.admin.v1.ProxyStatus\"\"\n\x0fGetProxyRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xa1\x01\n\x0bProxyDetail\x12\x32\n\x06status\x18\x01 \x01(\x0b\x32\".controlplane.admin.v1.ProxyStatus\x12-\n\x0f\x61\x63ked_resources\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\x12/\n\x11\x63urrent_resources\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"#\n\x10WatchSyncRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x87\x01\n\tSyncEvent\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x31\n\x05proxy\x18\x03 \x01(\x0b\x32\".controlplane.admin.v1.ProxyStatus\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*g\n\nSyncStatus\x12\x1b\n\x17SYNC_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06SYNCED\x10\x01\x12\x0c\n\x08NOT_SENT\x10\x02\x12\t\n\x05STALE\x10\x03\x12\n\n\x06NACKED\x10\x04\x12\x0b\n\x07PENDING\x10\x05\x32\x9f\x02\n\x05\x41\x64min\x12\x64\n\x0bListProxies\x12).controlplane.admin.v1.ListProxiesRequest\x1a*.controlplane.admin.v1.ListProxiesResponse\x12V\n\x08GetProxy\x12&.controlplane.admin.v1.GetProxyRequest\x1a\".controlplane.admin.v1.ProxyDetail\x12X\n\tWatchSync\x12\'.controlplane.admin.v1.WatchSyncRequest\x1a .controlplane.admin.v1.SyncEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!controlplane/admin/v1/admin.proto\x12\x15\x63ontrolplane.admin.v1\x1a\x19google/protobuf/any.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xcf\x02\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.controlplane.admin.v1.SyncStatus\x12\x14\n\x0csent_version\x18\x04 \x01(\t\x12\x12\n\nsent_nonce\x18\x05 \x01(\t\x12+\n\x07sent_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\racked_version\x18\x07 \x01(\t\x12\x13\n\x0b\x61\x63ked_nonce\x18\x08 \x01(\t\x12,\n\x08\x61\x63ked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04nack\x18\n \x01(\x0b\x32\x1b.controlplane.admin.v1.Nack\x12\x12\n\nsubscribed\x18\x0b \x03(\t\"\xf6\x01\n\x0bProxyStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rbuild_version\x18\x06 \x01(\t\x12\x30\n\x05types\x18\x07 \x03(\x0b\x32!.controlplane.admin.v1.TypeStatus\x12\x11\n\tstream_id\x18\x08 \x01(\x03\"\x14\n\x12ListProxiesRequest\"\x83\x01\n\x13ListProxiesResponse\x12\x33\n\x07proxies\x18\x01 \x03(\x0b\x32\".controlplane.admin.v1.ProxyStatus\x12\x37\n\x08rejected\x18\x02 \x03(\x0b\x32%.controlplane.admin.v1.RejectedObject\"W\n\x0eRejectedObject\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\n\n\x02\x62y\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11serving_last_good\x18\x04 \x01(\x08\"\"\n\x0fGetProxyRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xa1\x01\n\x0bProxyDetail\x12\x32\n\x06status\x18\x01 \x01(\x0b\x32\".controlplane.admin.v1.ProxyStatus\x12-\n\x0f\x61\x63ked_resources\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\x12/\n\x11\x63urrent_resources\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"#\n\x10WatchSyncRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x87\x01\n\tSyncEvent\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x31\n\x05proxy\x18\x03 \x01(\x0b\x32\".controlplane.admin.v1.ProxyStatus\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*g\n\nSyncStatus\x12\x1b\n\x17SYNC_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06SYNCED\x10\x01\x12\x0c\n\x08NOT_SENT\x10\x02\x12\t\n\x05STALE\x10\x03\x12\n\n\x06NACKED\x10\x04\x12\x0b\n\x07PENDING\x10\x05\x32\x9f\x02\n\x05\x41\x64min\x12\x64\n\x0bListProxies\x12).controlplane.admin.v1.ListProxiesRequest\x1a*.controlplane.admin.v1.ListProxiesResponse\x12V\n\x08GetProxy\x12&.controlplane.admin.v1.GetProxyRequest\x1a\".controlplane.admin.v1.ProxyDetail\x12X\n\tWatchSync\x12\'.controlplane.admin.v1.WatchSyncRequest\x1a .controlplane.admin.v1.SyncEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SYNCSTATUS']._serialized_start=1307
-  _globals['_SYNCSTATUS']._serialized_end=1410
+  _globals['_SYNCSTATUS']._serialized_start=1454
+  _globals['_SYNCSTATUS']._serialized_end=1557
   _globals['_NACK']._serialized_start=150
   _globals['_NACK']._serialized_end=245
   _globals['_TYPESTATUS']._serialized_start=248
@@ -44,16 +44,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROXYSTATUS']._serialized_end=832
   _globals['_LISTPROXIESREQUEST']._serialized_start=834
   _globals['_LISTPROXIESREQUEST']._serialized_end=854
-  _globals['_LISTPROXIESRESPONSE']._serialized_start=856
-  _globals['_LISTPROXIESRESPONSE']._serialized_end=930
-  _globals['_GETPROXYREQUEST']._serialized_start=932
-  _globals['_GETPROXYREQUEST']._serialized_end=966
-  _globals['_PROXYDETAIL']._serialized_start=969
-  _globals['_PROXYDETAIL']._serialized_end=1130
-  _globals['_WATCHSYNCREQUEST']._serialized_start=1132
-  _globals['_WATCHSYNCREQUEST']._serialized_end=1167
-  _globals['_SYNCEVENT']._serialized_start=1170
-  _globals['_SYNCEVENT']._serialized_end=1305
-  _globals['_ADMIN']._serialized_start=1413
-  _globals['_ADMIN']._serialized_end=1700
+  _globals['_LISTPROXIESRESPONSE']._serialized_start=857
+  _globals['_LISTPROXIESRESPONSE']._serialized_end=988
+  _globals['_REJECTEDOBJECT']._serialized_start=990
+  _globals['_REJECTEDOBJECT']._serialized_end=1077
+  _globals['_GETPROXYREQUEST']._serialized_start=1079
+  _globals['_GETPROXYREQUEST']._serialized_end=1113
+  _globals['_PROXYDETAIL']._serialized_start=1116
+  _globals['_PROXYDETAIL']._serialized_end=1277
+  _globals['_WATCHSYNCREQUEST']._serialized_start=1279
+  _globals['_WATCHSYNCREQUEST']._serialized_end=1314
+  _globals['_SYNCEVENT']._serialized_start=1317
+  _globals['_SYNCEVENT']._serialized_end=1452
+  _globals['_ADMIN']._serialized_start=1560
+  _globals['_ADMIN']._serialized_end=1847
 # @@protoc_insertion_point(module_scope)

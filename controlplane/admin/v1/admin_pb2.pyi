@@ -90,10 +90,24 @@ class ListProxiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListProxiesResponse(_message.Message):
-    __slots__ = ("proxies",)
+    __slots__ = ("proxies", "rejected")
     PROXIES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     proxies: _containers.RepeatedCompositeFieldContainer[ProxyStatus]
-    def __init__(self, proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedObject]
+    def __init__(self, proxies: _Optional[_Iterable[_Union[ProxyStatus, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[RejectedObject, _Mapping]]] = ...) -> None: ...
+
+class RejectedObject(_message.Message):
+    __slots__ = ("object", "by", "reason", "serving_last_good")
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SERVING_LAST_GOOD_FIELD_NUMBER: _ClassVar[int]
+    object: str
+    by: str
+    reason: str
+    serving_last_good: bool
+    def __init__(self, object: _Optional[str] = ..., by: _Optional[str] = ..., reason: _Optional[str] = ..., serving_last_good: _Optional[bool] = ...) -> None: ...
 
 class GetProxyRequest(_message.Message):
     __slots__ = ("node_id",)
