@@ -95,6 +95,16 @@ class App:
         for reason in ("translation", "constraints", "envoy"):
             self.rejected.labels(by=reason).set(by[reason])
 
+    def _source_problems(self) -> list[str]:
+        """What the sources refused or could not read (files over the size limit,
+        unknown kinds, conflicting duplicates), for /debug/configz."""
+        out: list[str] = []
+        for source in self.sources:
+            problems = getattr(source, "problems", None)
+            if callable(problems):
+                out.extend(problems())
+        return out
+
     async def start(self) -> None:
         s = self.settings
         xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
@@ -103,7 +113,8 @@ class App:
         self.admin_port = admin.add_insecure_port(s.admin_address)
         await admin.start()
         self._servers = [xds, admin]
-        http = HttpEndpoints(self.store, self.registry, self.ads, self.metrics)
+        http = HttpEndpoints(self.store, self.registry, self.ads, self.metrics,
+                             source_problems=self._source_problems)
         self._http, self.http_port = await http.start(s.http_address)
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)
                       for src in self.sources]

@@ -19,6 +19,7 @@ from controlplane.app import App, Settings
 from controlplane.bootstrap import bootstrap
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource, load_api_client
+from controlplane.sources.manifests import DEFAULT_MAX_FILE_BYTES
 from controlplane.store import Store
 
 log = structlog.get_logger("controlplane")
@@ -55,6 +56,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "(default %(default)s)")
     p.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS",
                    help="how often --config-dir is checked for changes (default %(default)s)")
+    p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES,
+                   metavar="BYTES",
+                   help="a manifest file in --config-dir larger than this is refused (its "
+                        "last objects are kept) (default %(default)s)")
     p.add_argument("--answer-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="how long a push waits for the proxy's ACK before going on to the "
                         "next type (default %(default)s)")
@@ -109,7 +114,8 @@ def parser() -> argparse.ArgumentParser:
 def _sources(args: argparse.Namespace, store: Store) -> list[FileSource | KubernetesSource]:
     sources: list[FileSource | KubernetesSource] = []
     if args.config_dir:
-        sources.append(FileSource(store, args.config_dir, interval=args.poll_interval))
+        sources.append(FileSource(store, args.config_dir, interval=args.poll_interval,
+                                  max_file_bytes=args.max_file_bytes))
     in_cluster = args.in_cluster or (not args.config_dir and not args.kubeconfig
                                      and "KUBERNETES_SERVICE_HOST" in os.environ)
     if args.kubeconfig or in_cluster:

@@ -245,3 +245,23 @@ def test_a_debug_read_between_two_changes_loses_no_endpoint_update() -> None:
                for lb in cla.endpoints for e in lb.lb_endpoints]
         assert ips == ["10.0.0.2"]
     asyncio.run(scenario())
+
+
+def test_configz_lists_what_the_file_source_refused(file_cp: ControlPlane,
+                                                    config_dir: Path) -> None:
+    """A kind we do not serve and two files defining one object differently are
+    reported where an operator looks, not only in the log."""
+    write_yaml(config_dir / "gw.yaml", {"apiVersion": "networking.istio.io/v1",
+                                        "kind": "Gateway",
+                                        "metadata": {"name": "ingress", "namespace": "default"},
+                                        "spec": {}})
+    write_yaml(config_dir / "a.yaml", service("web", 80))
+    write_yaml(config_dir / "b.yaml", service("web", 81))
+
+    def problems() -> list[str]:
+        return list(http_json(file_cp, "/debug/configz")["problems"])
+    found = wait_until(lambda: (p := problems()) and any("Gateway" in x for x in p)
+                       and any("Service default/web" in x for x in p) and p,
+                       what="both problems in /debug/configz")
+    [conflict] = [p for p in found if "Service default/web" in p]
+    assert "a.yaml" in conflict and "b.yaml" in conflict, conflict

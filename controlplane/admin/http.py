@@ -50,8 +50,10 @@ def _json(value: Any, status: int = 200) -> Response:
 
 class HttpEndpoints:
     def __init__(self, store: Store, registry: SyncRegistry, ads: AdsServer,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics,
+                 source_problems: Callable[[], list[str]] = lambda: []) -> None:
         self.store, self.registry, self.ads, self.metrics = store, registry, ads, metrics
+        self.source_problems = source_problems
         self.routes: dict[str, Callable[[dict[str, list[str]]], Response]] = {
             "/healthz": lambda q: (200, "text/plain", b"ok\n"),
             "/readyz": self.readyz,
@@ -82,7 +84,8 @@ class HttpEndpoints:
                              "serving": "last good version" if r.serving is not None
                              else "nothing"}
                     for k, r in self.store.rejections.items()}
-        return _json({"objects": objects, "problems": self.store.problems(),
+        return _json({"objects": objects,
+                      "problems": self.store.problems() + self.source_problems(),
                       "rejected": rejected})
 
     def config_dump(self, query: dict[str, list[str]]) -> Response:

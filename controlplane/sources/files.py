@@ -4,8 +4,25 @@ Polling (stat every `interval`) rather than inotify: it works the same on every 
 system, sees ConfigMap volume updates (which swap a symlinked directory), and costs a
 few stat calls per file. A changed file is read once its size and time held still for one
 interval, so a write in progress is never taken for the new content. A file whose YAML
-breaks keeps its last good objects, and an object that fails validation keeps its last
-good version: an edit in progress never takes traffic away.
+breaks (or that grew past `max_file_bytes`) keeps its last good objects, and an object
+that fails validation keeps its last good version: an edit in progress never takes
+traffic away.
+
+Walking and parsing run in a worker thread (see manifests.py); only the store writes run
+on the event loop, a file's objects in one go so the push loop never publishes half a
+file.
+
+Files are told apart by what they are, not by the path that reached them: every path to
+one file (a symlink to the directory or to a subdirectory, a hard link) is one file, read
+once, and a path going away while another still leads to the file changes nothing. A
+file is named by the path it was first seen under; a moved or renamed file keeps its
+objects without a gap.
+
+The same object (kind, namespace, name) may be defined by several files, as when a new
+version is dropped beside the old one. Every definition is kept; the newest is served
+(the one whose content changed in the latest scan; in one scan, the file whose path
+sorts last, as `kubectl apply -f DIR` would leave it), and when it goes the next one is
+served again. Definitions that differ are reported once as `duplicate_object`.
 """
 
 from __future__ import annotations
@@ -14,141 +31,332 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
-import yaml
 
-from controlplane.model.errors import ValidationError
-from controlplane.model.meta import Key, object_ref
-from controlplane.model.parse import Object, is_known_kind, key_of, parse_object
+from controlplane.model.meta import Key
+from controlplane.model.parse import KINDS, Object
+from controlplane.sources.manifests import (
+    DEFAULT_MAX_FILE_BYTES,
+    Manifest,
+    ManifestError,
+    read_manifest,
+)
 from controlplane.store import Store
 
 log = structlog.get_logger("controlplane.sources.files")
 
 SUFFIXES = (".yaml", ".yml")
 
+# (mtime_ns, size, st_dev, st_ino), following symlinks: a ConfigMap swap changes the inode
+# behind an unchanged path, an editor's atomic save the inode behind an unchanged name.
+Signature = tuple[int, int, int, int]
+Identity = tuple[int, int]  # (st_dev, st_ino): one real file, whatever the path
+
+
+@dataclass
+class Found:
+    """One real file as a scan found it: every path leading to it, in walk order."""
+    paths: list[Path]
+    signature: Signature
+
+
+def walk(directory: Path) -> dict[Identity, Found] | None:
+    """Every YAML file under `directory`, hidden files and directories skipped; None when
+    the directory is missing.
+
+    Each real directory is listed once, so symlink loops end and a link to a directory
+    costs nothing; directories reached by their real path are walked before symlinked
+    ones, so a file's paths start with its real one when it is inside the tree.
+    """
+    found: dict[Identity, Found] = {}
+    listed: set[Identity] = set()
+    real_dirs: list[Path] = [directory]
+    linked_dirs: list[Path] = []
+    while real_dirs or linked_dirs:
+        current = real_dirs.pop() if real_dirs else linked_dirs.pop(0)
+        try:
+            st = os.stat(current)
+            if (st.st_dev, st.st_ino) in listed:
+                continue
+            listed.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            if current == directory:
+                return None
+            continue  # removed or unreadable meanwhile: seen again next scan
+        subdirs: list[Path] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    if entry.is_symlink():
+                        linked_dirs.append(Path(entry.path))
+                    else:
+                        subdirs.append(Path(entry.path))
+                    continue
+                if not entry.name.endswith(SUFFIXES) or not entry.is_file():
+                    continue
+                fst = entry.stat()  # follows a symlink: the file it leads to
+            except OSError:
+                continue  # removed between listing and stat, or a dangling link
+            identity = (fst.st_dev, fst.st_ino)
+            signature = (fst.st_mtime_ns, fst.st_size, fst.st_dev, fst.st_ino)
+            if identity in found:
+                found[identity].paths.append(Path(entry.path))
+            else:
+                found[identity] = Found([Path(entry.path)], signature)
+        real_dirs.extend(reversed(subdirs))  # depth first, in name order
+    return found
+
 
 @dataclass
 class FileState:
-    signature: tuple[int, int, int]
+    signature: Signature
     objects: dict[Key, Object] = field(default_factory=dict)
+    ignored: set[Key] = field(default_factory=set)  # unserved kinds already warned about
+    error: str = ""  # why the last read was refused (its objects are from before)
+    problems: list[str] = field(default_factory=list)  # what the last good read reported
+    # (without the path: a renamed file keeps them)
 
 
-def _documents(raw: Any) -> list[Any]:
-    """Documents of a YAML stream, with `kind: List` items unpacked (kubectl's output)."""
-    if isinstance(raw, dict) and raw.get("kind") == "List" and isinstance(
-            raw.get("items"), list):
-        return list(raw["items"])
-    return [raw]
+@dataclass(frozen=True)
+class Definition:
+    seen: int  # the scan in which this file's content for the key last changed
+    obj: Object
+
+
+@dataclass(frozen=True)
+class Conflict:
+    used: Path
+    files: tuple[Path, ...]
+
+
+Read = Manifest | str  # a file's content, or why it was refused
 
 
 class FileSource:
     NAME = "files"
 
-    def __init__(self, store: Store, directory: str | Path, interval: float = 0.2) -> None:
+    def __init__(self, store: Store, directory: str | Path, interval: float = 0.2,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.store = store
         self.directory = Path(directory)
         self.interval = interval
+        self.max_file_bytes = max_file_bytes
         self.files: dict[Path, FileState] = {}
-        self.owner: dict[Key, Path] = {}
-        self._unsettled: dict[Path, tuple[int, int, int]] = {}
+        self.definitions: dict[Key, dict[Path, Definition]] = {}
+        self.conflicts: dict[Key, Conflict] = {}
+        self._unsettled: dict[Path, Signature] = {}
+        self._scans = 0
         store.register_source(self.NAME)
 
-    def _scan_paths(self) -> dict[Path, tuple[int, int, int]]:
-        found: dict[Path, tuple[int, int, int]] = {}
-        for root, dirs, names in os.walk(self.directory, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(names):
-                if name.startswith(".") or not name.endswith(SUFFIXES):
-                    continue
-                path = Path(root) / name
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue  # removed between listing and stat
-                found[path] = (st.st_mtime_ns, st.st_size, st.st_ino)
-        return found
-
+    # -- the scan: walk (thread), plan (loop), read (thread), commit (loop) -----------------
     def sync_once(self, *, settle: bool = True) -> None:
-        if not self.directory.is_dir():
+        """One scan, all of it on the calling thread (tests, tools)."""
+        found = walk(self.directory)
+        if found is None:
             log.error("config_dir_missing", directory=str(self.directory))
             return
-        found = self._scan_paths()
-        for path in [p for p in self.files if p not in found]:
-            log.info("file_removed", file=str(path))
-            self._replace(path, {})
-            del self.files[path]
-        for path, signature in found.items():
-            state = self.files.get(path)
-            if state is not None and state.signature == signature:
-                self._unsettled.pop(path, None)
-            elif not settle or self._unsettled.get(path) == signature:
-                self._unsettled.pop(path, None)
-                self._load(path, signature)
-            else:
-                self._unsettled[path] = signature
+        loads, removed = self._plan(found, settle)
+        self._commit(self._read(loads), removed)
 
-    def _load(self, path: Path, signature: tuple[int, int, int]) -> None:
-        previous = self.files.get(path)
-        kept = previous.objects if previous else {}
-        self.files[path] = FileState(signature, kept)
-        try:
-            docs = [d for raw in yaml.safe_load_all(path.read_text()) for d in _documents(raw)]
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            log.error("file_rejected", file=str(path), error=" ".join(str(exc).split()),
-                      kept_objects=len(kept))
+    async def scan(self, *, settle: bool = True) -> None:
+        """One scan with the file system work and the parsing off the event loop."""
+        found = await asyncio.to_thread(walk, self.directory)
+        if found is None:
+            log.error("config_dir_missing", directory=str(self.directory))
             return
-        objects: dict[Key, Object] = {}
-        for index, raw in enumerate(docs):
-            if raw is None:
-                continue
-            if not isinstance(raw, dict) or not is_known_kind(raw):
-                log.debug("document_ignored", file=str(path), document=index,
-                          kind=raw.get("kind") if isinstance(raw, dict) else None)
-                continue
-            try:
-                obj = parse_object(raw)
-            except ValidationError as exc:
-                ref = object_ref(raw)
-                kind, _, ns_name = ref.partition(" ")
-                ns, _, name = ns_name.partition("/")
-                old = kept.get(Key(kind, ns, name))
-                log.error("object_rejected", file=str(path), object=exc.ref,
-                          errors=[str(e) for e in exc.errors],
-                          kept="previous version" if old else "nothing")
-                if old is not None:
-                    objects[key_of(old)] = old
-                continue
-            for warning in getattr(obj, "warnings", ()):
-                log.warning("object_warning", file=str(path), object=str(key_of(obj)),
-                            warning=warning)
-            objects[key_of(obj)] = obj
-        self._replace(path, objects)
+        loads, removed = self._plan(found, settle)
+        reads = await asyncio.to_thread(self._read, loads) if loads else []
+        self._commit(reads, removed)
+
+    def _plan(self, found: dict[Identity, Found], settle: bool
+              ) -> tuple[list[tuple[Path, Signature]], list[Path]]:
+        """Which files to read now and which are gone; renamed files are re-named here."""
+        self._scans += 1
+        present = {p for f in found.values() for p in f.paths}
+        vanished = {state.signature[2:]: path for path, state in self.files.items()
+                    if path not in present}
+        loads: list[tuple[Path, Signature]] = []
+        names: set[Path] = set()
+        for identity, f in found.items():
+            known = [p for p in f.paths if p in self.files]
+            if known:
+                name = known[0]  # any other known path to it is one reading too many: dropped
+            else:
+                name = _preferred_name(f.paths)
+                if identity in vanished:  # moved, or only its old path went: same file
+                    self._rename(vanished.pop(identity), name)
+            names.add(name)
+            state = self.files.get(name)
+            if state is not None and state.signature == f.signature:
+                self._unsettled.pop(name, None)
+            elif not settle or self._unsettled.get(name) == f.signature:
+                self._unsettled.pop(name, None)
+                loads.append((name, f.signature))
+            else:
+                self._unsettled[name] = f.signature
+        for path in [p for p in self._unsettled if p not in names]:
+            del self._unsettled[path]
+        return loads, [p for p in self.files if p not in names]
+
+    def _read(self, loads: list[tuple[Path, Signature]]) -> list[tuple[Path, Signature, Read]]:
+        """Thread-safe: touches no state of the source."""
+        reads: list[tuple[Path, Signature, Read]] = []
+        for path, signature in loads:
+            result: Read
+            if signature[1] > self.max_file_bytes:
+                result = (f"{signature[1]} bytes, larger than the limit of "
+                          f"{self.max_file_bytes} bytes (max_file_bytes); not read")
+            else:
+                try:
+                    result = read_manifest(path, self.max_file_bytes)
+                except ManifestError as exc:
+                    result = str(exc)
+                except Exception as exc:  # e.g. RecursionError on absurd nesting
+                    result = f"cannot be parsed: {type(exc).__name__}: {exc}"
+            reads.append((path, signature, result))
+        return reads
+
+    def _commit(self, reads: list[tuple[Path, Signature, Read]], removed: list[Path]) -> None:
+        # Reads first: an object moving from a removed file to a new one is never deleted
+        # in between.
+        for path, signature, result in reads:
+            self._load(path, signature, result)
+        for path in removed:
+            log.info("file_removed", file=str(path))
+            self._set_objects(path, {})
+            del self.files[path]
+
+    def _rename(self, old: Path, new: Path) -> None:
+        log.info("file_renamed", file=str(new), was=str(old))
+        state = self.files.pop(old)
+        self.files[new] = state
+        for key in state.objects:
+            self.definitions[key][new] = self.definitions[key].pop(old)
+        for key in sorted(state.objects, key=str):
+            self._serve(key)  # the path decides ties, and conflicts name the files
+
+    # -- one file's content -------------------------------------------------------------------
+    def _load(self, path: Path, signature: Signature, result: Read) -> None:
+        state = self.files.setdefault(path, FileState(signature))
+        state.signature = signature
+        if isinstance(result, str):
+            state.error = result
+            log.error("file_rejected", file=str(path), error=result,
+                      kept_objects=len(state.objects))
+            return
+        state.error = ""
+        problems: list[str] = []
+        objects = dict(result.objects)
+        for rejected in result.rejected:
+            old = state.objects.get(rejected.key)
+            kept = "previous version" if old is not None else "nothing"
+            log.error("object_rejected", file=str(path), object=rejected.ref,
+                      errors=list(rejected.errors), kept=kept)
+            problems.append(f"{rejected.ref}: {'; '.join(rejected.errors)} (kept: {kept})")
+            if old is not None and rejected.key not in objects:
+                objects[rejected.key] = old
+        for key, warning in result.warnings:
+            log.warning("object_warning", file=str(path), object=str(key), warning=warning)
+        for key in result.repeated:
+            log.warning("object_repeated", file=str(path), object=str(key),
+                        used="the last document")
+        for reason in result.malformed:
+            log.warning("document_ignored", file=str(path), reason=reason)
+            problems.append(reason)
+        ignored = {i.key: i for i in result.ignored}
+        for key, item in ignored.items():
+            what = "kind not served" if item.known else "unknown kind"
+            problems.append(f"{key}: {what}")
+            if key in state.ignored:
+                continue  # warned when the file first held it
+            if item.known:
+                log.warning("kind_not_served", file=str(path), kind=key.kind,
+                            object=str(key), served=list(KINDS))
+            else:
+                log.warning("unknown_kind", file=str(path), kind=key.kind, object=str(key),
+                            served=list(KINDS), hint="a typo? the object is ignored")
+        state.ignored = set(ignored)
+        state.problems = problems
+        self._set_objects(path, objects)
         log.info("file_loaded", file=str(path), objects=len(objects))
 
-    def _replace(self, path: Path, objects: dict[Key, Object]) -> None:
-        old = self.files[path].objects if path in self.files else {}
-        for key in old.keys() - objects.keys():
-            if self.owner.get(key) == path:
-                del self.owner[key]
-                self.store.delete(key)
+    def _set_objects(self, path: Path, objects: dict[Key, Object]) -> None:
+        """Make `path` define exactly `objects`, and serve every key that changed."""
+        state = self.files[path]
+        touched: list[Key] = []
+        for key in state.objects.keys() - objects.keys():
+            del self.definitions[key][path]
+            touched.append(key)
         for key, obj in objects.items():
-            owner = self.owner.get(key)
-            if owner is not None and owner != path:
-                log.warning("object_duplicated", object=str(key), file=str(path),
-                            also_in=str(owner), used=str(path))
-            self.owner[key] = path
-            self.store.apply(obj)
-        if path in self.files:
-            self.files[path].objects = objects
+            defs = self.definitions.setdefault(key, {})
+            previous = defs.get(path)
+            if previous is None or previous.obj != obj:
+                defs[path] = Definition(self._scans, obj)
+                touched.append(key)
+        state.objects = objects
+        for key in touched:
+            self._serve(key)
+
+    def _serve(self, key: Key) -> None:
+        """Put the newest definition of `key` in the store (or delete it: none left)."""
+        defs = self.definitions.get(key)
+        if not defs:
+            self.definitions.pop(key, None)
+            self.store.delete(key)
+            self._resolved(key)
+            return
+        if len(defs) == 1:  # the common case, kept cheap for files of thousands
+            [(used, definition)] = defs.items()
+        else:
+            used, definition = max(defs.items(), key=lambda d: (d[1].seen, str(d[0])))
+        self.store.apply(definition.obj)
+        if all(d.obj == definition.obj for d in defs.values()):
+            self._resolved(key)  # copies that agree are no conflict
+            return
+        conflict = Conflict(used, tuple(sorted(defs, key=str)))
+        if self.conflicts.get(key) != conflict:
+            self.conflicts[key] = conflict
+            log.warning("duplicate_object", object=str(key),
+                        files=[str(p) for p in conflict.files], used=str(used),
+                        why="the newest definition is served; the others come back if it "
+                            "goes")
+
+    def _resolved(self, key: Key) -> None:
+        if self.conflicts.pop(key, None) is not None:
+            log.info("duplicate_resolved", object=str(key))
+
+    # -- reporting ----------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """What is wrong with the directory now, one line each, naming the file."""
+        out: list[str] = []
+        for path, state in sorted(self.files.items()):
+            if state.error:
+                out.append(f"{path}: {state.error} (kept its last {len(state.objects)} "
+                           f"objects)")
+            out.extend(f"{path}: {problem}" for problem in state.problems)
+        for key, conflict in sorted(self.conflicts.items(), key=lambda c: str(c[0])):
+            out.append(f"{key}: defined differently in "
+                       f"{', '.join(str(p) for p in conflict.files)}; using {conflict.used}")
+        return out
 
     async def run(self) -> None:
-        self.sync_once(settle=False)
+        await self.scan(settle=False)
         self.store.mark_synced(self.NAME)
         while True:
             await asyncio.sleep(self.interval)
             try:
-                self.sync_once()
+                await self.scan()
             except Exception:  # a source must outlive any one bad scan
                 log.exception("scan_failed", directory=str(self.directory))
+
+
+def _preferred_name(paths: list[Path]) -> Path:
+    """A file's real path when a scan reached it that way, else the first path found."""
+    for path in paths:
+        if os.path.realpath(path) == os.path.abspath(path):
+            return path
+    return paths[0]
