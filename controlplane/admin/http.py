@@ -43,10 +43,14 @@ def _plain(value: Any) -> Any:
         return [_plain(i) for i in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, bytes):  # a directResponse body
+        return value.decode("utf-8", "replace")
     return value
 
 def _json(value: Any, status: int = 200) -> Response:
-    return status, JSON, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+    # default=str: a debug view must answer whatever an object holds, not fail on it.
+    return status, JSON, (json.dumps(value, indent=2, sort_keys=True, default=str)
+                          + "\n").encode()
 
 class HttpEndpoints:
     def __init__(self, store: Store, registry: SyncRegistry, ads: AdsServer,

@@ -9,6 +9,7 @@ runs one until SIGINT or SIGTERM (as the containers of docker-compose.yml do).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,38 @@ from typing import Any
 
 # Decides the status of each request (for flaky or slow upstreams in tests).
 Behaviour = Callable[[BaseHTTPRequestHandler], int]
+
+
+class _Server(ThreadingHTTPServer):
+    """Keeps the connections it accepted, so stop() can close them: otherwise a handler
+    thread would go on answering a keep-alive connection after the listener closed."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]
+                 ) -> None:
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            open_ = list(self.connections)
+        for conn in open_:
+            # shutdown() wakes the handler thread blocked reading the next request (it
+            # sees EOF and ends, closing the socket); the peer sees the FIN at once.
+            with contextlib.suppress(OSError):  # already gone
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class Workload:
@@ -59,15 +92,17 @@ class Workload:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((ip, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((ip, port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name=f"workload-{pod}")
         self.thread.start()
 
     def stop(self) -> None:
+        """Stop as a pod's process ends: no new connections, and the open ones closed,
+        so a peer holding a pooled keep-alive connection sees it go too."""
         self.server.shutdown()
         self.server.server_close()
+        self.server.close_connections()
 
 
 def parser() -> argparse.ArgumentParser:

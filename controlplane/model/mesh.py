@@ -48,6 +48,9 @@ class Mesh:
     # Against the previous Mesh: services whose clusters/endpoints may differ (None: any).
     dirty: frozenset[str] | None = None
     routes_changed: bool = True  # whether listeners and routes may differ
+    # Headless services' per-pod hostnames (FQDN -> sorted; only non-empty): each gets a
+    # cluster and a virtual host, with or without ready endpoints (_pod_hostnames).
+    pod_hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def resolve_host(self, host: str, namespace: str) -> str:
         """The FQDN a VirtualService/DestinationRule host means, Istio's way: a name
@@ -158,12 +161,41 @@ def _pod_addresses(service: Service, pods: Iterable[Pod]) -> list[EndpointAddres
             number = target if isinstance(target, int) else pod.container_port(target)
             if number is not None:
                 ports.append((sp.name, number))
-        hostname = ""
-        if pod.subdomain == service.meta.name:
-            hostname = pod.hostname or pod.meta.name
         out.append(EndpointAddress(ip=pod.ip, ready=pod.ready, ports=tuple(ports),
-                                   hostname=hostname, pod=pod.meta.name))
+                                   hostname=_pod_hostname(service, pod), pod=pod.meta.name))
     return out
+
+
+def _pod_hostname(service: Service, pod: Pod) -> str:
+    """The name a pod is published under in a headless service ("" for none)."""
+    if pod.subdomain != service.meta.name:
+        return ""
+    return pod.hostname or pod.meta.name
+
+
+def _pod_hostnames(index: MeshIndex, service: Service, labels: _LabelIndex
+                   ) -> tuple[str, ...]:
+    """A headless service's per-pod hostnames: those its endpoint objects publish, ready
+    or not, and those of the pods it selects that name it as their subdomain, in any
+    phase (pending with no IP yet, terminating). A StatefulSet pod being replaced goes
+    terminating -> deleted -> recreated pending -> ready, and at each step either the
+    old pod, the slice's not-ready endpoint or the new pod carries its name: its host and
+    cluster stay (answering 503 while no pod is ready) and only its endpoints change.
+    A function of the objects alone (no timers), so an incremental Mesh equals one
+    built from scratch."""
+    ident = (service.meta.namespace, service.meta.name)
+    if index.slices.get(ident):
+        addrs: Iterable[EndpointAddress] = (
+            a for s in index.slices[ident].values() for a in s.addresses)
+    elif ident in index.endpoints:
+        addrs = index.endpoints[ident].addresses
+    else:
+        addrs = ()
+    names = {a.hostname for a in addrs if a.hostname}
+    if service.selector:
+        names.update(_pod_hostname(service, p) for p in labels.matching(service.selector))
+        names.discard("")
+    return tuple(sorted(names))
 
 
 class _LabelIndex:
@@ -274,10 +306,12 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
         assert previous is not None and changes is not None
         affected, routing = _affected(index, changes)
         endpoints = dict(previous.endpoints)
+        pod_hostnames = dict(previous.pod_hostnames)
         dirty: set[str] = set()
         for ns, name in affected:
             fqdn = f"{name}.{ns}.{DOMAIN_SUFFIX}"
             dirty.add(fqdn)
+            pod_hostnames.pop(fqdn, None)
             old_service = previous.services.get(fqdn)
             for sp in old_service.ports if old_service else ():
                 endpoints.pop((fqdn, sp.port), None)
@@ -289,18 +323,24 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                 # Keep the old tuple when equal: downstream memos compare by identity.
                 old = previous.endpoints.get(key)
                 endpoints[key] = old if old == eps else eps
-            if service.headless and not routing:
-                before = {e.hostname for sp in service.ports
-                          for e in previous.endpoints.get((fqdn, sp.port), ())}
-                after = {e.hostname for sp in service.ports
-                         for e in endpoints.get((fqdn, sp.port), ())}
-                routing = before != after  # per-pod hosts appear or go: routes change
+            if service.headless:
+                hostnames = _pod_hostnames(index, service, label_index(ns))
+                if hostnames:
+                    pod_hostnames[fqdn] = hostnames
+                # Per-pod hosts appear or go: routes change. A pod merely being replaced
+                # keeps its host, so that is an endpoint change alone.
+                if hostnames != previous.pod_hostnames.get(fqdn, ()):
+                    routing = True
     else:
         endpoints = {}
+        pod_hostnames = {}
         for fqdn, service in services.items():
             for port, eps in _service_endpoints(index, service,
                                                 label_index(service.meta.namespace)).items():
                 endpoints[(fqdn, port)] = eps
+            if service.headless and (hostnames := _pod_hostnames(
+                    index, service, label_index(service.meta.namespace))):
+                pod_hostnames[fqdn] = hostnames
         routing = True
 
     if incremental and not routing:
@@ -308,7 +348,8 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
         return Mesh(services=services, endpoints=endpoints,
                     virtual_services=previous.virtual_services,
                     destination_rules=previous.destination_rules,
-                    problems=previous.problems, dirty=frozenset(dirty), routes_changed=False)
+                    problems=previous.problems, dirty=frozenset(dirty), routes_changed=False,
+                    pod_hostnames=pod_hostnames)
 
     mesh = Mesh(services=services, endpoints=endpoints, virtual_services={},
                 destination_rules={})
@@ -321,7 +362,8 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                 dirty.add(fqdn)
     return Mesh(services=services, endpoints=endpoints, virtual_services=vs_by_host,
                 destination_rules=dr_by_host, problems=tuple(problems),
-                dirty=frozenset(dirty) if incremental else None, routes_changed=True)
+                dirty=frozenset(dirty) if incremental else None, routes_changed=True,
+                pod_hostnames=pod_hostnames)
 
 
 def _routing(mesh: Mesh, index: MeshIndex

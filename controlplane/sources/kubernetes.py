@@ -257,8 +257,13 @@ class KubernetesSource:
 def load_api_client(kubeconfig: str | None, context: str | None = None) -> Any:
     """The official client's ApiClient for a kubeconfig file, or in-cluster config."""
     from kubernetes import client, config
+    from urllib3.util import Retry
 
     configuration = client.Configuration()
+    # urllib3 would honour Retry-After inside a request: a starting API server answers
+    # 503 with "Retry-After: 5", and the watcher slept there 5 s past the server's
+    # readiness. The watchers' own backoff (capped at a second) retries those instead.
+    configuration.retries = Retry(total=3, respect_retry_after_header=False)
     if kubeconfig:
         config.load_kube_config(config_file=kubeconfig, context=context,
                                 client_configuration=configuration)

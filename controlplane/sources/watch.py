@@ -13,6 +13,10 @@ client's transport (its configuration, authentication and TLS):
    stream cut mid-line, an ERROR event, a stalled stream caught by the read timeout)
    reopens the watch from the same position after a capped, jittered backoff; if that
    keeps failing the next attempt relists.
+4. The backoff starts over as soon as the server answers again (a LIST or a watch
+   request that succeeds), and is capped at a second: after an API-server outage every
+   watcher is back within about a second of the server's return, not after a backoff
+   grown during the outage. The way back is logged (`watch_recovered`).
 
 Runs in a thread of its own: the client is blocking, and a stalled API server must
 never stall the event loop. Results go out through two callbacks.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,9 +66,12 @@ class Gone(ApiError):
 
 class Backoff:
     """Capped exponential backoff with full jitter: retries of many watchers after an
-    API-server restart spread out instead of arriving together."""
+    API-server restart spread out instead of arriving together. The cap bounds how long
+    a watcher stays away after the server is back; a refused connection costs the server
+    nothing, so a low one is cheap. The base keeps a server that answers and then fails
+    every stream (the backoff starts over on each answer) at a few requests a second."""
 
-    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+    def __init__(self, base: float = 0.2, cap: float = 1.0) -> None:
         self.base, self.cap, self.failures = base, cap, 0
 
     def next(self) -> float:
@@ -148,6 +156,14 @@ class Watcher:
         self.resource_version: str | None = None
         self.lists = 0  # how many complete LISTs were delivered (for tests and metrics)
         self.name = f"{collection.kind}/{namespace or '*'}"
+        # Failures in a row without progress (an event, a normal end, a LIST): past a few
+        # the position itself is suspect and the next attempt relists.
+        self.failures = 0
+        # The outage in progress: when its first failure happened and how many attempts
+        # failed since (the backoff's count restarts on every answer, this one does not).
+        self.failing_since: float | None = None
+        self.failed_attempts = 0
+        self.recovered_at: float | None = None  # monotonic time of the last recovery
 
     def _query(self) -> list[tuple[str, str]]:
         return [("labelSelector", self.label_selector)] if self.label_selector else []
@@ -161,6 +177,8 @@ class Watcher:
             item.setdefault("apiVersion", self.collection.api_version)
             item.setdefault("kind", self.collection.kind)
             items.append(item)
+        self._answered()
+        self.failures = 0  # a fresh position
         self.on_list(items)
         self.resource_version = str(doc.get("metadata", {}).get("resourceVersion", ""))
         self.lists += 1
@@ -173,14 +191,29 @@ class Watcher:
                  ("resourceVersion", self.resource_version or "")]
         resp = self.transport.get(self.collection.path(self.namespace), query,
                                   (self.connect_timeout, self.read_timeout))
+        self._answered()
         try:
             for line in iter_lines(resp):
                 if self.stop.is_set():
                     return
                 self._event(json.loads(line))
-                self.backoff.reset()  # the stream works again
+                self.failures = 0  # the stream works again
         finally:
             resp.release_conn()
+        self.failures = 0  # ended normally (timeoutSeconds)
+
+    def _answered(self) -> None:
+        """The server answered a request: the backoff starts over, and an outage ends."""
+        self.backoff.reset()
+        if self.failing_since is None:
+            return
+        now = time.monotonic()
+        log.info("watch_recovered", collection=self.name, kind=self.collection.kind,
+                 namespace=self.namespace or "*",
+                 outage_s=round(now - self.failing_since, 3),
+                 attempts=self.failed_attempts)
+        self.failing_since, self.failed_attempts = None, 0
+        self.recovered_at = now
 
     def _event(self, event: dict[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
@@ -210,13 +243,17 @@ class Watcher:
                 if self.stop.is_set():
                     return  # shutting down: the failure is ours
                 delay = self.backoff.next()
-                if self.backoff.failures > 3:
+                self.failures += 1
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                self.failed_attempts += 1
+                if self.failures > 3:
                     # Something about the position may be wrong (a server restored from
                     # a backup): a fresh list is the safe way back.
                     self.resource_version = None
                 log.warning("watch_failed", collection=self.name,
                             error=f"{type(exc).__name__}: {exc}"[:300],
-                            retry_in_s=round(delay, 2), failures=self.backoff.failures)
+                            retry_in_s=round(delay, 2), failures=self.failures)
                 self.stop.wait(delay)
 
 

@@ -291,6 +291,25 @@ class LocalCluster:
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (an outage): etcd and the controllers stay up."""
+        p = self._procs.pop("kube-apiserver", None)
+        if p is None:
+            raise ClusterError("kube-apiserver is not running")
+        p.stop()
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again, on the same port, etcd, certificates and token, so
+        clients holding the kubeconfig reconnect as to a restarted server. Returns once
+        /readyz answers 200."""
+        if "kube-apiserver" in self._procs:
+            raise ClusterError("kube-apiserver is already running")
+        self._start_apiserver()
+
+    def restart_apiserver(self) -> None:
+        self.stop_apiserver()
+        self.start_apiserver()
+
     def log_path(self, component: str) -> Path:
         """Path of 'etcd' / 'kube-apiserver' / 'kube-controller-manager' log."""
         assert self.workdir is not None
@@ -318,7 +337,10 @@ class LocalCluster:
 
     # ------------------------------------------------------------ internals
     def _spawn(self, name: str, argv: list[str]) -> _Proc:
-        p = _Proc(name, argv, self.log_path(name), self.die_with_parent)
+        log = self.log_path(name)
+        if log.exists():  # a restart: keep the previous run's log next to the new one
+            log.replace(log.with_name(log.name + ".previous"))
+        p = _Proc(name, argv, log, self.die_with_parent)
         self._procs[name] = p
         return p
 
@@ -387,11 +409,13 @@ class LocalCluster:
     def _start_apiserver(self) -> None:
         assert self.workdir and self.bin_dir
         wd = self.workdir
-        port = free_port()
+        # A restart keeps the port, the serving certificate (cert-dir) and the keys.
+        port = self.apiserver_port or free_port()
         self.apiserver_port = port
         self.server_url = f"https://127.0.0.1:{port}"
         sa_key = wd / "sa.key"
-        _gen_sa_key(sa_key)
+        if not sa_key.exists():
+            _gen_sa_key(sa_key)
         (wd / "tokens.csv").write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
         (wd / "apiserver-certs").mkdir(exist_ok=True)
         argv = [

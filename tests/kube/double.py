@@ -264,6 +264,7 @@ class _WatchFault:
 class _ListFault:
     kind: str | None
     code: int
+    retry_after: int | None = None
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -490,9 +491,12 @@ class FakeApiServer:
         with self._cond:
             self._watch_faults.append(_WatchFault(fault, kind, after_events, code))
 
-    def fail_next_list(self, *, kind: str | None = None, code: int = 500) -> None:
+    def fail_next_list(self, *, kind: str | None = None, code: int = 500,
+                       retry_after: int | None = None) -> None:
+        """The next LIST (of ``kind``, if given) fails with HTTP ``code``, with a
+        ``Retry-After`` header if given (as a starting API server answers 503)."""
         with self._cond:
-            self._list_faults.append(_ListFault(kind, code))
+            self._list_faults.append(_ListFault(kind, code, retry_after))
 
     def release_stalled(self) -> None:
         """Close every stalled stream whose request has already arrived (even one that has
@@ -566,11 +570,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log is FakeApiServer.requests
 
-    def _send_json(self, code: int, body: Obj) -> None:
+    def _send_json(self, code: int, body: Obj, headers: dict[str, str] | None = None) -> None:
         data = _dumps(body)
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Cache-Control", "no-cache, private")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -755,7 +761,8 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         fault = api._take(api._list_faults, res.kind)
         if fault is not None:
-            self._send_json(fault.code, _injected(fault.code))
+            retry = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+            self._send_json(fault.code, _injected(fault.code), retry)
             return
         matchers = self._matchers(query)
         if matchers is None:
