@@ -6,26 +6,38 @@ proxy is never sent a resource it would NACK.
     check(message) -> list[Violation]
 
 A per-descriptor plan (the fields that have rules or may lead to some, with their rules
-compiled to small closures) is built once per message type and cached. A walk visits the
-fields that are set (`ListFields()`) plus the few a rule needs even when unset (a
-`required` message, `min_items`, a proto3 scalar with rules), and recurses into
-sub-messages, including what an `Any` packs when the descriptor pool knows the type.
+compiled to small closures) is built once per message type and cached. Two walkers use
+the plans: `check` runs Python generated from them (a function per message type, compiled
+on first use: the fields with checks read directly, simple rules inlined as expressions,
+small sub-messages inlined, violation paths built only when one is found), and
+`check_reference` interprets them (ListFields() per message, a closure per field): it is
+what `check` was before it was compiled, kept as the oracle the tests hold `check` to.
+Both recurse into sub-messages, including what an `Any` packs when the descriptor pool
+knows the type. `check` also remembers the violations of sub-messages by their serialized
+bytes (a mesh repeats itself: the same endpoint in a service's cluster and its subsets',
+the same retry policy on every route; a Cluster but for its names, see "resources
+memoised apart from their names") and knows one wire shape as valid without walking it:
+the ClusterLoadAssignment the translator makes (see "known-valid wire shapes").
 
 Semantics follow PGV's C++ validators (what Envoy runs): proto3 scalars without presence
 are checked even at their default value, oneof members only when set, wrapper rules apply
 to the wrapped value when the wrapper is set, `ignore_empty` skips a zero value.
+`check` reports a message's violations in field-number order, the reference in its own.
 
-Measured (benchmarks' 1,000-service mesh, 10 endpoints each: 3,000 clusters, 3,000
-load assignments, 5 listeners, 5 route configurations of one namespace) on the shared
-2-core dev machine: about 225-240 ms for all of them (clusters ~40, assignments ~120,
-routes ~60, listeners <1 ms); the first call adds ~20 ms of plan building. Over the
-100 ms target: the 20,000 LbEndpoints (four nested messages each) dominate. The push
-loop checks only changed resources, so an endpoint change costs one assignment.
+Measured with `python -m benchmarks.constraints` (the benchmarks' 1,000-service mesh, 10
+endpoints each: what the push loop checks, 3,000 clusters, 3,000 load assignments with
+20,000 endpoints, 1,100 routes, 5 listeners), CPU time on the shared 2-core dev machine,
+each check as the first after a restart (memos empty): `check` about 55 ms (clusters ~17,
+assignments ~25, routes ~12); the interpreted walk it replaced about 210 ms (~49, ~135,
+~26). The first check of each type adds ~60 ms of plan building and compiling, once per
+process. With the memos warm (the same mesh checked again) `check` takes ~45-50 ms.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import ipaddress
 import itertools
 import math
@@ -373,6 +385,7 @@ def _timestamp(r: validate_pb2.TimestampRules) -> list[Rule]:
     rules = [_on_nanos(inner)] if inner else []
     if r.lt_now or r.gt_now or r.HasField("within"):
         within = _nanos(r.within) if r.HasField("within") else None
+        _no_memo()  # the result now depends on when the check runs (none of Envoy's do)
 
         def relative(ts: Any) -> str | None:
             now = time.time_ns()
@@ -499,6 +512,21 @@ class _Plan:
     required_oneofs: tuple[str, ...]
     extra: MessageCheck | None  # envoy_checks for this type
     own: tuple[Callable[[Any, str, Out], None], ...]  # whole-message checks (Duration range)
+    # envoy_checks of a sub-message where this type holds it: (field names, check)
+    at: tuple[tuple[tuple[str, ...], MessageCheck], ...] = ()
+
+
+def _at_check(hops: tuple[str, ...], fn: MessageCheck) -> MessageCheck:
+    """`fn` on the sub-message at `hops` (field names, oneof members included) when each
+    of them is set."""
+    def run(msg: Any, path: str, out: Out) -> None:
+        for hop in hops:
+            if not msg.HasField(hop):
+                return
+            msg = getattr(msg, hop)
+            path = join(path, hop)
+        fn(msg, path, out)
+    return run
 
 
 _PLANS: dict[str, _Plan | None] = {}
@@ -737,6 +765,7 @@ def _build_plan(desc: Descriptor) -> _Plan | None:
 
     full = desc.full_name
     extra = envoy_checks.CHECKS.get(full)
+    at = tuple(envoy_checks.CHECKS_AT.get(full, ()))
     own: tuple[Callable[[Any, str, Out], None], ...] = ()
     if full == _DURATION:
         own = (_duration_range,)
@@ -745,9 +774,9 @@ def _build_plan(desc: Descriptor) -> _Plan | None:
     elif full == _ANY:
         own = (_walk_any,)
     if _message_disabled(desc):
-        if extra is None and not own:
+        if extra is None and not own and not at:
             return None
-        return _Plan({}, (), (), extra, own)
+        return _Plan({}, (), (), extra, own, at)
     fields: dict[int, _Field] = {}
     always = []
     for fd in desc.fields:
@@ -761,9 +790,9 @@ def _build_plan(desc: Descriptor) -> _Plan | None:
     oneofs = tuple(o.name for o in desc.oneofs
                    if o.GetOptions().HasExtension(validate_pb2.required)
                    and o.GetOptions().Extensions[validate_pb2.required])
-    if not fields and not always and not oneofs and extra is None and not own:
+    if not fields and not always and not oneofs and extra is None and not own and not at:
         return None
-    return _Plan(fields, tuple(always), oneofs, extra, own)
+    return _Plan(fields, tuple(always), oneofs, extra, own, at)
 
 
 # -- the reference walker ----------------------------------------------------------------
@@ -809,6 +838,8 @@ def _walk_with(plan: _Plan | None, msg: Any, path: str, out: Out) -> None:
         own(msg, path, out)
     if plan.extra is not None:
         plan.extra(msg, path, out)
+    for hops, fn in plan.at:
+        _at_check(hops, fn)(msg, path, out)
 
 
 # -- well-known types --------------------------------------------------------------------
@@ -896,13 +927,30 @@ def _walk_any_compiled(a: any_pb2.Any, path: str, out: Out) -> None:
         _ANY_COMPILED[url] = entry
     if entry is None:
         return
-    cls, fn = entry
-    inner = _unpack(a, cls, path, out)
-    if inner is not None:
+    # The packed bytes are at hand: the same typed_config on every route is decoded and
+    # walked once.
+    value = a.value
+    key = (url, value)
+    found = _ANY_RESULTS.get(key) if _MEMO_OK else None
+    if found is None:
+        found_list: Out = []
+        cls, fn = entry
+        inner = _unpack(a, cls, "", found_list)
+        if inner is not None:
+            fn(inner, found_list)
+        found = tuple(found_list)
+        if len(_ANY_RESULTS) >= _MEMO_SIZE:
+            _ANY_RESULTS.clear()
+        if _MEMO_OK and len(value) <= 4 * _MEMO_KEY_MAX:
+            _ANY_RESULTS[key] = found
+    if found:
         start = len(out)
-        fn(inner, out)
-        if path and len(out) != start:
+        out.extend(found)
+        if path:
             _rebase(out, start, path)
+
+
+_ANY_RESULTS: dict[tuple[str, bytes], tuple[Violation, ...]] = {}
 
 
 # -- the compiled walker -----------------------------------------------------------------
@@ -919,15 +967,35 @@ def _walk_any_compiled(a: any_pb2.Any, path: str, out: Out) -> None:
 # above is what the tests compare this one against.
 
 _LISTFIELDS_OVER = 8  # fields with checks: above this, one ListFields() beats a HasField each
-_INLINE_DEPTH = 6  # sub-messages inlined into one function, at most this deep
-_INLINE_LINES = 60  # and only sub-trees of at most this many lines
+_INLINE_LINES = 120  # a sub-message whose checks take more lines is called, not inlined
+_ELEMENT_LINES = 10  # the same for an element of a repeated field or a map
 
-_NS: dict[str, Any] = {"_V": Violation, "_rebase": None}  # the generated code's globals
+_NS: dict[str, Any] = {"_V": Violation}  # the generated code's globals
 _FUNCTIONS: dict[str, str] = {}  # message full name -> its function's name in _NS
 _SOURCES: dict[str, str] = {}  # message full name -> the generated source (for debugging)
 _ENTRIES: dict[type, Callable[[Any, Out], None] | None] = {}
 _NAMES = itertools.count()
-_NOT_INLINED: set[str] = set()  # message types too big to inline: always called
+_CONSTS: dict[int, str] = {}  # id of a value in _NS -> its name there
+_SIZES: dict[str, int] = {}  # message full name -> lines of its checks, inlined
+
+
+def _inline_size(desc: Descriptor) -> int:
+    """How many lines checking a `desc` takes with what it inlines: the measure of whether
+    to inline it. Per type, not per place, so what is inlined does not depend on the
+    order types are first met (but for recursive types: the first met is called)."""
+    full = desc.full_name
+    size = _SIZES.get(full)
+    if size is None:
+        _SIZES[full] = 1 << 30  # a way back to it while measuring: call, never inline
+        plan = _plan(desc)
+        g = _Gen()
+        if plan is not None and not _by_listfields(plan):
+            g.body(plan, "m", "", 0, (full,))
+            size = len(g.lines)
+        else:
+            size = 1 << 30  # many fields: one ListFields() in a function of its own
+        _SIZES[full] = size
+    return size
 
 
 def _rebase(out: Out, start: int, prefix: str) -> None:
@@ -938,6 +1006,218 @@ def _rebase(out: Out, start: int, prefix: str) -> None:
 
 
 _NS["_rebase"] = _rebase
+
+
+# -- memos: a sub-message's violations by its serialized bytes
+#
+# Meshes repeat themselves: the same retry policy on every route, the same endpoint in a
+# service's cluster and in its subset's. A sub-message the compiled walker calls rather
+# than inlines is looked up by its bytes first (one C call) and walked only when new; the
+# result (violations relative to it) is kept. Equal bytes are an equal message, so the
+# answer is the same, as long as no rule depends on the time of the check (Envoy has none;
+# building one turns memos off). Each type's memo watches its own hit rate and stops
+# serializing when hits are rare, trying again now and then.
+
+_MEMO_SIZE = 1 << 14  # entries per type; a full memo starts over
+_MEMO_KEY_MAX = 1024  # bytes: bigger sub-messages are walked, not kept (memory)
+_MEMO_PROBE = 400  # misses before judging the hit rate
+_MEMO_RETRY = 1 << 12  # calls of `check` before memos that are off are tried again
+_MEMO_OK = True
+
+
+class _Memo:
+    __slots__ = ("hits", "misses", "on", "table")
+
+    def __init__(self) -> None:
+        self.table: dict[bytes, tuple[Violation, ...]] = {}  # cleared, never replaced
+        self.hits = self.misses = 0
+        self.on = _MEMO_OK  # the generated code looks up only then
+
+
+_MEMOS: dict[str, _Memo] = {}
+_checks = 0  # calls of `check`, to try memos that are off again now and then
+
+
+def _memo_put(memo: _Memo, key: bytes, out: Out, start: int) -> None:
+    """Keep what a walk of a new sub-message found (out[start:]); judge the hit rate."""
+    table = memo.table
+    if len(table) >= _MEMO_SIZE:
+        table.clear()
+    if len(key) <= _MEMO_KEY_MAX:
+        table[key] = tuple(out[start:])
+    memo.misses += 1
+    if memo.misses >= _MEMO_PROBE:
+        if memo.hits * 4 < memo.misses:  # under 20% hits: not worth serializing
+            memo.on = False
+            table.clear()
+        memo.hits = memo.misses = 0
+
+
+def _retry_memos() -> None:
+    if _MEMO_OK:
+        for memo in _MEMOS.values():
+            memo.on = True
+
+
+def _no_memo() -> None:
+    global _MEMO_OK
+    _MEMO_OK = False
+    for memo in _MEMOS.values():
+        memo.table.clear()
+        memo.on = False
+    _ANY_RESULTS.clear()
+
+
+def reset_memos() -> None:
+    """Forget every memoised result (benchmarks measure a cold check with it)."""
+    for memo in _MEMOS.values():
+        memo.table.clear()
+        memo.hits = memo.misses = 0
+        memo.on = _MEMO_OK
+    _ANY_RESULTS.clear()
+
+
+_NS["_memo_put"] = _memo_put
+
+
+# -- known-valid wire shapes
+#
+# The hand-written fast path, for what a mesh has most of: endpoints. An LbEndpoint that
+# is exactly endpoint.address.socket_address {address: <IPv4>, port_value: <below 16384>}
+# and maybe a health_status is recognised on its serialized bytes by one regex and its
+# four lengths (the lengths make the regex's reading of the bytes protobuf's). Every such
+# LbEndpoint passes every check (protocol TCP, address non-empty and an IP literal,
+# port_specifier set and <= 65535, nothing else set), so it is not walked. A whole
+# ClusterLoadAssignment that is a cluster_name and localities holding only such
+# endpoints (what the translator makes) is taken the same way, serialized once (one C
+# call) instead of walked through 4 messages per endpoint. Where the shape does not
+# hold, the walk runs as everywhere else. That the shape implies every check holds for
+# the rules and checks these types have today: `_SHAPE_FINGERPRINTS` pins them, and a
+# change (new protos, an edited envoy_check) turns the fast path off until it is looked
+# at again. tests/test_constraints.py compares it with the walk over random and mutated
+# endpoints and assignments, and over bytes built to fool a regex that ignored lengths.
+
+_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_LB_ENDPOINT_BODY = (
+    rb"\x0a[\x00-\x7f]\x0a[\x00-\x7f]\x0a[\x00-\x7f]\x12[\x00-\x7f]"  # endpoint.address...
+    rb"(" + _OCTET + rb"(?:\." + _OCTET + rb"){3})"  # socket_address.address (2)
+    rb"\x18([\x00-\x7f]|[\x80-\xff][\x00-\x7f])"  # port_value (3): 1 or 2 varint bytes
+    rb"(?:\x10[\x80-\xff]{0,9}[\x00-\x7f])?")  # health_status (2), any value
+_LB_ENDPOINT_SHAPE = re.compile(_LB_ENDPOINT_BODY)
+# One lb_endpoints entry (field 2) of a LocalityLbEndpoints: tag, length, an LbEndpoint.
+_LB_ENDPOINT_ITEM = re.compile(rb"\x12[\x00-\x7f]" + _LB_ENDPOINT_BODY)
+
+
+def _lb_endpoint_valid(b: bytes) -> bool:
+    """True if `b` (a serialized LbEndpoint) has the shape above, lengths included (so
+    the regex's reading of the bytes is protobuf's)."""
+    m = _LB_ENDPOINT_SHAPE.fullmatch(b)
+    if m is None:
+        return False
+    # socket_address: tag, length, the address, tag, the port
+    sa = 3 + (m.end(1) - m.start(1)) + (m.end(2) - m.start(2))
+    return (b[7] == m.end(1) - m.start(1) and b[5] == sa and b[3] == sa + 2
+            and b[1] == sa + 4)
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    """The varint at b[i:] and where it ends; -1 when cut short or too long."""
+    value = shift = 0
+    while i < len(b) and shift < 64:
+        byte = b[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+    return -1, i
+
+
+def _assignment_valid(b: bytes) -> bool:
+    """True if `b` (a serialized ClusterLoadAssignment) is a cluster_name (not empty)
+    and localities holding nothing but LbEndpoints of the shape above: what the
+    translator makes. Then every check passes (cluster_name min_len, priority 0)."""
+    n = len(b)
+    if n < 2 or b[0] != 0x0A:
+        return False
+    size, i = _varint(b, 1)
+    if size <= 0:  # min_len 1: a rune is at least a byte
+        return False
+    i += size
+    item = _LB_ENDPOINT_ITEM.match
+    while i < n:
+        if b[i] != 0x12:  # endpoints (2); policy, named_endpoints...: walk
+            return False
+        size, j = _varint(b, i + 1)
+        end = j + size
+        if size < 0 or end > n:
+            return False
+        while j < end:
+            m = item(b, j, end)
+            if m is None:
+                return False
+            ip = m.end(1) - m.start(1)
+            sa = 3 + ip + (m.end(2) - m.start(2))
+            if not (b[j + 9] == ip and b[j + 7] == sa and b[j + 5] == sa + 2
+                    and b[j + 3] == sa + 4 and b[j + 1] == m.end() - j - 2):
+                return False
+            j = m.end()
+        i = end
+    return i == n
+
+
+_LB_ENDPOINT_TYPES = ("envoy.config.endpoint.v3.LbEndpoint", "envoy.config.endpoint.v3.Endpoint",
+                      "envoy.config.core.v3.Address", "envoy.config.core.v3.SocketAddress")
+_SHAPES: dict[str, tuple[Callable[[bytes], bool], tuple[str, ...]]] = {
+    "envoy.config.endpoint.v3.LbEndpoint": (_lb_endpoint_valid, _LB_ENDPOINT_TYPES),
+    "envoy.config.endpoint.v3.ClusterLoadAssignment": (_assignment_valid, (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        "envoy.config.endpoint.v3.LocalityLbEndpoints", *_LB_ENDPOINT_TYPES)),
+}
+# sha256 of what the shape's verdict rests on (see _shape_fingerprint).
+_SHAPE_FINGERPRINTS = {
+    "envoy.config.endpoint.v3.ClusterLoadAssignment":
+        "8f71638b98a2a31705064c22b17c6958ef389994254e040701f6c705970ca92d",
+    "envoy.config.endpoint.v3.LbEndpoint":
+        "d4989888ba93664eee03d95410bd6a15475f416ba48ffe1b581567feb5a79e41",
+}
+
+
+def _shape_fingerprint(types: tuple[str, ...]) -> str:
+    """Every field's rules, the required oneofs and the source of every envoy_check of
+    the types a shape's verdict covers."""
+    from controlplane.translate import envoy_checks
+
+    h = hashlib.sha256()
+    for full in types:
+        desc = _POOL.FindMessageTypeByName(full)
+        h.update(full.encode())
+        for fd in desc.fields:
+            rules = _field_rules(fd)
+            h.update(f"{fd.number}:{fd.name}:".encode())
+            h.update(b"-" if rules is None else rules.SerializeToString(deterministic=True))
+        for o in desc.oneofs:
+            opts = o.GetOptions()
+            required = (opts.HasExtension(validate_pb2.required)
+                        and opts.Extensions[validate_pb2.required])
+            h.update(f"{o.name}:{required}".encode())
+        fns = [envoy_checks.CHECKS.get(full),
+               *(fn for _, fn in envoy_checks.CHECKS_AT.get(full, ()))]
+        for fn in fns:
+            if fn is not None:
+                h.update(inspect.getsource(fn).encode())
+    h.update(inspect.getsource(envoy_checks._is_ip).encode())  # what the address check asks
+    return h.hexdigest()
+
+
+@functools.cache
+def _fast_shape(desc: Descriptor) -> Callable[[bytes], bool] | None:
+    """The known-valid shape of `desc`, if it has one and it still holds."""
+    entry = _SHAPES.get(desc.full_name)
+    if entry is None:
+        return None
+    valid, types = entry
+    return valid if _shape_fingerprint(types) == _SHAPE_FINGERPRINTS[desc.full_name] else None
 
 
 def _path_literal(frag: str) -> str:
@@ -960,6 +1240,9 @@ def _by_listfields(plan: _Plan) -> bool:
     return len(_relevant(plan)) > _LISTFIELDS_OVER
 
 
+_At = tuple[tuple[tuple[str, ...], MessageCheck], ...]  # checks at sub-messages, by path
+
+
 class _Gen:
     """One generated function's source."""
 
@@ -975,8 +1258,12 @@ class _Gen:
 
     @staticmethod
     def const(value: Any) -> str:
-        name = f"_k{next(_NAMES)}"
-        _NS[name] = value
+        """A global of the generated code holding `value` (one per object: _NS keeps
+        it alive, so its id stays its own)."""
+        name = _CONSTS.get(id(value))
+        if name is None:
+            name = _CONSTS[id(value)] = f"_k{next(_NAMES)}"
+            _NS[name] = value
         return name
 
     def block_end(self, start: int, indent: int) -> None:
@@ -1006,7 +1293,9 @@ class _Gen:
             self.emit(inner, "if _e is not None:")
             self.emit(inner + 1, f"out.append(_V({_path_literal(frag)}, _e))")
 
-    def elem(self, e: _Elem, var: str, frag: str, ind: int, stack: tuple[str, ...]) -> None:
+    def elem(self, e: _Elem, var: str, frag: str, ind: int, stack: tuple[str, ...],
+             element: bool = False, at: _At = ()) -> bool:
+        """Check value `var`; True when the checks `at` its sub-messages were placed."""
         if e.wrapper:
             w = self.temp("w")
             self.emit(ind, f"{w} = {var}.value")
@@ -1022,7 +1311,8 @@ class _Gen:
         else:
             self.rules(e.rules, var, frag, ind)
             if e.child is not None:
-                self.child(e.child, var, frag, ind, stack)
+                return self.child(e.child, var, frag, ind, stack, element, at)
+        return False
 
     def many(self, many: _Many, var: str, frag: str, ind: int, stack: tuple[str, ...]
              ) -> None:
@@ -1032,7 +1322,7 @@ class _Gen:
             i, e = self.temp("i"), self.temp("e")
             self.emit(ind, f"for {i}, {e} in enumerate({var}):")
             start = len(self.lines)
-            self.elem(many.items, e, f"{frag}[{{{i}}}]", ind + 1, stack)
+            self.elem(many.items, e, f"{frag}[{{{i}}}]", ind + 1, stack, element=True)
             self.block_end(start, ind + 1)
         if many.keys is not None or many.values is not None:
             k = self.temp("k")
@@ -1044,44 +1334,81 @@ class _Gen:
             if many.values is not None:
                 e = self.temp("e")
                 self.emit(ind + 1, f"{e} = {var}[{k}]")
-                self.elem(many.values, e, at, ind + 1, stack)
+                self.elem(many.values, e, at, ind + 1, stack, element=True)
             self.block_end(start, ind + 1)
 
     # -- messages
 
-    def call(self, fn: str, var: str, frag: str, ind: int) -> None:
-        """Call a function that reports paths relative to `var`; prefix them with `frag`."""
+    def call(self, call: str, frag: str, ind: int) -> None:
+        """Emit `call`, which reports paths relative to the message at `frag`; prefix
+        them with `frag` (only when it reported something)."""
         if not frag:
-            self.emit(ind, f"{fn}({var}, out)")
+            self.emit(ind, call)
             return
         self.emit(ind, "_n = len(out)")
-        self.emit(ind, f"{fn}({var}, out)")
+        self.emit(ind, call)
         self.emit(ind, "if len(out) != _n:")
         self.emit(ind + 1, f"_rebase(out, _n, {_path_literal(frag)})")
 
-    def child(self, desc: Descriptor, var: str, frag: str, ind: int, stack: tuple[str, ...]
-              ) -> None:
+    def child(self, desc: Descriptor, var: str, frag: str, ind: int, stack: tuple[str, ...],
+              element: bool = False, at: _At = ()) -> bool:
+        """Check sub-message `var`: inlined when small, else a call to its function. The
+        elements of repeated fields and maps (endpoints, routes, virtual hosts) are where
+        a mesh repeats itself, so they are called through their memo unless tiny."""
         plan = _plan(desc)
         if plan is None:
-            return
+            return False
         full = desc.full_name
-        if (full not in stack and full not in _NOT_INLINED and not _by_listfields(plan)
-                and len(stack) < _INLINE_DEPTH):
-            # Generated apart first: a sub-tree too big to inline (compiling it into
-            # every type that reaches it would cost more than the call) becomes a call.
-            trial = _Gen(self.temps)
-            trial.body(plan, var, frag, ind, (*stack, full))
-            if len(trial.lines) <= _INLINE_LINES:
-                self.lines += trial.lines
-                return
-            _NOT_INLINED.add(full)
-        self.call(_function(desc), var, frag, ind)
+        size = _inline_size(desc)
+        if full not in stack and size <= (_ELEMENT_LINES if element else _INLINE_LINES):
+            self.body(plan, var, frag, ind, (*stack, full), at)
+            return True
+        self.memo_call(desc, var, frag, ind)
+        return False
 
-    def message_checks(self, plan: _Plan, var: str, frag: str, ind: int) -> None:
-        """Required oneofs, then the whole-message checks (own, envoy_checks)."""
+    def memo_call(self, desc: Descriptor, var: str, frag: str, ind: int) -> None:
+        """Call the function of `desc`, through its memo while that is on: the lookup
+        inline, `_memo_put` only for what is new. With a known-valid wire shape (see
+        `_SHAPES`) the walk runs only for bytes not of that shape."""
+        memo = _MEMOS.setdefault(desc.full_name, _Memo())
+        m, table = self.const(memo), self.const(memo.table)
+        fn = _function(desc)
+        shape = _fast_shape(desc)
+        rebase = f"_rebase(out, _s, {_path_literal(frag)})"
+
+        def walk(at: int) -> None:
+            if shape is not None:
+                self.emit(at, f"if not {self.const(shape)}(_b):")
+                at += 1
+            self.emit(at, f"{fn}({var}, out)")
+
+        self.emit(ind, f"if {m}.on:")
+        self.emit(ind + 1, f"_b = {var}.SerializePartialToString()")
+        self.emit(ind + 1, f"_r = {table}.get(_b)")
+        self.emit(ind + 1, "_s = len(out)")
+        self.emit(ind + 1, "if _r is None:")
+        walk(ind + 2)
+        self.emit(ind + 2, f"_memo_put({m}, _b, out, _s)")
+        self.emit(ind + 1, "else:")
+        self.emit(ind + 2, f"{m}.hits += 1")
+        self.emit(ind + 2, "if _r:")
+        self.emit(ind + 3, "out.extend(_r)")
+        self.emit(ind, "else:")
+        self.emit(ind + 1, "_s = len(out)")
+        if shape is not None:
+            self.emit(ind + 1, f"_b = {var}.SerializePartialToString()")
+        walk(ind + 1)
+        if frag:
+            self.emit(ind, "if len(out) != _s:")
+            self.emit(ind + 1, rebase)
+
+    def message_checks(self, plan: _Plan, var: str, frag: str, ind: int,
+                       more: Iterable[MessageCheck] = ()) -> None:
+        """The whole-message checks (own, envoy_checks, then `more`)."""
         checks = [_walk_any_compiled if c is _walk_any else c for c in plan.own]
         if plan.extra is not None:
             checks.append(plan.extra)
+        checks += more
         for check_fn in checks:
             # These take (message, path, out): given "", they report relative paths. One
             # may carry a `fast` guard (as rules do): when it holds, it reports nothing.
@@ -1093,13 +1420,7 @@ class _Gen:
                 self.emit(ind, "if not (" + expr.format(
                     v=var, **{k: self.const(v) for k, v in consts.items()}) + "):")
                 at = ind + 1
-            if not frag:
-                self.emit(at, f"{name}({var}, '', out)")
-            else:
-                self.emit(at, "_n = len(out)")
-                self.emit(at, f"{name}({var}, '', out)")
-                self.emit(at, "if len(out) != _n:")
-                self.emit(at + 1, f"_rebase(out, _n, {_path_literal(frag)})")
+            self.call(f"{name}({var}, '', out)", frag, at)
 
     def required_oneofs(self, plan: _Plan, var: str, frag: str, ind: int,
                         which: dict[str, str]) -> None:
@@ -1110,19 +1431,29 @@ class _Gen:
             self.emit(ind + 1, f"out.append(_V({_path_literal(_sub(frag, oneof))}, "
                       "'one of its fields must be set (oneof required)'))")
 
-    def set_field(self, f: _Field, var: str, frag: str, ind: int, stack: tuple[str, ...]
-                  ) -> None:
-        """Field `f` of `var`, known to be set: read it and check it."""
+    def set_field(self, f: _Field, var: str, frag: str, ind: int, stack: tuple[str, ...],
+                  at: list[tuple[tuple[str, ...], MessageCheck]] | None = None) -> None:
+        """Field `f` of `var`, known to be set: read it and check it. The checks `at` a
+        sub-message below this field go down with it, into its inlined checks, and are
+        taken off the list when placed there."""
         x = self.temp("x")
         self.emit(ind, f"{x} = {var}.{f.name}")
         if f.many is not None:
             self.many(f.many, x, _sub(frag, f.name), ind, stack)
         elif f.elem is not None:
-            self.elem(f.elem, x, _sub(frag, f.name), ind, stack)
+            mine = [] if at is None else [(h, fn) for h, fn in at if h[0] == f.name]
+            placed = self.elem(f.elem, x, _sub(frag, f.name), ind, stack,
+                               at=tuple((h[1:], fn) for h, fn in mine))
+            if placed and at is not None:
+                at[:] = [a for a in at if a not in mine]
 
-    def body(self, plan: _Plan, var: str, frag: str, ind: int, stack: tuple[str, ...]
-             ) -> None:
-        """Check message `var` field by field (HasField / WhichOneof), in field order."""
+    def body(self, plan: _Plan, var: str, frag: str, ind: int, stack: tuple[str, ...],
+             at: _At = ()) -> None:
+        """Check message `var` field by field (HasField / WhichOneof), in field order,
+        then as a whole; `at`: checks of its sub-messages that its holder was given."""
+        pending = [*plan.at, *at]
+        here = [fn for hops, fn in pending if not hops]
+        pending = [(hops, fn) for hops, fn in pending if hops]
         relevant = _relevant(plan)
         groups: dict[str, list[_Field]] = {}
         for f in relevant:
@@ -1141,7 +1472,7 @@ class _Gen:
                     which[oneof.name] = ""
                     self.emit(ind, f"if {var}.HasField({name!r}):")
                     start = len(self.lines)
-                    self.set_field(f, var, frag, ind + 1, stack)
+                    self.set_field(f, var, frag, ind + 1, stack, pending)
                     self.block_end(start, ind + 1)
                     continue
                 w = which[oneof.name] = self.temp("w")
@@ -1150,7 +1481,7 @@ class _Gen:
                 for m in members:
                     self.emit(ind, f"{keyword} {w} == {m.name!r}:")
                     start = len(self.lines)
-                    self.set_field(m, var, frag, ind + 1, stack)
+                    self.set_field(m, var, frag, ind + 1, stack, pending)
                     self.block_end(start, ind + 1)
                     keyword = "elif"
                 continue
@@ -1169,7 +1500,7 @@ class _Gen:
                 if f.elem is not None:
                     self.emit(ind, f"if {var}.HasField({name!r}):")
                     start = len(self.lines)
-                    self.set_field(f, var, frag, ind + 1, stack)
+                    self.set_field(f, var, frag, ind + 1, stack, pending)
                     self.block_end(start, ind + 1)
                     if f.required:
                         self.emit(ind, "else:")
@@ -1183,7 +1514,9 @@ class _Gen:
                 # the default), so read it as it is.
                 self.set_field(f, var, frag, ind, stack)
         self.required_oneofs(plan, var, frag, ind, {k: v for k, v in which.items() if v})
-        self.message_checks(plan, var, frag, ind)
+        # Checks at sub-messages that were not inlined here: navigate to them.
+        self.message_checks(plan, var, frag, ind,
+                            [*here, *(_at_check(hops, fn) for hops, fn in pending)])
 
 
 def _exec(source: str, label: str) -> None:
@@ -1191,15 +1524,29 @@ def _exec(source: str, label: str) -> None:
 
 
 def _function(desc: Descriptor) -> str:
-    """The name in _NS of the compiled check of `desc` (whose plan is not None), compiling
-    it (and what it calls) on first use. The name is taken before the body is generated,
-    so a recursive type's function calls itself by name."""
+    """The name in _NS of the check of `desc` (whose plan is not None). Until first
+    called, the name holds a stand-in that compiles the function and takes its place:
+    of the types a resource could hold, few ever do, and compiling is the slow part."""
     full = desc.full_name
     name = _FUNCTIONS.get(full)
     if name is not None:
         return name
     name = _FUNCTIONS[full] = f"_w{next(_NAMES)}_{desc.name}"
-    plan = _plan(desc)
+
+    def compile_then_run(m: Any, out: Out) -> None:
+        with _LOCK:
+            if _NS[name] is compile_then_run:
+                _compile(desc, name)
+        _NS[name](m, out)
+    _NS[name] = compile_then_run
+    return name
+
+
+def _compile(desc: Descriptor, name: str, plan: _Plan | None = None) -> None:
+    """Generate and exec the function `name` checking a `desc` (by `plan`, else its
+    own)."""
+    full = desc.full_name
+    plan = plan if plan is not None else _plan(desc)
     assert plan is not None
     g = _Gen()
     g.emit(0, f"def {name}(m, out):")
@@ -1229,7 +1576,9 @@ def _function(desc: Descriptor) -> str:
             if f.many is not None:
                 fg.many(f.many, "x", f.name, 1, stack)
             else:
-                fg.elem(f.elem, "x", f.name, 1, stack)  # type: ignore[arg-type]
+                # A sub-message of a big message (a Cluster's circuit breakers, a route's
+                # retry policy) is often the same in many resources: through its memo.
+                fg.elem(f.elem, "x", f.name, 1, stack, element=True)  # type: ignore[arg-type]
             fg.block_end(1, 1)
             source = "\n".join(fg.lines)
             _exec(source, f"{full}.{f.name}")
@@ -1251,12 +1600,11 @@ def _function(desc: Descriptor) -> str:
             else:
                 g.set_field(f, "m", "", 1, stack)
         g.required_oneofs(plan, "m", "", 1, {})
-        g.message_checks(plan, "m", "", 1)
+        g.message_checks(plan, "m", "", 1, [_at_check(h, fn) for h, fn in plan.at])
     g.block_end(1, 1)
     source = "\n".join(g.lines)
     _exec(source, full)
     _SOURCES[full] = source
-    return name
 
 
 def _entry(cls: type) -> Callable[[Any, Out], None] | None:
@@ -1268,19 +1616,165 @@ def _entry(cls: type) -> Callable[[Any, Out], None] | None:
         desc = cls.DESCRIPTOR  # type: ignore[attr-defined]
         known = set(_FUNCTIONS)
         try:
-            fn = None if _plan(desc) is None else _NS[_function(desc)]
+            fn = None
+            if _plan(desc) is not None:
+                name = _function(desc)
+                if _NS[name].__name__ == "compile_then_run":  # compile now: the entry is kept
+                    _compile(desc, name)
+                fn = _NS[name]
         except BaseException:
             for full in set(_FUNCTIONS) - known:  # half-built: build again next time
                 del _FUNCTIONS[full]
             raise
+        shape = _fast_shape(desc)
+        if fn is not None and shape is not None:
+            fn = _shaped(shape, fn)
+        elif fn is not None and desc.full_name in _APART:
+            fn = _apart(desc, fn)
         _ENTRIES[cls] = fn
     return fn
+
+
+def _shaped(shape: Callable[[bytes], bool], walk: Callable[[Any, Out], None]
+            ) -> Callable[[Any, Out], None]:
+    def run(msg: Any, out: Out) -> None:
+        if not shape(msg.SerializePartialToString()):
+            walk(msg, out)
+    return run
+
+
+# -- resources memoised apart from their names
+#
+# Each cluster has its own name (and EDS service name), and is otherwise often the same
+# as many others (one traffic policy for a whole namespace). A Cluster is checked in two
+# parts: its name and eds_cluster_config, walked every time, and the rest, memoised by
+# its bytes without those two fields (cut from the leading fields of the serialization,
+# which protobuf writes in field-number order). Sound while no check of the rest reads
+# the fields set apart: they are in no required oneof and no at-check path starts in
+# them (tested when the parts are built), and the message-wide envoy_check does not read
+# them, which `_APART_FINGERPRINTS` pins to the check's source (a change turns this off).
+
+_APART: dict[str, frozenset[str]] = {
+    "envoy.config.cluster.v3.Cluster": frozenset({"name", "eds_cluster_config"}),
+}
+_APART_FINGERPRINTS = {
+    "envoy.config.cluster.v3.Cluster":
+        "dd23758f836483fb7332cb498fe7cafe51f9d6ec12b19777f6d2786fdd493ee4",
+}
+
+
+def _apart_fingerprint(full: str) -> str:
+    from controlplane.translate import envoy_checks
+
+    h = hashlib.sha256()
+    for fn in (envoy_checks.CHECKS.get(full),
+               *(fn for _, fn in envoy_checks.CHECKS_AT.get(full, ()))):
+        if fn is not None:
+            h.update(inspect.getsource(fn).encode())
+    return h.hexdigest()
+
+
+def _split_plan(plan: _Plan, numbers: frozenset[int]) -> tuple[_Plan, _Plan]:
+    """The plan of the fields `numbers` alone (no message-wide checks), and of the rest."""
+    def part(keep: Callable[[int], bool], whole: bool) -> _Plan:
+        return _Plan({n: f for n, f in plan.fields.items() if keep(n)},
+                     tuple(f for f in plan.always if keep(f.number)),
+                     plan.required_oneofs if whole else (), plan.extra if whole else None,
+                     plan.own if whole else (), plan.at if whole else ())
+    return part(lambda n: n in numbers, False), part(lambda n: n not in numbers, True)
+
+
+def _masked(b: bytes, numbers: frozenset[int], last: int) -> bytes | None:
+    """`b` (a serialized message) without its leading length-delimited fields `numbers`
+    (up to field `last`), or None when the bytes do not read that simply."""
+    kept: list[bytes] = []
+    i, n = 0, len(b)
+    while i < n:
+        start = i
+        tag = b[i]  # one byte for fields 1-15, the common case; else the general way
+        if tag < 0x80:
+            i += 1
+        else:
+            tag, i = _varint(b, i)
+            if tag < 0:
+                return None
+        if tag >> 3 > last:
+            kept.append(b[start:])
+            break
+        wire = tag & 7
+        if wire == 2:
+            size = b[i] if i < n else -1
+            if 0 <= size < 0x80:
+                i += 1
+            else:
+                size, i = _varint(b, i)
+                if size < 0:
+                    return None
+            i += size
+        elif wire == 0:
+            value, i = _varint(b, i)
+            if value < 0:
+                return None
+        elif wire == 5:
+            i += 4
+        elif wire == 1:
+            i += 8
+        else:
+            return None
+        if i > n:
+            return None
+        if not (wire == 2 and tag >> 3 in numbers):
+            kept.append(b[start:i])
+    return b"".join(kept)
+
+
+def _apart(desc: Descriptor, walk: Callable[[Any, Out], None]) -> Callable[[Any, Out], None]:
+    """The check of a `desc` in two parts (see above), or `walk` when that is unsound."""
+    full = desc.full_name
+    plan = _plan(desc)
+    assert plan is not None
+    fds = [desc.fields_by_name[name] for name in _APART[full]]
+    numbers = frozenset(fd.number for fd in fds)
+    if (_apart_fingerprint(full) != _APART_FINGERPRINTS[full]
+            or any(fd.containing_oneof is not None or fd.is_repeated for fd in fds)
+            or any(hops[0] in _APART[full] for hops, _ in plan.at)):
+        return walk
+    alone, rest = _split_plan(plan, numbers)
+    alone_name = f"_w{next(_NAMES)}_{desc.name}_apart"
+    rest_name = f"_w{next(_NAMES)}_{desc.name}_rest"
+    _compile(desc, alone_name, alone)
+    _compile(desc, rest_name, rest)
+    check_alone, check_rest = _NS[alone_name], _NS[rest_name]
+    memo = _MEMOS.setdefault(f"{full} (apart)", _Memo())
+    table = memo.table
+    last = max(numbers)
+
+    def run(msg: Any, out: Out) -> None:
+        key = _masked(msg.SerializePartialToString(), numbers, last) if memo.on else None
+        if key is None:
+            walk(msg, out)
+            return
+        found = table.get(key)
+        if found is None:
+            start = len(out)
+            check_rest(msg, out)
+            _memo_put(memo, key, out, start)
+        else:
+            memo.hits += 1
+            out.extend(found)
+        check_alone(msg, out)
+    return run
 
 
 # -- entry points ------------------------------------------------------------------------
 
 def check(message: Any, path: str = "") -> list[Violation]:
     """Every PGV rule and Envoy code check `message` (any Envoy resource) breaks."""
+    global _checks
+    _checks += 1
+    if _checks >= _MEMO_RETRY:
+        _checks = 0
+        _retry_memos()
     out: Out = []
     fn = _ENTRIES.get(type(message), False)
     if fn is False:

@@ -19,6 +19,11 @@ from controlplane.translate.constraints import IPV4, Violation, join, short
 
 Out = list[Violation]
 CHECKS: dict[str, Callable[[Any, str, Out], None]] = {}
+# Checks of a sub-message where a given type holds it: holder type -> [(the field names
+# down to it, the check, given the sub-message and its path)]. The check runs when each
+# field on the way is set; the compiled walker runs it where it already holds the
+# sub-message instead of reading the way down again.
+CHECKS_AT: dict[str, list[tuple[tuple[str, ...], Callable[[Any, str, Out], None]]]] = {}
 
 
 def _register(*names: str) -> Callable[[Callable[[Any, str, Out], None]],
@@ -26,6 +31,15 @@ def _register(*names: str) -> Callable[[Callable[[Any, str, Out], None]],
     def add(fn: Callable[[Any, str, Out], None]) -> Callable[[Any, str, Out], None]:
         for name in names:
             CHECKS[name] = fn
+        return fn
+    return add
+
+
+def _register_at(holder: str, *hops: str
+                 ) -> Callable[[Callable[[Any, str, Out], None]],
+                               Callable[[Any, str, Out], None]]:
+    def add(fn: Callable[[Any, str, Out], None]) -> Callable[[Any, str, Out], None]:
+        CHECKS_AT.setdefault(holder, []).append((hops, fn))
         return fn
     return add
 
@@ -343,18 +357,12 @@ def _socket_ip(address: Any, path: str, out: Out, what: str) -> None:
                              f"{what} must be an IP address, got {short(sa.address)}"))
 
 
-@_register("envoy.config.endpoint.v3.Endpoint")
-def endpoint(e: Any, path: str, out: Out) -> None:
-    # Runs for every endpoint, so no HasField: an unset address reads as an empty one,
-    # which holds no socket_address either.
-    address = e.address
-    if address.WhichOneof("address") != "socket_address":
-        return
-    sa = address.socket_address
+@_register_at("envoy.config.endpoint.v3.Endpoint", "address", "socket_address")
+def endpoint_address(sa: Any, path: str, out: Out) -> None:
+    """An endpoint's address.socket_address (see _socket_ip)."""
     if not sa.resolver_name and not _is_ip(sa.address):
-        out.append(Violation(join(path, "address.socket_address.address"),
-                             f"an endpoint address must be an IP address, got "
-                             f"{short(sa.address)}"))
+        out.append(Violation(join(path, "address"), "an endpoint address must be an IP "
+                             f"address, got {short(sa.address)}"))
 
 
 @_register("envoy.config.listener.v3.Listener")
