@@ -111,8 +111,9 @@ class Store:
         for obj in fresh.values():
             self.apply(obj)
 
-    def _set(self, key: Key, new: Object | None) -> None:
-        """Record that the object in force for `key` is now `new` (it may be unchanged)."""
+    def _set(self, key: Key, new: Object | None, notify: bool = True) -> None:
+        """Record that the object in force for `key` is now `new` (it may be unchanged).
+        `notify`: wake the push loop (not when the push loop itself made the change)."""
         old = self._index_objects.get(key)
         if old is new:
             return
@@ -123,9 +124,10 @@ class Store:
         self._index.update(key, old, new)
         self._changes.setdefault(key, old)
         self.generation += 1
-        if self.first_unseen_change is None:
-            self.first_unseen_change = time.monotonic()
-        self.changed.set()
+        if notify:
+            if self.first_unseen_change is None:
+                self.first_unseen_change = time.monotonic()
+            self.changed.set()
 
     # -- the push loop's side -----------------------------------------------------------------
     def build(self) -> Mesh:
@@ -148,7 +150,7 @@ class Store:
             return None
         rejection = Rejection(key, obj, reason, by, self._good.get(key))
         self._rejected[key] = rejection
-        self._set(key, rejection.serving)
+        self._set(key, rejection.serving, notify=False)  # the push loop builds again now
         return rejection
 
     def quarantine(self, key: Key, before: Object | None, reason: str) -> Rejection | None:
