@@ -64,6 +64,15 @@ class MeshTranslation:
         if previous is not None and mesh.dirty is not None:
             # Every unit the Mesh did not mark dirty carries over as it is.
             self._units = {f: u for f, u in previous._units.items() if f not in mesh.dirty}
+        # The previous translation's per-proxy sets, the dict itself: `finish` cuts the
+        # chain back before most proxies' groups are asked for, and a group built for
+        # the previous translation after that still counts. Reused whole when routes did
+        # not change (an endpoint push must not rebuild every namespace's routes), and
+        # the last good set of a group whose build fails.
+        self._last_memo: dict[tuple[str, Hashable], list[Any]] = (
+            previous._memo if previous is not None else {})
+        if previous is not None and not mesh.routes_changed:
+            self._route_bases = previous._route_bases
 
     def group_key(self, type_url: str, proxy: ProxyView) -> Hashable:
         if type_url == types.LISTENER:
@@ -121,20 +130,18 @@ class MeshTranslation:
         memo_key = (type_url, key)
         if memo_key in self._memo:
             return self._memo[memo_key]
-        prev = self.previous
         if type_url in (types.CLUSTER, types.ENDPOINT):
             units = [self._unit(s) for s in self.mesh.services.values()]
             part = 0 if type_url == types.CLUSTER else 1
             out: list[Any] = [m for unit in units for m in unit[part]]
-        elif (prev is not None and not self.mesh.routes_changed
-              and memo_key in prev._memo):
-            out = prev._memo[memo_key]
+        elif not self.mesh.routes_changed and memo_key in self._last_memo:
+            out = self._last_memo[memo_key]
         else:
             try:
                 out = self._per_proxy(type_url, key)
             except Exception:  # a translator bug: the last good set, never a crash
                 log.exception("translation_failed", type=types.short(type_url), key=key)
-                out = prev._memo.get(memo_key, []) if prev is not None else []
+                out = self._last_memo.get(memo_key, [])
         self._memo[memo_key] = out
         return out
 
