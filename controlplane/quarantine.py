@@ -106,8 +106,8 @@ class Quarantine:
                 if key.kind not in kinds or key in self.store.rejections:
                     continue
                 obj = self.store.get(key)
-                if obj is None:
-                    continue  # deleted since: nothing left to quarantine
+                if obj is None or self.store.changed_since_published(key):
+                    continue  # deleted or changed since: the new version gets its chance
                 if _named(message, key, obj):
                     named.append((-g, kinds.index(key.kind), key))
                 if g == generation:
