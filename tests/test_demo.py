@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,14 +49,35 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended: only its exit status is left to collect
 
 
+def printed_dirs(output: str) -> list[str]:
+    """The directories the demo said it made: its config directory, the sidecars'."""
+    return re.findall(r"(/\S+)/config\s+\(edit", output) + re.findall(
+        r"bootstrap (/\S+)/bootstrap.yaml", output)
+
+
+def end_and_clean_up(proc: subprocess.Popen[Any], output: str) -> None:
+    """After a test, pass or fail: a demo still running is stopped as a user would
+    (SIGTERM: it stops what it started and removes its directories), killed if that
+    does not work, and whatever it left is removed, so a failure leaves nothing behind
+    (its children die with it: they were started with a parent-death signal)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for d in printed_dirs(output):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def assert_all_gone(started: dict[int, str], output: str) -> None:
     """No process the demo started is alive, and the directories it printed (its config
     directory, the sidecars' bootstraps) are gone: it stopped them itself, in order (its
     children would also die with it, but by SIGKILL, leaving their files)."""
     survivors = {pid: cmd for pid, cmd in started.items() if alive(pid)}
     assert not survivors, f"left running: {survivors}"
-    dirs = re.findall(r"(/\S+)/config\s+\(edit", output) + re.findall(
-        r"bootstrap (/\S+)/bootstrap.yaml", output)
+    dirs = printed_dirs(output)
     assert len(dirs) == 3, output
     left = [d for d in dirs if Path(d).exists()]
     assert not left, f"left behind: {left}"
@@ -90,9 +113,10 @@ def test_a_signal_mid_way_stops_everything_it_started(sig: signal.Signals) -> No
                             stderr=subprocess.STDOUT, text=True)
     watchdog = threading.Timer(90, proc.kill)  # reading its output must not hang the suite
     watchdog.start()
+    output: list[str] = []
+    rest = ""
     try:
         assert proc.stdout is not None
-        output = []
         for line in proc.stdout:
             output.append(line)
             if line.startswith("[3]"):  # mid-way: traffic is being shifted
@@ -102,14 +126,12 @@ def test_a_signal_mid_way_stops_everything_it_started(sig: signal.Signals) -> No
         started = processes_of_a_running_demo(proc.pid)
         proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 130, "".join(output) + rest
+        assert "interrupted" in rest and "Traceback" not in rest, rest
+        assert_all_gone(started, "".join(output))
     finally:
         watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, "".join(output) + rest
-    assert "interrupted" in rest and "Traceback" not in rest, rest
-    assert_all_gone(started, "".join(output))
+        end_and_clean_up(proc, "".join(output) + rest)
 
 
 @pytest.mark.e2e
@@ -119,7 +141,13 @@ def test_ctrl_c_at_the_terminal_of_an_interactive_demo_stops_everything() -> Non
     foreground process group, that is the demo alone: the children it started have
     groups of their own, and the demo stops them."""
     master, slave = os.openpty()
-    proc = subprocess.Popen(DEMO, preexec_fn=lambda: os.login_tty(slave))
+    # The pseudo-terminal becomes the demo's controlling terminal in a small exec'd
+    # launcher rather than in a preexec_fn: a preexec_fn forces fork() in this process,
+    # which in a full run holds gRPC threads of earlier tests (gRPC then warns "skipping
+    # fork() handlers"); without one, subprocess uses vfork and runs no fork handlers.
+    launcher = ("import os, sys; os.login_tty(0); "
+                "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, *DEMO[1:]], stdin=slave)
     os.close(slave)
     text = ""
 
@@ -150,10 +178,8 @@ def test_ctrl_c_at_the_terminal_of_an_interactive_demo_stops_everything() -> Non
         os.write(master, b"\x03")
         read_until("interrupted")
         assert proc.wait(20) == 130
+        assert "Traceback" not in text, text
+        assert_all_gone(started, text)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_and_clean_up(proc, text)
         os.close(master)
-    assert "Traceback" not in text, text
-    assert_all_gone(started, text)

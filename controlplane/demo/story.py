@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import yaml
 
 from controlplane.demo.envoy import Envoy, free_port, owned_process
+from controlplane.demo.prompt import wait_for_enter
 from controlplane.demo.traffic import Client, bar
 from controlplane.demo.workload import Workload
 
@@ -329,9 +330,7 @@ class Demo:
     def pause(self, prompt: str) -> None:
         if not self.interactive:
             return
-        try:
-            input(f"    {prompt} ")
-        except EOFError:
+        if not wait_for_enter(f"    {prompt} ", self.out):
             self.say("\n    (end of input: the remaining steps run unattended)")
             self.interactive = self.live = False
 
