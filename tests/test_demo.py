@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.demo.story import LIVE_PACE, REQUESTS
 from tests.harness import wait_until
 
 DEMO = [sys.executable, "-m", "controlplane.cli", "demo"]
@@ -172,8 +173,11 @@ def test_ctrl_c_at_the_terminal_of_an_interactive_demo_stops_everything() -> Non
         os.write(master, b"\r")
         read_until(r"\[2\].*press Enter")
         os.write(master, b"\r")
-        # step 2's traffic ran (shown live, as it grows) and step 3 asks: Ctrl-C
+        entered = time.monotonic()
+        # step 2's traffic ran, shown live as it grows, and step 3 asks: Ctrl-C at once,
+        # the moment the prompt shows
         read_until(r"\[3\].*press Enter")
+        took = time.monotonic() - entered
         assert "expected about 80% v1" in text
         os.write(master, b"\x03")
         read_until("interrupted")
@@ -183,3 +187,10 @@ def test_ctrl_c_at_the_terminal_of_an_interactive_demo_stops_everything() -> Non
     finally:
         end_and_clean_up(proc, text)
         os.close(master)
+    # Paced for a person: the tally was redrawn as often as the pace says, and the
+    # requests went at its rate (a lower bound only: a loaded machine is slower, never
+    # faster, so this cannot flake).
+    step2 = text[text.index("[2]"):text.index("[3]")]
+    redraws = re.findall(rf"\r    {REQUESTS} requests to reviews: [^\r]*", step2)
+    assert len(redraws) == LIVE_PACE.redraws(REQUESTS), redraws
+    assert took >= LIVE_PACE.seconds(REQUESTS - 1), took

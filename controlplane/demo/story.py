@@ -45,6 +45,32 @@ DB0_CLUSTER = f"outbound|{SERVICE_PORT}||{DB0_HOST}"
 DB0_NEW_IP = "127.0.10.33"
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+
+@dataclass(frozen=True)
+class Pace:
+    """How the tally is shown to a person: requests at a steady rate (so the split grows
+    as they watch instead of flickering past in a fraction of a second), the line
+    redrawn several times a second. Unattended, requests go as fast as they can."""
+
+    rate: float = 50.0  # requests per second: 200 requests take 4 s
+    redraws_per_second: float = 10.0
+
+    @property
+    def redraw_every(self) -> int:
+        """Requests between two redraws of the tally."""
+        return max(1, round(self.rate / self.redraws_per_second))
+
+    def redraws(self, requests: int) -> int:
+        """How many times the tally of `requests` is drawn: every redraw_every requests,
+        and once more at the end when that is not one of them."""
+        return -(-requests // self.redraw_every)
+
+    def seconds(self, requests: int) -> float:
+        return requests / self.rate
+
+
+LIVE_PACE = Pace()
+
 # A change to the config; returns, for a sidecar, whether it holds the change yet (None:
 # nothing changed, nothing to wait for).
 Change = Callable[["Demo"], Callable[[Envoy], bool] | None]
@@ -117,11 +143,22 @@ def recreate_db0(demo: Demo) -> Callable[[Envoy], bool]:
     return lambda e: e.cluster_hosts(DB0_CLUSTER) == {f"{DB0_NEW_IP}:{WORKLOAD_PORT}"}
 
 
+def cli_command() -> str:
+    """How the user runs the control plane's command line from their shell: the bare name
+    when PATH finds this installation's, else the path of the script installed beside
+    this interpreter (scripts/demo installs into .venv, which it does not put on PATH)."""
+    beside = Path(sys.executable).parent / "controlplane"
+    found = shutil.which("controlplane")
+    if found is not None and (not beside.exists() or Path(found).resolve() == beside.resolve()):
+        return "controlplane"
+    return str(beside) if beside.exists() else f"{sys.executable} -m controlplane.cli"
+
+
 def proxy_status(demo: Demo) -> bool:
     """`controlplane proxy-status`, as a user runs it; retried for a few seconds while a
     sidecar has not answered the last push yet."""
     cmd = ["proxy-status", "--server", demo.admin_address]
-    demo.say(f"    $ controlplane {' '.join(cmd)}")
+    demo.say(f"    $ {cli_command()} {' '.join(cmd)}")
     deadline = time.monotonic() + 10
     while True:
         code, output = demo.command([sys.executable, "-m", "controlplane.cli", *cmd])
@@ -196,11 +233,13 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 class Demo:
-    def __init__(self, config: Path, interactive: bool, out: TextIO = sys.stdout) -> None:
+    def __init__(self, config: Path, interactive: bool, out: TextIO = sys.stdout,
+                 pace: Pace = LIVE_PACE) -> None:
         self.source_config = config
         self.interactive = interactive
         self.out = out
         self.live = interactive and out.isatty()
+        self.pace = pace
         self.workdir = Path(tempfile.mkdtemp(prefix="controlplane-demo-"))
         self.config = self.workdir / "config"
         shutil.copytree(config, self.config)
@@ -342,10 +381,16 @@ class Demo:
         if probe.headers:
             prefix += " with " + ", ".join(f"{k}: {v}" for k, v in probe.headers.items())
         width = 40 if "," not in probe.key else 20
+        pace = self.pace
+        began = time.monotonic()
         for i in range(probe.requests):
+            if self.live:
+                # request i goes out at began + i/rate: a steady rate, whatever each
+                # request took (a slow one is caught up on, not added to every later one)
+                time.sleep(max(0.0, began + i / pace.rate - time.monotonic()))
             client = self.clients[i % len(self.clients)]
             counts[client.label(probe.host, probe.key, headers=probe.headers)] += 1
-            if self.live and (i + 1) % 10 == 0:
+            if self.live and ((i + 1) % pace.redraw_every == 0 or i + 1 == probe.requests):
                 # cut to the terminal's width: a wrapped line could not be redrawn
                 line = f"{prefix}: {bar(counts, probe.requests, width)}"
                 self.out.write(f"\r{line[:shutil.get_terminal_size().columns - 1]}\x1b[K")
@@ -391,7 +436,7 @@ class Demo:
         if self.interactive:
             self.say(f"\nEverything still runs. Try:\n"
                      f"    curl -H 'Host: reviews' http://{SIDECAR_IP}:{SERVICE_PORT}/\n"
-                     f"    controlplane proxy-status --server {self.admin_address}\n"
+                     f"    {cli_command()} proxy-status --server {self.admin_address}\n"
                      f"    edit the files in {self.config}")
             self.pause("press Enter (or Ctrl-C) to stop everything")
         return all(results)
