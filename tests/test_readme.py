@@ -19,7 +19,7 @@ from tests.harness import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 # Starting Envoy and the control plane takes a few seconds; the block's own curl retries
-# for about 20 s. Far beyond both, so only a block that hangs (a foreground server) hits it.
+# for about 30 s. Far beyond both, so only a block that hangs (a foreground server) hits it.
 TIMEOUT = 120.0
 
 
