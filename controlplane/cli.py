@@ -1,4 +1,6 @@
-"""Command line: argument parsing and wiring. Nothing imports this module."""
+"""Command line: argument parsing and wiring. Nothing imports this module.
+
+`controlplane --help` shows DESCRIPTION and EPILOG below, not this docstring."""
 
 from __future__ import annotations
 
@@ -23,6 +25,40 @@ from controlplane.sources.manifests import DEFAULT_MAX_FILE_BYTES
 from controlplane.store import Store
 
 log = structlog.get_logger("controlplane")
+
+# Printed as written (RawDescriptionHelpFormatter), so wrapped here for a terminal.
+DESCRIPTION = """\
+A lightweight xDS control plane for Envoy: mirrors Kubernetes Services,
+EndpointSlices, Pods and Istio VirtualServices/DestinationRules (from a directory
+of YAML, or a Kubernetes API server) and pushes them to Envoy sidecars over ADS,
+tracking every ACK and NACK."""
+EPILOG = """\
+most common:
+  controlplane serve --config-dir DIR     serve the manifests in DIR (watched)
+  controlplane proxy-status               has every connected Envoy taken its config?
+
+`controlplane COMMAND --help` lists a command's flags. The log flags go before or
+after the command (after wins)."""
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_FORMATS = ["console", "json"]
+
+
+def _log_args(p: argparse.ArgumentParser, *, command: bool) -> None:
+    """The log flags, accepted before the command and after it. On a command they default
+    to SUPPRESS, so an absent flag leaves the value given before the command (or its
+    default) in place and a given one wins."""
+    if command:
+        p.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                       help="log level (default: as before the command, else info)")
+        p.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS,
+                       help="log format (default: as before the command, else console)")
+    else:
+        p.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                       help="log level (default %(default)s)")
+        p.add_argument("--log-format", choices=LOG_FORMATS, default="console",
+                       help="console: key=value lines for people; json: one JSON object a "
+                            "line (default %(default)s)")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -74,32 +110,45 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bootstrap_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node-id", required=True)
+    p.add_argument("--node-id", required=True,
+                   help="the proxy's name, as proxy-status shows it (required; a pod "
+                        "name, e.g. productpage-0)")
     p.add_argument("--cluster", default="", help="node cluster (default: the node id)")
     p.add_argument("--namespace", default="",
-                   help="the proxy's namespace: where short service names resolve")
-    p.add_argument("--xds-address", default="127.0.0.1:15010")
-    p.add_argument("--admin-address", default="127.0.0.1:15000")
-    p.add_argument("--instance-ip", default="",
+                   help="the proxy's namespace: where short service names resolve "
+                        "(default: default)")
+    p.add_argument("--xds-address", default="127.0.0.1:15010", metavar="HOST:PORT",
+                   help="the control plane's xDS address, serve's --xds-address "
+                        "(default %(default)s)")
+    p.add_argument("--admin-address", default="127.0.0.1:15000", metavar="HOST:PORT",
+                   help="where this Envoy serves its own admin interface (/config_dump, "
+                        "/stats) (default %(default)s)")
+    p.add_argument("--instance-ip", default="", metavar="IP",
                    help="the proxy's IP: outbound listeners bind to it (default 0.0.0.0)")
     p.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
-    p.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+    p.add_argument("-o", "--output", default="-", metavar="FILE",
+                   help="file to write (default: stdout)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="controlplane", description=__doc__)
+    p = argparse.ArgumentParser(prog="controlplane", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=__version__)
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="console", choices=["console", "json"])
-    sub = p.add_subparsers(dest="command", required=True)
-    _serve_args(sub.add_parser("serve", help="run the control plane"))
-    _bootstrap_args(sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar"))
-    ps = sub.add_parser("proxy-status", help="has each proxy taken its config?")
+    _log_args(p, command=False)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_p = sub.add_parser("serve", help="run the control plane")
+    _serve_args(serve_p)
+    bootstrap_p = sub.add_parser("bootstrap", help="print an Envoy bootstrap for a sidecar")
+    _bootstrap_args(bootstrap_p)
+    ps = sub.add_parser("proxy-status", help="has each proxy taken its config? (exit 0 "
+                                             "when every one is in sync)")
     ps.add_argument("node_id", nargs="?", help="one proxy: per-type detail and a diff")
-    ps.add_argument("--server", default="127.0.0.1:15011",
-                    help="the control plane's admin address (default %(default)s)")
-    ps.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    ps.add_argument("--server", default="127.0.0.1:15011", metavar="HOST:PORT",
+                    help="the control plane's admin address, serve's --admin-address "
+                         "(default %(default)s)")
+    ps.add_argument("-o", "--output", choices=["table", "json"], default="table",
+                    help="table, or json with versions, nonces, times and subscriptions "
+                         "(default %(default)s)")
     ps.add_argument("--envoy-admin", metavar="URL",
                     help="with NODE_ID: diff against this Envoy's live /config_dump")
     demo = sub.add_parser("demo", help="run the local demo: workloads, Envoy, traffic shifts")
@@ -108,6 +157,8 @@ def parser() -> argparse.ArgumentParser:
                            "expected traffic")
     demo.add_argument("--config-dir", default=None,
                       help="demo manifests to start from (default: config/demo)")
+    for command in (serve_p, bootstrap_p, ps, demo):
+        _log_args(command, command=True)
     return p
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controlplane import cli
 from tests.harness import envoy_binary, free_port, get, wait_until, write_yaml
 from tests.manifests import pod, service
 
@@ -47,7 +51,10 @@ def test_serve_from_a_directory_to_a_real_envoy(tmp_path: Path, ip: Any, upstrea
     with log.open("w") as log_file:
         proc = subprocess.Popen(
             [*CLI, "--log-format", "json", "serve", "--config-dir", str(config),
-             "--xds-address", f"127.0.0.1:{xds_port}"], stdout=log_file, stderr=log_file)
+             "--xds-address", f"127.0.0.1:{xds_port}",
+             # not the defaults: a control plane running on this machine keeps them
+             "--admin-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"],
+            stdout=log_file, stderr=log_file)
     try:
         envoy("cli-1", xds_port, instance_ip=sidecar)
         wait_until(lambda: get(sidecar, 19090, "web")[0] == 200, what="route through envoy")
@@ -58,3 +65,75 @@ def test_serve_from_a_directory_to_a_real_envoy(tmp_path: Path, ip: Any, upstrea
     text = log.read_text()
     assert '"event": "file_rejected"' in text and "broken.yaml" in text
     assert '"event": "push"' in text and '"event": "ack"' in text
+
+
+@pytest.mark.parametrize(("argv", "level", "fmt"), [
+    (["serve"], "info", "console"),
+    (["--log-level", "debug", "--log-format", "json", "serve"], "debug", "json"),
+    (["serve", "--log-level", "debug", "--log-format", "json"], "debug", "json"),
+    (["--log-level", "error", "serve", "--log-level", "warning"], "warning", "console"),
+    (["--log-format", "json", "proxy-status", "--log-level", "debug"], "debug", "json"),
+    (["bootstrap", "--node-id", "a", "--log-format", "json"], "info", "json"),
+])
+def test_log_flags_go_before_or_after_the_command(argv: list[str], level: str,
+                                                  fmt: str) -> None:
+    """As the README lists them under serve; the one after the command wins."""
+    args = cli.parser().parse_args(argv)
+    assert (args.log_level, args.log_format) == (level, fmt)
+
+
+def test_serve_takes_log_flags_after_the_command(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--log-format", "json", "--config-dir", str(tmp_path),
+             "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
+             "--http-address", "127.0.0.1:0"], stdout=log_file, stderr=log_file)
+    try:
+        wait_until(lambda: '"event": "serving"' in log.read_text(), what="serving")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events[0] == "serving" and events[-1] == "stopping"
+
+
+def test_help_says_what_it_is_and_how_to_start() -> None:
+    result = subprocess.run([*CLI, "--help"], capture_output=True, text=True, check=True)
+    assert "Nothing imports this module" not in result.stdout
+    assert "xDS control plane for Envoy" in result.stdout
+    assert "controlplane serve --config-dir DIR" in result.stdout
+    assert "controlplane proxy-status" in result.stdout
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("name", list(commands()))
+def test_every_flag_has_help_and_shows_its_default(name: str) -> None:
+    for action in commands()[name]._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        flag = "/".join(action.option_strings) or action.dest
+        assert action.help, f"{name} {flag} has no help text"
+        shown = action.default not in (None, False, "", argparse.SUPPRESS)
+        if shown:
+            assert "default" in action.help, f"{name} {flag}: default {action.default!r} " \
+                                             f"not shown"
+
+
+def test_proxy_status_without_a_server_says_where_it_looked(tmp_path: Path) -> None:
+    # A port bound and not listening: connecting is refused, and nothing else can take it.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        server = f"127.0.0.1:{held.getsockname()[1]}"
+        result = subprocess.run([*CLI, "proxy-status", "--server", server],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert server in lines[0] and "--server" in lines[0] and "Connection refused" in lines[0]
+    assert "UNAVAILABLE" not in lines[0] and "failed to connect" not in lines[0]

@@ -24,6 +24,7 @@ COLUMNS = (types.CLUSTER, types.LISTENER, types.ENDPOINT, types.ROUTE)  # istioc
 # Envoy's dump renders endpoints its own way (defaults filled in), so live comparisons
 # cover the types it dumps as received.
 LIVE_TYPES = (types.CLUSTER, types.LISTENER, types.ROUTE)
+TIMEOUT = 10.0  # seconds for each admin API call
 
 
 def status_name(value: int) -> str:
@@ -100,7 +101,8 @@ def by_name(anys: Any) -> dict[str, dict[str, dict[str, Any]]]:
 
 def live_config(envoy_admin: str) -> dict[str, dict[str, dict[str, Any]]]:
     """Clusters, listeners and routes an Envoy holds, from its /config_dump."""
-    with urllib.request.urlopen(f"{envoy_admin.rstrip('/')}/config_dump", timeout=10) as r:
+    url = f"{envoy_admin.rstrip('/')}/config_dump"
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as r:
         dump = json.load(r)
     out: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in LIVE_TYPES}
     for config in dump.get("configs", []):
@@ -163,10 +165,27 @@ def _other_streams(stub: admin_pb2_grpc.AdminStub, shown: admin_pb2.ProxyStatus
     note: the list of every proxy may be too large to fetch, and the detail stands
     without it."""
     try:
-        proxies = stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=10).proxies
+        proxies = stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=TIMEOUT).proxies
     except grpc.RpcError:
         return []
     return [p for p in proxies if p.node_id == shown.node_id and p.stream_id != shown.stream_id]
+
+
+def error_line(server: str, exc: grpc.RpcError) -> str:
+    """One line a person can act on. Not reaching the server is the common case (nothing
+    running, or another --admin-address): say where we looked and how to look elsewhere,
+    not gRPC's connection trace."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # gRPC's details end with the reason: "...: Connection refused", or
+        # "...: Domain name not found]".
+        reason = details.rsplit(": ", 1)[-1].strip(" []") or code.name
+        return (f"no control plane answers at {server} ({reason}); is `controlplane serve` "
+                f"running? Point --server HOST:PORT at its --admin-address")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (f"no answer from {server} within {TIMEOUT:g}s; is it a control plane's "
+                f"--admin-address? Point --server HOST:PORT at it")
+    return f"{code.name}: {details}"
 
 
 def run(server: str, node_id: str | None, output: str, envoy_admin: str | None,
@@ -175,7 +194,7 @@ def run(server: str, node_id: str | None, output: str, envoy_admin: str | None,
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
             if node_id is None:
-                listing = stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=10)
+                listing = stub.ListProxies(admin_pb2.ListProxiesRequest(), timeout=TIMEOUT)
                 proxies = list(listing.proxies)
                 if output == "json":
                     out.write(json.dumps([_to_json(p) for p in proxies], indent=2) + "\n")
@@ -185,9 +204,9 @@ def run(server: str, node_id: str | None, output: str, envoy_admin: str | None,
                     out.write(render_table(proxies))
                     out.write(render_rejected(listing.rejected))
                 return 0 if all(is_synced(p) for p in proxies) else 1
-            detail = stub.GetProxy(admin_pb2.GetProxyRequest(node_id=node_id), timeout=10)
+            detail = stub.GetProxy(admin_pb2.GetProxyRequest(node_id=node_id), timeout=TIMEOUT)
         except grpc.RpcError as exc:
-            sys.stderr.write(f"proxy-status: {exc.code().name}: {exc.details()}\n")
+            sys.stderr.write(f"proxy-status: {error_line(server, exc)}\n")
             return 2
         others = _other_streams(stub, detail.status)
     if others:
