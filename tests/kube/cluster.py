@@ -96,8 +96,8 @@ def find_binaries(build: bool = True, version: str = KUBE_VERSION) -> Path:
     env = dict(os.environ, KUBE_VERSION=version)
     build_log = cache_root() / "kube" / version / "build.log"
     build_log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[LocalCluster] building {missing} with {BUILD_SH} (first time: up to about 20 min on 2 cores); "
-          f"log: {build_log}", file=sys.stderr, flush=True)
+    print(f"[LocalCluster] building {missing} with {BUILD_SH} (first time: up to about 20 "
+          f"min on 2 cores); log: {build_log}", file=sys.stderr, flush=True)
     with open(build_log, "w") as lf:
         proc = subprocess.run(["bash", str(BUILD_SH)], env=env, stdout=subprocess.PIPE,
                               stderr=lf, text=True)
