@@ -27,36 +27,15 @@ from controlplane.translate import guard, routes
 from controlplane.xds import types
 from controlplane.xds.cache import SnapshotCache
 from tests.harness import ControlPlane, get, wait_until, write_yaml
-from tests.manifests import destination_rule, pod, service, virtual_service, weighted
+from tests.manifests import pod, service, virtual_service, weighted
+from tests.test_e2e import PORT, mesh  # the end-to-end tests' reviews/ratings mesh
+
+__all__ = ["mesh"]  # a fixture: pytest finds it here by name
 
 pytestmark = pytest.mark.e2e
 
-PORT = 19080
-TARGET = 18080
 RATINGS_VS = Key("VirtualService", "default", "ratings")
 BAD = "%NO_SUCH_VARIABLE%"
-
-
-def objects(ips: dict[str, str]) -> list[dict[str, Any]]:
-    return [
-        service("reviews", PORT, target=TARGET),
-        service("ratings", PORT, target=TARGET),
-        pod("reviews-v1", ips["reviews-v1"], {"app": "reviews", "version": "v1"}),
-        pod("reviews-v2", ips["reviews-v2"], {"app": "reviews", "version": "v2"}),
-        pod("ratings-1", ips["ratings-1"], {"app": "ratings", "version": "v1"}),
-        destination_rule("reviews", "reviews", {"v1": {"version": "v1"},
-                                                "v2": {"version": "v2"}}),
-    ]
-
-
-@pytest.fixture
-def mesh(ip: Any, upstream: Any, config_dir: Path) -> dict[str, str]:
-    ips = {name: ip() for name in ("reviews-v1", "reviews-v2", "ratings-1")}
-    for name, addr in ips.items():
-        svc, _, ver = name.rpartition("-")
-        upstream(addr, TARGET, svc, name, version=ver if ver.startswith("v") else "v1")
-    write_yaml(config_dir / "mesh.yaml", *objects(ips))
-    return ips
 
 
 def reviews_to(version: str) -> dict[str, Any]:
