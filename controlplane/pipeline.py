@@ -149,9 +149,13 @@ class MeshTranslation:
         if type_url == types.LISTENER:
             listeners, failure = checked(f"listeners for {key}", (),
                                          lambda: build_listeners(self.mesh, str(key)))
-            if failure is not None:
-                raise RuntimeError(failure.reason)
-            return listeners
+            if failure is None:
+                return listeners
+            # No object to blame (listeners come from Services alone): the group's last
+            # good set, reported.
+            log.error("unit_withheld", unit=failure.what, by=failure.by,
+                      reason=failure.reason)
+            return self._last_memo.get((type_url, key), [])
         if self._route_bases is None:  # shared by every namespace's configurations
             self._route_bases = route_bases(self.mesh, self._guard_routes)
         return route_config_bodies(self._route_bases, str(key))

@@ -130,7 +130,9 @@ def test_stale_nonce_is_ignored(plane: ControlPlane, client: AdsClient) -> None:
     wait_until(lambda: sync.types[types.CLUSTER].acked_nonce == second.nonce)
 
 
-def test_endpoint_change_pushes_eds_alone(plane: ControlPlane, client: AdsClient) -> None:
+def clusters_and_endpoints_acked(plane: ControlPlane, client: AdsClient) -> Any:
+    """CDS, then EDS for reviews and ratings, each answered with an ACK, as Envoy does;
+    returns the EDS response."""
     run = plane.call
     run(client.send(types.CLUSTER))
     cds = run(client.recv())
@@ -138,6 +140,12 @@ def test_endpoint_change_pushes_eds_alone(plane: ControlPlane, client: AdsClient
     run(client.ack(cds))
     eds = run(client.recv())
     run(client.ack(eds, [REVIEWS, RATINGS]))
+    return eds
+
+
+def test_endpoint_change_pushes_eds_alone(plane: ControlPlane, client: AdsClient) -> None:
+    run = plane.call
+    clusters_and_endpoints_acked(plane, client)
     run(client.send(types.LISTENER))
     lds = run(client.recv())
     run(client.ack(lds))
@@ -156,12 +164,7 @@ def test_endpoint_change_pushes_eds_alone(plane: ControlPlane, client: AdsClient
 def test_eds_rerequest_after_cluster_change_is_answered(
         plane: ControlPlane, client: AdsClient) -> None:
     run = plane.call
-    run(client.send(types.CLUSTER))
-    cds = run(client.recv())
-    run(client.send(types.ENDPOINT, [REVIEWS, RATINGS]))
-    run(client.ack(cds))
-    eds = run(client.recv())
-    run(client.ack(eds, [REVIEWS, RATINGS]))
+    eds = clusters_and_endpoints_acked(plane, client)
     assert run(client.silent())
     # The reviews cluster changes (a subset appears and the port turns HTTP/2): Envoy
     # rebuilds it and re-requests its endpoints with the old version and nonce.
@@ -519,12 +522,7 @@ def test_an_eds_re_request_is_not_counted_as_a_second_ack(
     """After a cluster change Envoy repeats its last EDS answer (same version and
     nonce): an ACK is counted once per response, so ACKs never outnumber pushes."""
     run = plane.call
-    run(client.send(types.CLUSTER))
-    cds = run(client.recv())
-    run(client.send(types.ENDPOINT, [REVIEWS, RATINGS]))
-    run(client.ack(cds))
-    eds = run(client.recv())
-    run(client.ack(eds, [REVIEWS, RATINGS]))
+    eds = clusters_and_endpoints_acked(plane, client)
     assert run(client.silent())
     assert metric_count(plane, "acked", types.ENDPOINT) == 1
     apply_docs(plane, service("reviews", 9080, port_name="grpc"))  # the cluster changes
