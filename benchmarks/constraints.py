@@ -29,10 +29,10 @@ from benchmarks import mesh as M
 from controlplane import log
 from controlplane.model.mesh import build_mesh
 from controlplane.model.parse import key_of, parse_object
-from controlplane.pipeline import PROBE
 from controlplane.translate import constraints, service_assignments, service_clusters
 from controlplane.translate.listeners import build_listeners
 from controlplane.translate.routes import route_bases, route_configs
+from controlplane.translation import PROBE
 
 TARGET_MS = 60
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from benchmarks import mesh as M
 from controlplane.model.parse import parse_object
+from controlplane.model.proxy import ProxyView
 from controlplane.pipeline import PushLoop
 from controlplane.store import Store
-from controlplane.translate.proxy import ProxyView
 from controlplane.xds import types, wire
 from controlplane.xds.cache import Resource, SnapshotCache
 

@@ -28,10 +28,11 @@ from benchmarks import mesh as M
 from controlplane import log
 from controlplane.model.mesh import build_mesh
 from controlplane.model.parse import key_of, parse_object
-from controlplane.pipeline import MeshTranslation, PushLoop
+from controlplane.model.proxy import ProxyView
+from controlplane.pipeline import PushLoop
 from controlplane.store import Store
 from controlplane.translate import build_clusters, build_load_assignments
-from controlplane.translate.proxy import ProxyView
+from controlplane.translation import MeshTranslation
 from controlplane.xds import types
 from controlplane.xds.cache import SnapshotCache
 

@@ -17,11 +17,12 @@ from controlplane.admin.http import HttpEndpoints
 from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import AdminService, add_to_server
 from controlplane.model.mesh import Mesh
-from controlplane.pipeline import PROBE, PushLoop
+from controlplane.pipeline import PushLoop
 from controlplane.quarantine import Quarantine
 from controlplane.status.convergence import Convergence
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
+from controlplane.translation import PROBE
 from controlplane.xds import types
 from controlplane.xds.cache import Snapshot, SnapshotCache
 from controlplane.xds.server import AdsServer, start_grpc_server
@@ -42,7 +43,7 @@ class Settings:
     debounce_max: float = 1.0
     answer_timeout: float = 5.0
     stale_after: float = 5.0
-    large_push_limit: int = 128  # see xds.server.LargeResponses
+    large_push_limit: int = 128  # see xds.flow.LargeResponses
     nack_quarantine: bool = True  # see quarantine.py
 
 
@@ -109,11 +110,11 @@ class App:
         s = self.settings
         xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
         admin = grpc.aio.server()
-        add_to_server(admin, AdminService(self.registry, self.ads, self.store))
+        add_to_server(admin, AdminService(self.registry, self.cache, self.store))
         self.admin_port = admin.add_insecure_port(s.admin_address)
         await admin.start()
         self._servers = [xds, admin]
-        http = HttpEndpoints(self.store, self.registry, self.ads, self.metrics,
+        http = HttpEndpoints(self.store, self.registry, self.cache, self.metrics,
                              source_problems=self._source_problems)
         self._http, self.http_port = await http.start(s.http_address)
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)

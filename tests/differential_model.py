@@ -41,15 +41,14 @@ from controlplane.model.errors import ValidationError
 from controlplane.model.mesh import Mesh
 from controlplane.model.meta import Key
 from controlplane.model.parse import Object, key_of, parse_object
+from controlplane.model.proxy import ProxyView
 from controlplane.pipeline import PushLoop
 from controlplane.quarantine import Quarantine
 from controlplane.sources.files import FileSource
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
-from controlplane.translate.proxy import ProxyView
 from controlplane.xds import types
 from controlplane.xds.cache import Snapshot, SnapshotCache
-from controlplane.xds.server import AdsServer
 
 ISTIO = "networking.istio.io/v1"
 SLICE_LABEL = "kubernetes.io/service-name"
@@ -512,8 +511,7 @@ class Run:
         self.cache = SnapshotCache()
         self.loop = PushLoop(self.store, self.cache)
         registry = SyncRegistry()
-        self.http = HttpEndpoints(self.store, registry, AdsServer(self.cache, registry),
-                                  Metrics())
+        self.http = HttpEndpoints(self.store, registry, self.cache, Metrics())
         self.quarantine = Quarantine(self.store, registry, lambda: self.loop.committed)
         self.tally = tally or Tally()
 

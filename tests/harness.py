@@ -19,9 +19,9 @@ from controlplane.app import App, Settings
 from controlplane.demo.envoy import Envoy, envoy_binary, free_port
 from controlplane.demo.traffic import Client
 from controlplane.demo.workload import Workload
-from controlplane.pipeline import PROBE, MeshTranslation
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource
+from controlplane.translation import PROBE, MeshTranslation
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,

@@ -5,28 +5,28 @@ from __future__ import annotations
 
 import pytest
 
+from controlplane.model.proxy import ProxyView
 from controlplane.status.convergence import Convergence
 from controlplane.status.sync import ProxySync, SyncRegistry
 
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
-def proxy(sid: int) -> ProxySync:
-    return ProxySync(stream_id=sid, node_id=f"p-{sid}", cluster="c", peer="", connected_at=0)
+def connect(registry: SyncRegistry, stream_id: int) -> int:
+    registry.opened(stream_id, "", ProxyView(node_id=f"p-{stream_id}", cluster="c"))
+    return stream_id
 
 
-def push(registry: SyncRegistry, p: ProxySync, generation: int, nonce: str) -> None:
+def push(registry: SyncRegistry, p: int, generation: int, nonce: str) -> None:
     registry.sent(p, EDS, "v", nonce, generation)
     registry.pass_done(p, generation)
 
 
-def setup(n: int) -> tuple[SyncRegistry, Convergence, list[float], list[ProxySync]]:
+def setup(n: int) -> tuple[SyncRegistry, Convergence, list[float], list[int]]:
     registry = SyncRegistry()
     observed: list[float] = []
     conv = Convergence(registry, observed.append)
-    proxies = [proxy(i) for i in range(n)]
-    for p in proxies:
-        registry.connect(p)
+    proxies = [connect(registry, i) for i in range(n)]
     return registry, conv, observed, proxies
 
 
@@ -53,9 +53,8 @@ def test_disconnected_and_late_proxies_do_not_hold_a_generation() -> None:
     conv.published(1, change_seen=0.0)
     push(registry, a, 1, "a-1")
     registry.acked(a, EDS, "v", "a-1", {})
-    late = proxy(9)
-    registry.connect(late)  # connected after the publish: never behind it
-    registry.disconnect(b.stream_id)
+    connect(registry, 9)  # connected after the publish: never behind it
+    registry.closed(b)
     assert len(observed) == 1
 
 
@@ -82,8 +81,8 @@ def test_each_event_looks_at_its_own_proxy(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(Convergence, "converged", staticmethod(counting))
     conv.published(1, change_seen=0.0)
     for p in proxies:  # passes and answers in connection order, as a push goes
-        push(registry, p, 1, f"{p.stream_id}-1")
-        registry.acked(p, EDS, "v", f"{p.stream_id}-1", {})
+        push(registry, p, 1, f"{p}-1")
+        registry.acked(p, EDS, "v", f"{p}-1", {})
     assert len(observed) == 1
     assert calls <= 3 * n  # the publish, then one look per pass and per answer
 

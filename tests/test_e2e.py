@@ -12,8 +12,8 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 
-from controlplane.pipeline import MeshTranslation
 from controlplane.status.sync import Status
+from controlplane.translation import MeshTranslation
 from controlplane.xds import types
 from tests.harness import Client, ControlPlane, get, wait_until, write_yaml
 from tests.manifests import destination_rule, pod, service, virtual_service, weighted

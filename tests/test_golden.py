@@ -26,10 +26,11 @@ from google.protobuf import json_format
 from controlplane.bootstrap import SIDECAR_RUNTIME
 from controlplane.model.mesh import build_mesh
 from controlplane.model.parse import key_of, parse_object
-from controlplane.pipeline import MeshTranslation
-from controlplane.translate import ProxyView
-from controlplane.translate.routes import route_bases, route_config_bodies, route_configs
+from controlplane.model.proxy import ProxyView
+from controlplane.translate import route_bases, route_configs
+from controlplane.translation import MeshTranslation, route_config_bodies
 from controlplane.xds import types
+from controlplane.xds.cache import serialize
 from tests.harness import envoy_binary
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -47,7 +48,7 @@ def translate_case(case: str) -> tuple[dict[str, list[Any]], list[str]]:
                       instance_ips=(p["instance_ip"],) if p.get("instance_ip") else ())
     translation = MeshTranslation(mesh)
     # Through the bytes the cache publishes (route configurations arrive serialized).
-    out = {t: [types.decode(t, m.SerializeToString(deterministic=True))
+    out = {t: [types.decode(t, serialize(m))
                for m in translation.messages(t, translation.group_key(t, proxy))]
            for t in types.PUSH_ORDER}
     return out, list(mesh.problems)

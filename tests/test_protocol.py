@@ -15,11 +15,15 @@ import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.pipeline import MeshTranslation
 from controlplane.status.sync import Status, SyncRegistry
+from controlplane.translation import MeshTranslation
 from controlplane.xds import types, wire
 from controlplane.xds.cache import Snapshot, SnapshotCache
-from controlplane.xds.server import AdsServer, Deadlines, JunkLog, SotwStream, TypeState
+from controlplane.xds.clientlog import JunkLog
+from controlplane.xds.flow import Deadlines
+from controlplane.xds.server import AdsServer
+from controlplane.xds.sotw import SotwStream
+from controlplane.xds.state import TypeState
 from tests.ads_client import AdsClient, decode, names_of
 from tests.conftest import apply_docs
 from tests.harness import ControlPlane, metric, wait_until
@@ -431,7 +435,8 @@ def test_the_reader_keeps_no_request_while_it_waits_for_the_next() -> None:
     async def main() -> None:
         ctx = Context()
 
-        stream = SotwStream(AdsServer(SnapshotCache(), SyncRegistry()), ctx)  # type: ignore[arg-type]
+        shared = AdsServer(SnapshotCache(), SyncRegistry()).shared
+        stream = SotwStream(shared, ctx)  # type: ignore[arg-type]
         seen: list[str] = []
         stream.on_request = lambda r: seen.append(r.type_url)  # type: ignore[method-assign]
         reader = asyncio.create_task(stream._read())

@@ -19,7 +19,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from controlplane.admin.v1 import admin_pb2, admin_pb2_grpc
-from controlplane.pipeline import MeshTranslation
+from controlplane.translation import MeshTranslation
 from controlplane.xds import types
 from tests.harness import ControlPlane, Envoy, get, metric, wait_until, write_yaml
 from tests.manifests import pod, service

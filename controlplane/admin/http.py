@@ -21,7 +21,7 @@ from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import newest
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
-from controlplane.xds.server import AdsServer
+from controlplane.xds.cache import SnapshotCache
 
 log = structlog.get_logger("controlplane.admin.http")
 
@@ -53,10 +53,10 @@ def _json(value: Any, status: int = 200) -> Response:
                           + "\n").encode()
 
 class HttpEndpoints:
-    def __init__(self, store: Store, registry: SyncRegistry, ads: AdsServer,
+    def __init__(self, store: Store, registry: SyncRegistry, cache: SnapshotCache,
                  metrics: Metrics,
                  source_problems: Callable[[], list[str]] = lambda: []) -> None:
-        self.store, self.registry, self.ads, self.metrics = store, registry, ads, metrics
+        self.store, self.registry, self.cache, self.metrics = store, registry, cache, metrics
         self.source_problems = source_problems
         self.routes: dict[str, Callable[[dict[str, list[str]]], Response]] = {
             "/healthz": lambda q: (200, "text/plain", b"ok\n"),
@@ -71,7 +71,7 @@ class HttpEndpoints:
         if not self.store.synced:
             waiting = ", ".join(sorted(self.store.pending_sources))
             return 503, "text/plain", f"not ready: initial load of {waiting}\n".encode()
-        if self.ads.cache.snapshot is None:
+        if self.cache.snapshot is None:
             return 503, "text/plain", b"not ready: no snapshot yet\n"
         return 200, "text/plain", b"ready\n"
 
@@ -97,7 +97,7 @@ class HttpEndpoints:
         proxy = newest(self.registry, node_id)
         if proxy is None:
             return _json({"error": f"no proxy with node id {node_id!r} is connected"}, 404)
-        return _json(views.to_json(views.config_dump(*views.current(self.ads, proxy))))
+        return _json(views.to_json(views.config_dump(*views.current(self.cache.snapshot, proxy))))
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -12,7 +12,7 @@ from controlplane.admin import views
 from controlplane.admin.v1 import admin_pb2, admin_pb2_grpc
 from controlplane.status.sync import ProxySync, SyncRegistry
 from controlplane.store import Store
-from controlplane.xds.server import AdsServer
+from controlplane.xds.cache import SnapshotCache
 
 
 def newest(registry: SyncRegistry, node_id: str) -> ProxySync | None:
@@ -24,10 +24,10 @@ def newest(registry: SyncRegistry, node_id: str) -> ProxySync | None:
 class AdminService(admin_pb2_grpc.AdminServicer):
     WATCH_QUEUE = 10_000  # events a slow watcher may fall behind before losing some
 
-    def __init__(self, registry: SyncRegistry, ads: AdsServer, store: Store | None = None
-                 ) -> None:
+    def __init__(self, registry: SyncRegistry, cache: SnapshotCache,
+                 store: Store | None = None) -> None:
         self.registry = registry
-        self.ads = ads
+        self.cache = cache
         self.store = store
 
     async def ListProxies(self, request: admin_pb2.ListProxiesRequest,
@@ -50,7 +50,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ProxyDetail(
             status=views.proxy_status(proxy, self.registry),
             acked_resources=views.as_any(views.acked_resources(proxy)),
-            current_resources=views.as_any(views.current(self.ads, proxy)[0]))
+            current_resources=views.as_any(views.current(self.cache.snapshot, proxy)[0]))
 
     async def WatchSync(self, request: admin_pb2.WatchSyncRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.SyncEvent]:

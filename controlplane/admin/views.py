@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
 from controlplane.admin.v1 import admin_pb2
 from controlplane.status.sync import ProxySync, Status, SyncRegistry, TypeSync
 from controlplane.xds import types
-from controlplane.xds.server import AdsServer
+from controlplane.xds.cache import Snapshot
 
 _STATUS = {
     Status.SYNCED: admin_pb2.SYNCED, Status.NOT_SENT: admin_pb2.NOT_SENT,
@@ -67,27 +67,26 @@ def acked_resources(proxy: ProxySync) -> dict[str, dict[str, Any]]:
             if t in proxy.types}
 
 
-def current(ads: AdsServer, proxy: ProxySync
+def current(snap: Snapshot | None, proxy: ProxySync
             ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """What the control plane would send this proxy now: type URL -> name -> Resource
     (every cluster and listener, the endpoints and routes it subscribed to), and the
-    version of each type."""
-    stream = ads.streams.get(proxy.stream_id)
-    snap = ads.cache.snapshot
-    if stream is None or stream.proxy is None or snap is None:
+    version of each type. From the sync registry's record of the stream (who it is,
+    what it subscribed to), never from the stream itself."""
+    if snap is None:
         return {}, {}
     resources: dict[str, dict[str, Any]] = {}
     versions: dict[str, str] = {}
     for t in types.PUSH_ORDER:
-        state = stream.states[t]
-        if not state.requested:
+        sync = proxy.types.get(t)
+        if sync is None or not sync.subscribed:
             continue
-        res = snap.resources(t, stream.proxy)
+        res = snap.resources(t, proxy.proxy)
         versions[t] = res.version
         if t in types.WILDCARD_TYPES:
             resources[t] = dict(res.items)
         else:
-            resources[t] = {n: res.items[n] for n in sorted(state.names) if n in res.items}
+            resources[t] = {n: res.items[n] for n in sorted(sync.names) if n in res.items}
     return resources, versions
 
 

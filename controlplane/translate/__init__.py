@@ -1,23 +1,49 @@
 """Pure functions from a Mesh (and the asking proxy) to Envoy v3 messages.
 
 No I/O, no clocks, no asyncio: the same input gives the same bytes, which the golden
-files pin down. One module per xDS type, plus names.
+files pin down. Modules by what they build: clusters, endpoints, listeners, routes (and
+the destinations, policies, ports, names and headless hosts they share); guard.py
+builds and checks one unit; constraints.py and envoy_checks.py are the checks. Code
+outside this package imports what it needs from here.
 """
 
 from controlplane.translate.clusters import build_clusters, service_clusters
+from controlplane.translate.constraints import Violation, check
 from controlplane.translate.endpoints import build_load_assignments, service_assignments
+from controlplane.translate.guard import Failure, checked, route_suspects, service_suspects
 from controlplane.translate.listeners import build_listeners, route_names
-from controlplane.translate.proxy import ProxyView, proxy_from_node
-from controlplane.translate.routes import build_route_configs
+from controlplane.translate.routes import (
+    RouteBase,
+    RouteHost,
+    build_route_configs,
+    namespace_hosts,
+    plain_routes,
+    route_bases,
+    route_config_shell,
+    route_configs,
+    with_domains,
+)
 
 __all__ = [
-    "ProxyView",
+    "Failure",
+    "RouteBase",
+    "RouteHost",
+    "Violation",
     "build_clusters",
     "build_listeners",
     "build_load_assignments",
     "build_route_configs",
-    "proxy_from_node",
+    "check",
+    "checked",
+    "namespace_hosts",
+    "plain_routes",
+    "route_bases",
+    "route_config_shell",
+    "route_configs",
     "route_names",
+    "route_suspects",
     "service_assignments",
     "service_clusters",
+    "service_suspects",
+    "with_domains",
 ]

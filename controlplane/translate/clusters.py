@@ -7,10 +7,10 @@ import functools
 from collections.abc import Iterator
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from controlplane.model.destination_rule import (
     ConnectionPool,
@@ -23,6 +23,7 @@ from controlplane.model.service import Protocol, Service, ServicePort
 from controlplane.translate.headless import pod_hosts
 from controlplane.translate.names import cluster_name
 from controlplane.translate.policy import traffic_policy
+from controlplane.translate.protos import ads_source, duration
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CONNECT_TIMEOUT_S = 10  # Istio's default
@@ -33,19 +34,6 @@ NO_POLICY = TrafficPolicy()
 _LB = {"ROUND_ROBIN": cluster_pb2.Cluster.ROUND_ROBIN,
        "LEAST_REQUEST": cluster_pb2.Cluster.LEAST_REQUEST,
        "RANDOM": cluster_pb2.Cluster.RANDOM}
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
-
-
-def _ads_source() -> config_source_pb2.ConfigSource:
-    return config_source_pb2.ConfigSource(
-        ads=config_source_pb2.AggregatedConfigSource(),
-        resource_api_version=config_source_pb2.V3,
-    )
 
 
 def _u32(value: int | None) -> wrappers_pb2.UInt32Value:
@@ -69,7 +57,7 @@ def _protocol_options(port: ServicePort, pool: ConnectionPool | None
                       ) -> http_protocol_options_pb2.HttpProtocolOptions | None:
     common = protocol_pb2.HttpProtocolOptions()
     if pool is not None and pool.idle_timeout is not None:
-        common.idle_timeout.CopyFrom(_duration(pool.idle_timeout))
+        common.idle_timeout.CopyFrom(duration(pool.idle_timeout))
     if pool is not None and pool.max_requests_per_connection:
         common.max_requests_per_connection.value = pool.max_requests_per_connection
     if port.l7 is not Protocol.HTTP2 and common.ByteSize() == 0:
@@ -104,7 +92,7 @@ def _load_balancing(cluster: cluster_pb2.Cluster, lb: LoadBalancer | None) -> No
 
 def _outlier(od: OutlierDetection) -> outlier_detection_pb2.OutlierDetection:
     out = outlier_detection_pb2.OutlierDetection(
-        interval=_duration(od.interval), base_ejection_time=_duration(od.base_ejection_time),
+        interval=duration(od.interval), base_ejection_time=duration(od.base_ejection_time),
         max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent))
     # Istio's mapping: a count of 0 disables that detector; a set one is always enforced.
     out.consecutive_5xx.value = od.consecutive_5xx_errors
@@ -130,7 +118,7 @@ def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLIC
     pool = policy.connection_pool
     cluster = cluster_pb2.Cluster(
         name=name,
-        connect_timeout=_duration(pool.connect_timeout if pool and pool.connect_timeout
+        connect_timeout=duration(pool.connect_timeout if pool and pool.connect_timeout
                                   else CONNECT_TIMEOUT_S),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
         circuit_breakers=_thresholds(pool),
@@ -146,7 +134,7 @@ def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLIC
     else:
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.CopyFrom(cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=_ads_source(), service_name=name))
+            eds_config=ads_source(), service_name=name))
         _load_balancing(cluster, policy.load_balancer)
     if pool is not None and pool.tcp_keepalive_time is not None:
         keepalive = address_pb2.TcpKeepalive()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
@@ -18,6 +18,7 @@ from controlplane.model.service import Service, ServicePort
 from controlplane.translate.destinations import resolve_destination
 from controlplane.translate.names import cluster_name, listener_name, route_name
 from controlplane.translate.ports import PortGroup, port_groups
+from controlplane.translate.protos import ads_source
 from controlplane.translate.routes import CORS_FILTER, FAULT_FILTER
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -46,10 +47,7 @@ def _http_chain(bind_ip: str, port: int) -> listener_components_pb2.FilterChain:
         stat_prefix=f"outbound_{bind_ip}_{port}",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(
-            config_source=config_source_pb2.ConfigSource(
-                ads=config_source_pb2.AggregatedConfigSource(),
-                resource_api_version=config_source_pb2.V3,
-            ),
+            config_source=ads_source(),
             route_config_name=route_name(port),
         ),
         http_filters=filters,

@@ -16,7 +16,7 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from controlplane.model.destination_rule import ConsistentHash
 from controlplane.model.istio_common import StringMatch
@@ -44,19 +44,13 @@ from controlplane.translate.names import (
 )
 from controlplane.translate.policy import traffic_policy
 from controlplane.translate.ports import port_groups
-from controlplane.xds.wire import length_delimited
+from controlplane.translate.protos import duration
 
 CORS_FILTER = "envoy.filters.http.cors"
 FAULT_FILTER = "envoy.filters.http.fault"
 _REDIRECT_CODES = {301: rc.RedirectAction.MOVED_PERMANENTLY, 302: rc.RedirectAction.FOUND,
                    303: rc.RedirectAction.SEE_OTHER, 307: rc.RedirectAction.TEMPORARY_REDIRECT,
                    308: rc.RedirectAction.PERMANENT_REDIRECT}
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
 
 
 def _fraction(percent: float) -> percent_pb2.FractionalPercent:
@@ -90,7 +84,7 @@ def retry_policy(retries: Retries | None) -> rc.RetryPolicy | None:
         host_selection_retry_max_attempts=5,
     )
     if retries.per_try_timeout:
-        policy.per_try_timeout.CopyFrom(_duration(retries.per_try_timeout))
+        policy.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
     return policy
 
 
@@ -168,7 +162,7 @@ def _hash_policies(ch: ConsistentHash) -> list[rc.RouteAction.HashPolicy]:
     if ch.cookie:
         cookie = hp.Cookie(name=ch.cookie, path=ch.cookie_path)
         if ch.cookie_ttl is not None:
-            cookie.ttl.CopyFrom(_duration(ch.cookie_ttl))
+            cookie.ttl.CopyFrom(duration(ch.cookie_ttl))
         return [hp(cookie=cookie)]
     if ch.source_ip:
         return [hp(connection_properties=hp.ConnectionProperties(source_ip=True))]
@@ -180,7 +174,7 @@ def _hash_policies(ch: ConsistentHash) -> list[rc.RouteAction.HashPolicy]:
 def _fault_config(fault: Fault) -> fault_pb2.HTTPFault:
     out = fault_pb2.HTTPFault()
     if fault.delay is not None:
-        out.delay.fixed_delay.CopyFrom(_duration(fault.delay.seconds))
+        out.delay.fixed_delay.CopyFrom(duration(fault.delay.seconds))
         out.delay.percentage.CopyFrom(_fraction(fault.delay.percent))
     if fault.abort is not None:
         if fault.abort.http_status is not None:
@@ -215,7 +209,7 @@ def _redirect(redirect: Redirect) -> rc.RedirectAction:
 
 def _route_action(mesh: Mesh, vs: VirtualService, route: HTTPRoute, port: int,
                   match: HTTPMatch | None) -> rc.RouteAction:
-    action = rc.RouteAction(timeout=_duration(route.timeout or 0))
+    action = rc.RouteAction(timeout=duration(route.timeout or 0))
     retry = retry_policy(route.retries)
     if retry is not None:
         action.retry_policy.CopyFrom(retry)
@@ -283,7 +277,7 @@ def _vs_routes(mesh: Mesh, vs: VirtualService, port: int) -> list[rc.Route]:
 
 def _default_route(cluster: str, hash_policies: list[rc.RouteAction.HashPolicy] | None = None
                    ) -> rc.Route:
-    action = rc.RouteAction(cluster=cluster, timeout=_duration(0),
+    action = rc.RouteAction(cluster=cluster, timeout=duration(0),
                             retry_policy=default_retry_policy())
     action.hash_policy.extend(hash_policies or [])
     return rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)
@@ -294,12 +288,14 @@ def _service_hash(mesh: Mesh, fqdn: str, port: int) -> list[rc.RouteAction.HashP
     return _hash_policies(lb.consistent_hash) if lb and lb.consistent_hash else []
 
 
-@dataclass
-class _Host:
+@dataclass(eq=False)
+class RouteHost:
+    """One virtual host of a base. Compared and hashed as itself: the push loop keeps
+    its serialized form per host object (controlplane.translation)."""
+
     namespace: str
     short: str  # the alias only proxies of `namespace` get ("" for none)
     vhost: rc.VirtualHost  # without it: shared by every namespace
-    entry: bytes | None = None  # `vhost` serialized, once (see route_config_bodies)
 
 
 @dataclass
@@ -308,7 +304,7 @@ class RouteBase:
     configuration is this plus the short names of its own services."""
 
     port: int
-    hosts: list[_Host] = field(default_factory=list)
+    hosts: list[RouteHost] = field(default_factory=list)
     used: set[str] = field(default_factory=set)  # the domains the base already holds
 
     def add(self, namespace: str, fqdn: str, aliases: list[str], short: str,
@@ -322,7 +318,7 @@ class RouteBase:
                     self.used.add(domain)
                     vhost.domains.append(domain)
         vhost.routes.extend(routes)
-        self.hosts.append(_Host(namespace, short, vhost))
+        self.hosts.append(RouteHost(namespace, short, vhost))
 
 
 def service_routes(mesh: Mesh, service: Service, port: ServicePort, number: int
@@ -366,8 +362,8 @@ def route_bases(mesh: Mesh, guard: RouteGuard | None = None) -> list[RouteBase]:
     return bases
 
 
-def _namespace_hosts(base: RouteBase, namespace: str
-                     ) -> Iterator[tuple[_Host, list[str]]]:
+def namespace_hosts(base: RouteBase, namespace: str
+                    ) -> Iterator[tuple[RouteHost, list[str]]]:
     """Each virtual host of `base` and the short-name domains it takes on for proxies of
     `namespace` (none unless the service is in it and the domain is still free)."""
     used = base.used
@@ -379,69 +375,32 @@ def _namespace_hosts(base: RouteBase, namespace: str
         yield host, extra
 
 
-def _config(base: RouteBase) -> route_pb2.RouteConfiguration:
+def with_domains(vhost: rc.VirtualHost, extra: list[str]) -> rc.VirtualHost:
+    """A copy of `vhost` that also answers `extra`."""
+    out = rc.VirtualHost()
+    out.CopyFrom(vhost)
+    out.domains.extend(extra)
+    return out
+
+
+def route_config_shell(base: RouteBase) -> route_pb2.RouteConfiguration:
+    """The port's route configuration without its virtual hosts."""
     return route_pb2.RouteConfiguration(name=route_name(base.port),
                                         validate_clusters=wrappers_pb2.BoolValue())
 
 
 def route_configs(bases: list[RouteBase], namespace: str) -> list[route_pb2.RouteConfiguration]:
+    """Each port's route configuration for proxies of `namespace`. (The push loop
+    publishes the same in wire form, each virtual host serialized once per mesh:
+    controlplane.translation.route_config_bodies; a test holds the two equal.)"""
     configs = []
     for base in bases:
-        config = _config(base)
-        for host, extra in _namespace_hosts(base, namespace):
-            if extra:
-                vhost = config.virtual_hosts.add()
-                vhost.CopyFrom(host.vhost)
-                vhost.domains.extend(extra)
-            else:
-                config.virtual_hosts.append(host.vhost)
+        config = route_config_shell(base)
+        for host, extra in namespace_hosts(base, namespace):
+            config.virtual_hosts.append(with_domains(host.vhost, extra) if extra
+                                        else host.vhost)
         configs.append(config)
     return configs
-
-
-@dataclass(frozen=True, eq=False)
-class SerializedRouteConfiguration:
-    """A route configuration in wire form, what the push loop publishes: the exact bytes
-    `route_configs` serializes to (tests hold them equal), assembled from each virtual
-    host's bytes, serialized once per mesh rather than copied into ten namespaces'
-    messages and serialized ten times. `make_resource` takes the bytes as they are."""
-
-    name: str
-    body: bytes
-
-    def SerializeToString(self, deterministic: bool = True) -> bytes:
-        return self.body
-
-
-def route_config_bodies(bases: list[RouteBase], namespace: str
-                        ) -> list[SerializedRouteConfiguration]:
-    out = []
-    for base in bases:
-        # Fields in number order, as a deterministic serialization writes them: the
-        # name (1), the virtual hosts (2), then validate_clusters (7).
-        config = _config(base)
-        head = route_pb2.RouteConfiguration(name=config.name).SerializeToString()
-        config.ClearField("name")
-        tail = config.SerializeToString(deterministic=True)
-        parts = [head]
-        for host, extra in _namespace_hosts(base, namespace):
-            if extra:
-                vhost = rc.VirtualHost()
-                vhost.CopyFrom(host.vhost)
-                vhost.domains.extend(extra)
-                parts.append(_vhost_entry(vhost))
-            else:
-                if host.entry is None:
-                    host.entry = _vhost_entry(host.vhost)
-                parts.append(host.entry)
-        parts.append(tail)
-        out.append(SerializedRouteConfiguration(route_name(base.port), b"".join(parts)))
-    return out
-
-
-def _vhost_entry(vhost: rc.VirtualHost) -> bytes:
-    """A `virtual_hosts` (field 2) entry of a RouteConfiguration."""
-    return length_delimited(2, vhost.SerializeToString(deterministic=True))
 
 
 def build_route_configs(mesh: Mesh, namespace: str) -> list[route_pb2.RouteConfiguration]:

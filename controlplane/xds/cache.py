@@ -18,7 +18,17 @@ from typing import Any, Protocol
 
 from controlplane.xds import types, wire
 
-Message = Any  # a generated protobuf message
+Message = Any  # a generated protobuf message, or a `Serialized`
+
+
+@dataclass(frozen=True, eq=False)
+class Serialized:
+    """A resource already in wire form: exactly the bytes a deterministic serialization
+    of its message gives. The push loop assembles route configurations this way, each
+    virtual host serialized once per mesh rather than once per namespace."""
+
+    name: str
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +114,7 @@ class TypeResources:
 
 
 class TranslationSource(Protocol):
-    """What the translator offers for one mesh (see controlplane.pipeline)."""
+    """What the translator offers for one mesh (see controlplane.translation)."""
 
     shared_types: frozenset[str]
 
@@ -119,9 +129,16 @@ class InconsistentSnapshot(Exception):
     pass
 
 
+def serialize(message: Message) -> bytes:
+    """The message's bytes as published (deterministic)."""
+    if type(message) is Serialized:
+        return message.body
+    return bytes(message.SerializeToString(deterministic=True))
+
+
 def make_resource(type_url: str, name: str, message: Message, deps: tuple[str, ...] = (),
                   previous: Resource | None = None) -> Resource:
-    body = message.SerializeToString(deterministic=True)
+    body = serialize(message)
     if previous is not None and previous.body == body and previous.deps == deps:
         return previous  # keep one copy of unchanged bytes across versions
     version = hashlib.blake2b(body, digest_size=8).hexdigest()

@@ -11,8 +11,8 @@ from typing import Any
 
 from controlplane.model.mesh import build_mesh
 from controlplane.model.parse import Object, key_of
-from controlplane.pipeline import PROBE, MeshTranslation
-from controlplane.translate import ProxyView
+from controlplane.model.proxy import ProxyView
+from controlplane.translation import PROBE, MeshTranslation
 from controlplane.xds import types
 from controlplane.xds.cache import SnapshotCache
 

@@ -1,12 +1,15 @@
-"""Who is asking: the parts of an Envoy node that change what it receives."""
+"""Who is asking: the parts of an Envoy node that change what it receives.
+
+The translator reads it (the bind address of listeners, the namespace of short names)
+and the ADS server makes it from a node; it lives here, below both, so neither has to
+import the other.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
-
-from google.protobuf import json_format
 
 from controlplane.model.meta import DEFAULT_NAMESPACE
 
@@ -33,31 +36,28 @@ class ProxyView:
         return "0.0.0.0"
 
 
-def _namespace_from_id(node_id: str) -> str | None:
-    # Istio's sidecar ids: sidecar~10.0.0.1~pod-name.namespace~namespace.svc.cluster.local
+def namespace_from_id(node_id: str) -> str | None:
+    """The namespace in an Istio sidecar id:
+    sidecar~10.0.0.1~pod-name.namespace~namespace.svc.cluster.local"""
     parts = node_id.split("~")
     if len(parts) == 4 and "." in parts[2]:
         return parts[2].rsplit(".", 1)[1]
     return None
 
 
-def proxy_from_node(node: Any) -> ProxyView:
-    """From an envoy.config.core.v3.Node message."""
-    metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+def proxy_view(node_id: str, cluster: str, metadata: dict[str, Any],
+               build_version: str = "") -> ProxyView:
+    """A proxy's view from what its node says: INSTANCE_IPS (a list or a comma-separated
+    string) and NAMESPACE from the metadata, else the namespace in an Istio node id."""
     ips = metadata.get("INSTANCE_IPS", "")
     if isinstance(ips, list):
         ips = ",".join(str(i) for i in ips)
-    namespace = (metadata.get("NAMESPACE") or _namespace_from_id(node.id)
-                 or DEFAULT_NAMESPACE)
-    version = ""
-    if node.HasField("user_agent_build_version"):
-        v = node.user_agent_build_version.version
-        version = f"{v.major_number}.{v.minor_number}.{v.patch}"
+    namespace = metadata.get("NAMESPACE") or namespace_from_id(node_id) or DEFAULT_NAMESPACE
     return ProxyView(
-        node_id=node.id,
-        cluster=node.cluster,
+        node_id=node_id,
+        cluster=cluster,
         namespace=str(namespace),
         instance_ips=tuple(i.strip() for i in str(ips).split(",") if i.strip()),
         metadata=metadata,
-        build_version=version,
+        build_version=build_version,
     )
