@@ -191,6 +191,11 @@ class Store:
         self._changes = {}
         return before
 
+    @property
+    def unpublished(self) -> bool:
+        """Changes were delivered that no published Mesh holds yet."""
+        return self.published is None or bool(self._changes)
+
     # -- reads --------------------------------------------------------------------------------
     def get(self, key: Key) -> Object | None:
         """The object as its source delivered it (rejected or not)."""

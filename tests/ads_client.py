@@ -29,6 +29,10 @@ class AdsClient:
         self.first = True
         self.channel: grpc.aio.Channel | None = None
         self.call: Any = None
+        # What this client wrote and read, for ControlPlane.silent to compare with what
+        # the server's stream handled and wrote.
+        self.written = 0
+        self.received = 0
 
     async def open(self) -> None:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
@@ -60,33 +64,14 @@ class AdsClient:
         if error is not None:
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(req)
+        self.written += 1
 
     async def recv(self, timeout: float = 3.0) -> discovery_pb2.DiscoveryResponse:
-        # One read in flight at a time: a read left pending by silent() gets the message.
+        # One read in flight at a time, kept across a timeout.
         resp = await asyncio.wait_for(asyncio.shield(self._read_task()), timeout)
         self._pending = None
+        self.received += 1
         return resp
-
-    async def silent(self, timeout: float = 0.4) -> bool:
-        """True when nothing arrives within `timeout` seconds."""
-        try:
-            resp = await asyncio.wait_for(asyncio.shield(self._read_task()), timeout)
-        except TimeoutError:
-            return True
-        version = getattr(resp, "version_info", None) or resp.system_version_info
-        raise AssertionError(f"expected no response, got {types.short(resp.type_url)} "
-                             f"version {version}")
-
-    async def silent_or_next(self, timeout: float, into: list[Any]) -> bool:
-        """True when nothing arrives within `timeout`; else keep the response, ACK it and
-        say False."""
-        try:
-            resp = await self.recv(timeout)
-        except TimeoutError:
-            return True
-        into.append(resp)
-        await self.ack_any(resp)
-        return False
 
     async def ack_any(self, resp: Any) -> None:
         await self.ack(resp)

@@ -22,6 +22,8 @@ from controlplane.demo.workload import Workload
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource
 from controlplane.translation import PROBE, MeshTranslation
+from controlplane.xds import types
+from tests.ads_client import AdsClient
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
@@ -124,12 +126,55 @@ class ControlPlane:
         return self.run(lambda: self.cache.snapshot.generation if self.cache.snapshot else 0)
 
     def cluster_names(self) -> set[str]:
-        from controlplane.xds import types
-
         def names() -> set[str]:
             snap = self.cache.snapshot
             return set(snap.for_key(types.CLUSTER, None).items) if snap else set()
         return self.run(names)
+
+    async def _settled(self, client: AdsClient, timeout: float) -> int:
+        """Wait until the server has nothing more to say to `client` on its own: every
+        change delivered to the store is published (or nothing will be until the sources
+        finish loading), the client's stream handled every request the client wrote, and
+        its sender is idle (AdsServer's Stream.idle). Returns how many responses the
+        stream wrote that the client has not read."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            streams = [s for s in self.ads.streams.values()
+                       if s.proxy is not None and s.proxy.node_id == client.node.id]
+            stream = max(streams, key=lambda s: s.id) if streams else None
+            settled = not self.store.synced or not self.store.unpublished
+            if (settled and stream is not None and stream.handled >= client.written
+                    and stream.idle):
+                return stream.written - client.received
+            if loop.time() > deadline:
+                raise AssertionError(
+                    f"the stream of {client.node.id!r} did not settle in {timeout} s "
+                    f"(store settled: {settled}, stream: {stream and vars(stream)})")
+            await asyncio.sleep(0.005)
+
+    def silent(self, client: AdsClient, timeout: float = 10.0) -> bool:
+        """The server sent `client` nothing it has not read, and will send nothing more
+        until something changes: decided on the server's state, not on a wait."""
+        async def check() -> bool:
+            if await self._settled(client, timeout):
+                resp = await client.recv()
+                version = getattr(resp, "version_info", None) or resp.system_version_info
+                raise AssertionError(f"expected no response, got "
+                                     f"{types.short(resp.type_url)} version {version}")
+            return True
+        return bool(self.call(check(), timeout + 5))
+
+    def drain(self, client: AdsClient, timeout: float = 10.0) -> list[Any]:
+        """Read and ACK whatever the server sends `client` until it is silent."""
+        async def run() -> list[Any]:
+            seen = []
+            while await self._settled(client, timeout):
+                resp = await client.recv()
+                seen.append(resp)
+                await client.ack_any(resp)
+            return seen
+        return list(self.call(run(), timeout * 4))
 
     def publish(self, source: MeshTranslation) -> None:
         self.run(lambda: self.cache.publish(source, PROBE))

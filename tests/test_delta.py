@@ -55,7 +55,7 @@ def connect(plane: ControlPlane, c: DeltaClient) -> dict[str, Any]:
     rds = run(c.recv())
     assert delta_names(rds) == ["9080"]
     run(c.ack_delta(rds))
-    assert run(c.silent())
+    assert plane.silent(c)
     return {"cds": cds, "eds": eds, "lds": lds, "rds": rds}
 
 
@@ -67,7 +67,7 @@ def test_endpoint_change_sends_only_that_assignment(plane: ControlPlane,
     assert update.type_url == types.ENDPOINT and delta_names(update) == [REVIEWS]
     assert not update.removed_resources
     plane.call(client.ack_delta(update))
-    assert plane.call(client.silent())
+    assert plane.silent(client)
 
 
 def test_deletion_is_a_removed_resource_after_routes_moved(plane: ControlPlane,
@@ -90,9 +90,9 @@ def test_unsubscribe_and_resubscribe(plane: ControlPlane, client: DeltaClient) -
     run = plane.call
     connect(plane, client)
     run(client.delta(types.ENDPOINT, unsubscribe=[RATINGS]))
-    assert run(client.silent())
+    assert plane.silent(client)
     apply_docs(plane, pod("ratings-2", "127.1.0.8", {"app": "ratings"}))
-    assert run(client.silent())  # no longer subscribed: nothing sent
+    assert plane.silent(client)  # no longer subscribed: nothing sent
     run(client.delta(types.ENDPOINT, [RATINGS]))
     again = run(client.recv())
     assert delta_names(again) == [RATINGS]
@@ -124,9 +124,7 @@ def test_nack_is_recorded_and_never_resent(plane: ControlPlane, client: DeltaCli
     assert update.type_url == types.CLUSTER
     run(client.delta(types.CLUSTER, nonce=update.nonce, error="details: no"))
     # Routes for the new host may follow; the rejected clusters are never sent again.
-    seen = []
-    while not run(client.silent_or_next(1.0, seen)):
-        pass
+    seen = plane.drain(client)
     assert types.CLUSTER not in [r.type_url for r in seen], seen
     [sync] = plane.registry.by_node("delta-1")
     assert sync.types[types.CLUSTER].nack.message == "details: no"
@@ -137,9 +135,9 @@ def test_a_change_affecting_no_subscription_sends_nothing(plane: ControlPlane,
     run = plane.call
     connect(plane, client)
     run(client.delta(types.ENDPOINT, unsubscribe=[REVIEWS, RATINGS]))
-    assert run(client.silent())
+    assert plane.silent(client)
     apply_docs(plane, pod("reviews-3", "127.1.0.7", {"app": "reviews"}))
-    assert run(client.silent(0.6))
+    assert plane.silent(client)
 
 
 def test_reconnect_holding_a_resource_that_is_gone_gets_it_removed(
@@ -185,7 +183,7 @@ def test_proxies_in_step_share_the_snapshots_state(plane: ControlPlane,
         wait_until(lambda: eds.names == {REVIEWS})
         assert RATINGS not in eds.sent and RATINGS not in eds.acked
         assert set(snap.for_key(types.ENDPOINT, None).items) == {REVIEWS, RATINGS}
-        assert plane.call(client.silent())
+        assert plane.silent(client)
     finally:
         plane.call(other.close())
 
@@ -210,7 +208,7 @@ def test_an_answer_to_a_nonce_never_sent_is_a_protocol_error(
     # A second answer to an answered nonce is stale: no error, no second ACK.
     acks = events.count("acked")
     run(client.ack_delta(cds))
-    assert run(client.silent())
+    assert plane.silent(client)
     assert events.count("acked") == acks and events.count("protocol_error") == 1
 
 
@@ -259,7 +257,7 @@ def test_a_reconnect_holding_everything_gets_an_empty_answer_and_is_synced(
         assert eds.type_url == types.ENDPOINT
         assert not eds.resources and not eds.removed_resources
         run(again.ack_delta(eds))
-        assert run(again.silent())
+        assert plane.silent(again)
         [sync] = plane.registry.by_node("delta-1")
         for t in (types.CLUSTER, types.ENDPOINT):
             assert sync.types[t].status(time.time(), 5.0) is Status.SYNCED

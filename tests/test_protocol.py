@@ -71,7 +71,7 @@ def test_initial_push_in_order_and_ack_is_silent(plane: ControlPlane, client: Ad
     ep = cla.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (ep.address, ep.port_value) == ("127.1.0.1", 9080)
     run(client.ack(eds, [REVIEWS]))
-    assert run(client.silent())
+    assert plane.silent(client)
     run(client.send(types.LISTENER))
     lds = run(client.recv())
     assert names_of(lds) == ["127.0.9.1_9080"]
@@ -80,7 +80,7 @@ def test_initial_push_in_order_and_ack_is_silent(plane: ControlPlane, client: Ad
     rds = run(client.recv())
     assert names_of(rds) == ["9080"]
     run(client.ack(rds, ["9080"]))
-    assert run(client.silent())
+    assert plane.silent(client)
     sync = plane.registry.by_node("sidecar-1")[0]
     for t in types.PUSH_ORDER:
         assert sync.types[t].acked_nonce == sync.types[t].sent_nonce
@@ -91,7 +91,7 @@ def test_subscription_to_missing_name_is_answered_when_it_appears(
     run = plane.call
     future = "outbound|9080||details.default.svc.cluster.local"
     run(client.send(types.ENDPOINT, [future]))
-    assert run(client.silent())
+    assert plane.silent(client)
     apply_docs(plane, service("details", 9080), pod("details-1", "127.1.0.3",
                                                     {"app": "details"}))
     eds = run(client.recv())
@@ -107,7 +107,7 @@ def test_nack_is_recorded_and_never_resent(plane: ControlPlane, client: AdsClien
     second = run(client.recv())
     assert second.version_info != first.version_info
     run(client.nack(second, first.version_info, "cluster details: bad things"))
-    assert run(client.silent(1.0))  # no resend of the rejected version
+    assert plane.silent(client)  # no resend of the rejected version
     sync = plane.registry.by_node("sidecar-1")[0]
     nack = sync.types[types.CLUSTER].nack
     assert nack is not None and nack.message == "cluster details: bad things"
@@ -126,7 +126,7 @@ def test_stale_nonce_is_ignored(plane: ControlPlane, client: AdsClient) -> None:
     second = run(client.recv())
     # A NACK for the superseded response: stale, so neither recorded nor answered.
     run(client.nack(first, "", "too late"))
-    assert run(client.silent())
+    assert plane.silent(client)
     sync = plane.registry.by_node("sidecar-1")[0]
     assert sync.types[types.CLUSTER].nack is None
     run(client.ack(second))
@@ -153,7 +153,7 @@ def test_endpoint_change_pushes_eds_alone(plane: ControlPlane, client: AdsClient
     run(client.send(types.LISTENER))
     lds = run(client.recv())
     run(client.ack(lds))
-    assert run(client.silent())
+    assert plane.silent(client)
     apply_docs(plane, pod("reviews-2", "127.1.0.9", {"app": "reviews"}))
     update = run(client.recv())
     assert update.type_url == types.ENDPOINT
@@ -162,14 +162,14 @@ def test_endpoint_change_pushes_eds_alone(plane: ControlPlane, client: AdsClient
     assert {e.endpoint.address.socket_address.address
             for e in cla.endpoints[0].lb_endpoints} == {"127.1.0.1", "127.1.0.9"}
     run(client.ack(update, [REVIEWS, RATINGS]))
-    assert run(client.silent())
+    assert plane.silent(client)
 
 
 def test_eds_rerequest_after_cluster_change_is_answered(
         plane: ControlPlane, client: AdsClient) -> None:
     run = plane.call
     eds = clusters_and_endpoints_acked(plane, client)
-    assert run(client.silent())
+    assert plane.silent(client)
     # The reviews cluster changes (a subset appears and the port turns HTTP/2): Envoy
     # rebuilds it and re-requests its endpoints with the old version and nonce.
     apply_docs(plane, {**service("reviews", 9080, port_name="grpc")},
@@ -205,7 +205,7 @@ def test_nothing_served_before_initial_load() -> None:
     c = AdsClient(cp.port, "early")
     cp.call(c.open())
     cp.call(c.send(types.CLUSTER))
-    assert cp.call(c.silent(0.5))
+    assert cp.silent(c)
     cp.run(lambda: cp.store.mark_synced("slow"))
     cds = cp.call(c.recv())
     assert sorted(names_of(cds)) == [RATINGS, REVIEWS]
@@ -231,7 +231,7 @@ def test_removed_cluster_kept_until_routes_answered(
     run(client.ack(lds))
     rds = run(client.recv())
     run(client.ack(rds, ["9080"]))
-    assert run(client.silent())
+    assert plane.silent(client)
     plane.run(lambda: plane.store.delete(next(
         k for k in plane.store._objects if k.kind == "DestinationRule")))
     keep = run(client.recv())
@@ -315,7 +315,7 @@ def test_proxies_in_step_share_the_snapshots_endpoint_state(plane: ControlPlane)
         assert REVIEWS not in sb.acked and not sb.rejected
         assert set(snap2.items) == {REVIEWS, RATINGS}  # untouched
         assert sa.sent is snap2.items
-        assert run(b.silent())
+        assert plane.silent(b)
         sync_b = plane.registry.by_node("sidecar-b")[0]
         assert sync_b.types[types.ENDPOINT].names == (RATINGS,)
     finally:
@@ -326,21 +326,22 @@ def test_proxies_in_step_share_the_snapshots_endpoint_state(plane: ControlPlane)
 def test_a_silent_proxy_gets_listeners_once_the_cds_answer_is_overdue() -> None:
     """Listeners wait for the CDS answer, but not forever: a proxy that never answers
     still gets the rest of its config after --answer-timeout."""
-    plane = ControlPlane(answer_timeout=0.6)
+    # The timeout is long enough for the silence check to finish well inside it on a
+    # loaded machine; the bound checked is only that listeners waited for it.
+    plane = ControlPlane(answer_timeout=1.5)
     try:
         apply_docs(plane, *mesh_docs())
         wait_until(lambda: {REVIEWS, RATINGS} <= plane.cluster_names())
         c = AdsClient(plane.port, "silent-1", {"INSTANCE_IPS": "127.0.9.3"})
         plane.call(c.open())
         plane.call(c.send(types.CLUSTER))
+        t = time.monotonic()
         assert plane.call(c.recv()).type_url == types.CLUSTER
         plane.call(c.send(types.LISTENER))  # CDS never answered
-        t = time.monotonic()
-        assert plane.call(c.silent(0.4))  # the gate holds...
-        lds = plane.call(c.recv(3.0))  # ...until the answer is overdue
-        waited = time.monotonic() - t
+        assert plane.silent(c)  # the gate holds...
+        lds = plane.call(c.recv(10.0))  # ...until the answer is overdue
         assert lds.type_url == types.LISTENER
-        assert 0.4 <= waited < 2.0, waited
+        assert time.monotonic() - t >= 1.5
         plane.call(c.close())
     finally:
         plane.stop()
@@ -351,7 +352,7 @@ def test_large_responses_wait_for_a_place_until_an_answer_frees_one() -> None:
     the first proxy answered its own; a holder is never made to wait for its next large
     response (CDS then EDS, the CDS answer coming only after EDS), and a place comes
     back when its answer is overdue or its stream ends."""
-    plane = ControlPlane(answer_timeout=0.8, large_push_limit=1)
+    plane = ControlPlane(answer_timeout=1.5, large_push_limit=1)
     run = plane.call
     try:
         apply_docs(plane, *mesh_docs())
@@ -365,7 +366,7 @@ def test_large_responses_wait_for_a_place_until_an_answer_frees_one() -> None:
         run(a.send(types.CLUSTER))
         cds_a = run(a.recv())
         run(b.send(types.CLUSTER))
-        assert run(b.silent(0.3))  # a holds the only place
+        assert plane.silent(b)  # a holds the only place
         text = plane.app.metrics.render().decode()
         assert metric(text, "controlplane_large_pushes_waiting") == 1
         assert metric(text, "controlplane_large_pushes_unanswered") == 1
@@ -375,19 +376,19 @@ def test_large_responses_wait_for_a_place_until_an_answer_frees_one() -> None:
         eds_a = run(a.recv(1.0))
         assert names_of(eds_a) == [REVIEWS]
         run(a.ack(cds_a))
-        assert run(b.silent(0.2))  # a's EDS is still unanswered
-        t = time.monotonic()
+        assert plane.silent(b)  # a's EDS is still unanswered
         run(a.ack(eds_a, [REVIEWS]))
         cds_b = run(b.recv(1.0))  # both answered: b gets the place...
-        assert cds_b.type_url == types.CLUSTER and time.monotonic() - t < 0.5
+        assert cds_b.type_url == types.CLUSTER
+        b_sent = time.monotonic()
         run(c.send(types.CLUSTER))
-        t = time.monotonic()
-        run(c.recv(3.0))  # b never answers: c gets the place once b's answer is overdue
-        assert 0.4 <= time.monotonic() - t < 2.0
+        assert plane.silent(c)  # ...and keeps it while its answer is due
+        run(c.recv(10.0))  # b never answers: c gets the place once b's answer is overdue
+        assert time.monotonic() - b_sent >= 1.0  # (1.5 s after b's CDS was sent)
         d = AdsClient(plane.port, "big-d", {"INSTANCE_IPS": "127.0.9.7"})
         run(d.open())
         run(d.send(types.CLUSTER))
-        assert run(d.silent(0.3))  # c holds it now
+        assert plane.silent(d)  # c holds it now
         run(c.close())  # a stream that ends gives its place back at once
         assert run(d.recv(1.0)).type_url == types.CLUSTER
         assert plane.ads.large.waiting == 0 and plane.ads.large.held == 1  # d's
@@ -528,7 +529,7 @@ def test_an_eds_re_request_is_not_counted_as_a_second_ack(
     nonce): an ACK is counted once per response, so ACKs never outnumber pushes."""
     run = plane.call
     eds = clusters_and_endpoints_acked(plane, client)
-    assert run(client.silent())
+    assert plane.silent(client)
     assert metric_count(plane, "acked", types.ENDPOINT) == 1
     apply_docs(plane, service("reviews", 9080, port_name="grpc"))  # the cluster changes
     cds2 = run(client.recv())
@@ -539,7 +540,7 @@ def test_an_eds_re_request_is_not_counted_as_a_second_ack(
     # Envoy repeats its answer to the current response too, e.g. once the rebuilt
     # cluster warmed: the same request again, nothing new to count.
     run(client.ack(eds2, [REVIEWS, RATINGS]))
-    assert run(client.silent())
+    assert plane.silent(client)
     assert metric_count(plane, "sent", types.ENDPOINT) == 2
     assert metric_count(plane, "acked", types.ENDPOINT) == 2
     [sync] = plane.registry.by_node("sidecar-1")

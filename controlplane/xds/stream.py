@@ -82,14 +82,16 @@ class Stream(Generic[StateT]):
         self.handled = 0
         self.written = 0
         self._parked = False  # the sender waits for a wake-up
+        self._blocked = False  # ...or for something no wake-up changes
 
     def new_state(self) -> StateT:
         raise NotImplementedError
 
     @property
     def idle(self) -> bool:
-        """The sender has done everything it knows of: it waits, and nothing woke it."""
-        return self._parked and not self.wake.is_set()
+        """The sender has done all it can for now: it waits for the initial load, for a
+        place for a large response, or for a wake-up that has not come."""
+        return self._blocked or (self._parked and not self.wake.is_set())
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -155,7 +157,9 @@ class Stream(Generic[StateT]):
 
     # -- the push pass -----------------------------------------------------------------------
     async def _send_loop(self) -> None:
+        self._blocked = True
         await self.cache.ready.wait()  # never serve before the initial load finished
+        self._blocked = False
         while True:
             self._parked = True
             await self.wake.wait()
@@ -288,7 +292,11 @@ class Stream(Generic[StateT]):
         if st.large and not self._holds_large:
             # Holding one place at most, and keeping it until every large response
             # was answered, a holder never waits for another: no deadlock.
-            await self.shared.large.acquire()
+            self._blocked = True
+            try:
+                await self.shared.large.acquire()
+            finally:
+                self._blocked = False
             self._holds_large = True
         st.sent_at = time.monotonic()
         self._generation_sent = max(self._generation_sent, generation)
