@@ -7,6 +7,7 @@ one parse reports every mistake in an object at once.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Set
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +34,17 @@ def as_map(value: Any, path: str, errs: Errors) -> dict[str, Any]:
         errs.add(path, f"must be an object, got {type_name(value)}")
         return {}
     return value
+
+
+def reject_unknown_fields(
+    m: Mapping[Any, Any], known: Set[str], path: str, errs: Errors, *, hint: str = "",
+) -> None:
+    """An "unknown field" error for each key of `m` not in `known`, in sorted order, so a
+    misspelt field is reported rather than silently ignored. `hint` (e.g. "use set, add
+    or remove") follows the message after a semicolon."""
+    message = f"unknown field; {hint}" if hint else "unknown field"
+    for key in sorted(set(m) - known):
+        errs.add(f"{path}.{key}", message)
 
 
 def as_list(value: Any, path: str, errs: Errors) -> list[Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.meta import Key
@@ -27,6 +28,7 @@ from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import EndpointAddress, Endpoints, EndpointSlice, Pod
 
 ServiceId = tuple[str, str]  # (namespace, name)
+_Routing = TypeVar("_Routing", VirtualService, DestinationRule)
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,12 @@ class MeshIndex:
         if isinstance(new, EndpointSlice):
             self.slices[(key.namespace, new.service)][key.name] = new
             self.slice_by_name[ident] = new
-        table: dict | None = {
+        tables: dict[str, dict[ServiceId, Any]] = {
             "Service": self.services, "Endpoints": self.endpoints,
             "VirtualService": self.virtual_services,
             "DestinationRule": self.destination_rules,
-        }.get(key.kind)
+        }
+        table = tables.get(key.kind)
         if table is not None:
             if new is None:
                 table.pop(ident, None)
@@ -142,7 +145,7 @@ class MeshIndex:
         return index
 
 
-def _oldest_first(objs: Iterable[VirtualService | DestinationRule]) -> list:
+def _oldest_first(objs: Iterable[_Routing]) -> list[_Routing]:
     # Istio: the oldest object wins; ties broken by namespace/name.
     return sorted(objs, key=lambda o: (o.meta.creation_timestamp or "~", o.meta.namespace,
                                        o.meta.name))
@@ -391,10 +394,10 @@ def _routing(mesh: Mesh, index: MeshIndex
     for dr in _oldest_first(index.destination_rules.values()):
         fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
         if fqdn in dr_by_host:
-            winner = dr_by_host[fqdn]
+            older = dr_by_host[fqdn]
             problems.append(
                 f"DestinationRule {dr.meta.namespace}/{dr.meta.name}: host {fqdn} already has "
-                f"the older DestinationRule {winner.meta.namespace}/{winner.meta.name}; this "
+                f"the older DestinationRule {older.meta.namespace}/{older.meta.name}; this "
                 "one is ignored")
             continue
         if fqdn not in services:

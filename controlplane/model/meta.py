@@ -38,7 +38,9 @@ class Meta:
 
 def object_ref(raw: dict[str, Any]) -> str:
     """`Kind namespace/name` from a raw object, for errors raised before parsing succeeds."""
-    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    meta = raw.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     name = meta.get("name") if isinstance(meta.get("name"), str) else "<unnamed>"
     namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else (
         DEFAULT_NAMESPACE)

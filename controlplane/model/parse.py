@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from controlplane.model.destination_rule import DestinationRule, parse_destination_rule
+from controlplane.model.destination_rule import DestinationRule
+from controlplane.model.destination_rule_parse import parse_destination_rule
 from controlplane.model.errors import Errors, FieldError, ValidationError
 from controlplane.model.istio_common import ISTIO_GROUP, ISTIO_VERSIONS
 from controlplane.model.meta import Key, object_ref
 from controlplane.model.service import Service, parse_service
-from controlplane.model.virtual_service import VirtualService, parse_virtual_service
+from controlplane.model.virtual_service import VirtualService
+from controlplane.model.virtual_service_parse import parse_virtual_service
 from controlplane.model.workload import (
     Endpoints,
     EndpointSlice,
