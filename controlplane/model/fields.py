@@ -43,7 +43,7 @@ def reject_unknown_fields(
     misspelt field is reported rather than silently ignored. `hint` (e.g. "use set, add
     or remove") follows the message after a semicolon."""
     message = f"unknown field; {hint}" if hint else "unknown field"
-    for key in sorted(set(m) - known):
+    for key in sorted(set(m) - known, key=str):  # YAML allows non-string keys
         errs.add(f"{path}.{key}", message)
 
 

@@ -42,7 +42,7 @@ def check_regex(value: str, path: str, errs: Errors) -> None:
 def parse_string_match(raw: Any, path: str, errs: Errors) -> StringMatch | None:
     m = as_map(raw, path, errs)
     kinds = [k for k in ("exact", "prefix", "regex") if k in m]
-    unknown = sorted(set(m) - {"exact", "prefix", "regex"})
+    unknown = sorted(set(m) - {"exact", "prefix", "regex"}, key=str)
     if unknown:
         errs.add(f"{path}.{unknown[0]}", "unknown match type; use exact, prefix or regex")
         return None

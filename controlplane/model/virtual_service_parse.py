@@ -60,7 +60,7 @@ from controlplane.model.virtual_service import (
 def _named_matches(raw: Any, path: str, errs: Errors) -> tuple[tuple[str, StringMatch | None],
                                                                ...]:
     out = []
-    for name, m in sorted(as_map(raw, path, errs).items()):
+    for name, m in sorted(as_map(raw, path, errs).items(), key=lambda kv: str(kv[0])):
         if not isinstance(name, str) or not name:
             errs.add(path, "names must be non-empty strings")
             continue
@@ -83,7 +83,7 @@ def _optional_match(m: dict[str, Any], key: str, path: str, errs: Errors
 def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str]) -> HTTPMatch:
     m = as_map(raw, path, errs)
     reject_unknown_fields(m, _MATCH_FIELDS | _MATCH_IGNORED, path, errs)
-    for key in sorted(set(m) & _MATCH_IGNORED):
+    for key in sorted(set(m) & _MATCH_IGNORED, key=str):
         warnings.append(f"{path}.{key}: selects by the client proxy; not supported, "
                         "the match ignores it")
     if "scheme" in m:
@@ -218,7 +218,7 @@ def _parse_tcp_route(raw: Any, path: str, errs: Errors, warnings: list[str]) -> 
     ports = []
     for i, m in enumerate(as_list(r.get("match"), f"{path}.match", errs)):
         m = as_map(m, f"{path}.match[{i}]", errs)
-        for key in sorted(set(m) - {"port"}):
+        for key in sorted(set(m) - {"port"}, key=str):
             warnings.append(f"{path}.match[{i}].{key}: not supported, the match ignores it")
         port = as_int(m.get("port"), f"{path}.match[{i}].port", errs, lo=1, hi=65535)
         if port is not None:
