@@ -17,7 +17,7 @@ import yaml
 
 from controlplane import __version__
 from controlplane import log as logsetup
-from controlplane.app import App, Settings
+from controlplane.app import App, Settings, Source
 from controlplane.bootstrap import bootstrap
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource, load_api_client
@@ -162,8 +162,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sources(args: argparse.Namespace, store: Store) -> list[FileSource | KubernetesSource]:
-    sources: list[FileSource | KubernetesSource] = []
+def _sources(args: argparse.Namespace, store: Store) -> list[Source]:
+    sources: list[Source] = []
     if args.config_dir:
         sources.append(FileSource(store, args.config_dir, interval=args.poll_interval,
                                   max_file_bytes=args.max_file_bytes))

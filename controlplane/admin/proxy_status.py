@@ -215,6 +215,7 @@ def run(server: str, node_id: str | None, output: str, envoy_admin: str | None,
             f"stream {detail.status.stream_id} ({detail.status.peer}), the newest; also "
             + ", ".join(f"stream {p.stream_id} ({p.peer})" for p in others) + "\n")
     current = by_name(detail.current_resources)
+    compared: tuple[str, ...]
     if envoy_admin:
         held, label, compared = live_config(envoy_admin), "envoy", LIVE_TYPES
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+import re2  # google-re2 ships no type information (pyproject: mypy overrides)
 
 # `re2.max_program_size.error_level` (source/common/common/regex.cc): a larger program
 # makes the whole resource fail. Envoy's default is 100; the sidecar bootstrap we

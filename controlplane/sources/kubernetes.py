@@ -196,7 +196,7 @@ class KubernetesSource:
         run_in_thread(watcher)
 
     def _start_all(self, collections: list[Collection]) -> None:
-        scopes: list[str | None] = sorted(self.namespaces) if self.namespaces else [None]
+        scopes: list[str | None] = [*sorted(self.namespaces)] if self.namespaces else [None]
         for collection in collections:
             for ns in scopes:
                 self._start(collection, ns)

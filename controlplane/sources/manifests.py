@@ -77,11 +77,13 @@ class Manifest:
 
 def raw_key(raw: dict[str, Any]) -> Key:
     """The key a raw document claims, as parse_meta would give it."""
-    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
-    name = meta.get("name") if isinstance(meta.get("name"), str) else "<unnamed>"
+    meta = raw.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+    name = meta.get("name")
     namespace = meta.get("namespace")
     return Key(str(raw.get("kind")), namespace if isinstance(namespace, str) and namespace
-               else DEFAULT_NAMESPACE, name)
+               else DEFAULT_NAMESPACE, name if isinstance(name, str) else "<unnamed>")
 
 
 def _documents(raw: Any) -> list[Any]:

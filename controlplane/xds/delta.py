@@ -130,7 +130,7 @@ class DeltaStream(Stream[DeltaTypeState]):
             return
         if st.wildcard:
             scope: Set[str] | Mapping[str, Resource] = res.items
-            candidates = (set(res.items) | set(st.sent)) if changed is None else (
+            candidates: Set[str] = (set(res.items) | set(st.sent)) if changed is None else (
                 changed | st.dirty | st.retained | resend)
         else:
             scope = st.names

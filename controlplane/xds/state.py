@@ -46,12 +46,14 @@ class TypeState:
         (a proxy in sync; `acked`, which the sync registry shows, stays as it was)."""
         if type(self.sent) is not Owned or self.sent is self.acked:
             self.sent = Owned(self.sent)
-        return self.sent  # type: ignore[return-value]
+        assert isinstance(self.sent, Owned)
+        return self.sent
 
     def own_acked(self) -> Owned:
         if type(self.acked) is not Owned or self.acked is self.sent:
             self.acked = Owned(self.acked)
-        return self.acked  # type: ignore[return-value]
+        assert isinstance(self.acked, Owned)
+        return self.acked
 
     def forget(self, names: Set[str]) -> None:
         """Unsubscribed: what was sent, held and rejected under these names."""

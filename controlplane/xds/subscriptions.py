@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 
 class _Resources(Protocol):
     @property
-    def items(self) -> dict[str, object]: ...
+    def items(self) -> Mapping[str, object]: ...
 
 
 class NameSet:
