@@ -1,4 +1,5 @@
-"""Command line: argument parsing and wiring. Nothing imports this module.
+"""Command line: argument parsing and wiring; the `controlplane` entry point, and
+`python -m controlplane.cli`. No other module of the package imports it.
 
 `controlplane --help` shows DESCRIPTION and EPILOG below, not this docstring."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -73,9 +73,6 @@ class Metrics:
         self.large_waiting = Gauge(
             "controlplane_large_pushes_waiting", "proxies whose large response waits for a "
             "place (--large-push-limit)", registry=r)
-        self.rejected_objects = Counter(
-            "controlplane_objects_rejected", "objects that failed validation", ["kind"],
-            registry=r)
     def attach(self, registry: SyncRegistry) -> None:
         counts = self.xds.counts
 

@@ -154,7 +154,7 @@ class Watcher:
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff()
         self.resource_version: str | None = None
-        self.lists = 0  # how many complete LISTs were delivered (for tests and metrics)
+        self.lists = 0  # how many complete LISTs were delivered (tests read it)
         self.name = f"{collection.kind}/{namespace or '*'}"
         # Failures in a row without progress (an event, a normal end, a LIST): past a few
         # the position itself is suspect and the next attempt relists.
