@@ -430,7 +430,7 @@ def test_checker_agrees_with_envoy(name: str, bad: Callable[[dict[str, list[Any]
                                    fixed: Callable[[dict[str, list[Any]]], None],
                                    tmp_path: Path) -> None:
     for edit, should_pass in ((bad, False), (fixed, True)):
-        out, _ = translate_case("basic")
+        out, _ = translate_case("http-service")
         edit(out)
         found = [v for ms in out.values() for m in ms for v in check(m)]
         accepted, log = _envoy_accepts(out, tmp_path, f"{name}-{should_pass}")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from controlplane.model.errors import ValidationError
 from controlplane.model.mesh import Mesh, build_mesh
 from controlplane.model.parse import key_of, parse_object
 from controlplane.model.service import Protocol, detect_protocol
-from tests.manifests import ISTIO, destination_rule, pod, service, virtual_service, weighted
+from tests.manifests import destination_rule, pod, service, virtual_service, weighted
 
 
 def mesh_of(*docs: dict[str, Any]) -> Mesh:
@@ -44,69 +47,48 @@ def _vs(http: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     return doc
 
 
-INVALID: list[tuple[str, dict[str, Any], str]] = [
-    ("no name", {"apiVersion": "v1", "kind": "Service", "metadata": {},
-                 "spec": {"ports": [{"port": 80}]}}, "metadata.name: is required"),
-    ("bad port", service("a", 0), "spec.ports[0].port: must be between 1 and 65535"),
-    ("port as text", {**service("a", 80), "spec": {"ports": [{"port": "eighty"}]}},
-     "spec.ports[0].port: must be an integer"),
-    ("bad cluster ip", service("a", 80, cluster_ip="10.0.0.300"), "spec.clusterIP"),
-    ("unnamed ports", service("a", 80, port_name="", extra_ports=[{"port": 81}]),
-     "every port needs a name"),
-    ("bad target", {**service("a", 80), "spec": {"ports": [{"port": 80, "targetPort": 0}]}},
-     "spec.ports[0].targetPort"),
-    ("bad pod ip", pod("p", "not-an-ip", {}), "status.podIP: must be an IP address"),
-    ("vs no hosts", _vs([{"route": [{"destination": {"host": "a"}}]}], hosts=[]),
-     "spec.hosts: needs at least one host"),
-    ("vs weights", _vs([{"route": weighted("reviews", {"v1": 50, "v2": 20})}]),
-     "spec.http[0].route: weights must add up to 100, got 70"),
-    ("vs weight range", _vs([{"route": weighted("reviews", {"v1": 150, "v2": -50})}]),
-     "spec.http[0].route[0].weight: must be between 0 and 100"),
-    ("vs no destination host", _vs([{"route": [{"destination": {"subset": "v1"}}]}]),
-     "spec.http[0].route[0].destination.host: is required"),
-    ("vs empty route", _vs([{"match": [{"uri": {"prefix": "/"}}]}]),
-     "spec.http[0]: needs exactly one of route, redirect or directResponse"),
-    ("vs two uri kinds", _vs([{"match": [{"uri": {"prefix": "/", "exact": "/a"}}],
-                               "route": [{"destination": {"host": "a"}}]}]),
-     "spec.http[0].match[0].uri: needs exactly one of exact, prefix or regex"),
-    ("vs unknown match kind", _vs([{"match": [{"uri": {"glob": "/*"}}],
-                                    "route": [{"destination": {"host": "a"}}]}]),
-     "spec.http[0].match[0].uri.glob: unknown match type"),
-    ("vs lookahead regex", _vs([{"match": [{"uri": {"regex": "/(?=a)"}}],
-                                 "route": [{"destination": {"host": "a"}}]}]),
-     "spec.http[0].match[0].uri.regex: invalid regex '/(?=a)'"),
-    ("vs broken regex", _vs([{"match": [{"uri": {"regex": "/(a"}}],
-                              "route": [{"destination": {"host": "a"}}]}]),
-     "spec.http[0].match[0].uri.regex: invalid regex"),
-    ("vs bad timeout", _vs([{"route": [{"destination": {"host": "a"}}], "timeout": "soon"}]),
-     "spec.http[0].timeout: must be a duration"),
-    ("vs unknown field", _vs([{"route": [{"destination": {"host": "a"}}], "rout": []}]),
-     "spec.http[0].rout: unknown field"),
-    ("vs wildcard host", _vs([{"route": [{"destination": {"host": "a"}}]}], hosts=["*"]),
-     "spec.hosts[0]"),
-    ("vs bad subset", _vs([{"route": [{"destination": {"host": "a", "subset": "V_1"}}]}]),
-     "spec.http[0].route[0].destination.subset"),
-    ("vs old api", {**_vs([]), "apiVersion": "networking.istio.io/v2"}, "apiVersion"),
-    ("dr no host", {"apiVersion": ISTIO, "kind": "DestinationRule",
-                    "metadata": {"name": "d"}, "spec": {}}, "spec.host: is required"),
-    ("dr duplicate subset", destination_rule("d", "reviews", {"v1": {"a": "b"}}) | {
-        "spec": {"host": "reviews", "subsets": [{"name": "v1"}, {"name": "v1"}]}},
-     "spec.subsets[1].name: subset 'v1' is defined twice"),
-    ("dr bad labels", {"apiVersion": ISTIO, "kind": "DestinationRule",
-                       "metadata": {"name": "d"},
-                       "spec": {"host": "r", "subsets": [{"name": "v1", "labels": "x"}]}},
-     "spec.subsets[0].labels: must be an object"),
-    ("not a mapping", ["a list"], "must be a mapping"),  # type: ignore[list-item]
-]
+INVALID_OBJECTS = Path(__file__).with_name("invalid_objects.yaml")
 
 
-@pytest.mark.parametrize(("case", "doc", "message"), INVALID, ids=[c[0] for c in INVALID])
-def test_invalid_objects_name_the_field(case: str, doc: Any, message: str) -> None:
+@dataclass(frozen=True)
+class InvalidObject:
+    name: str
+    doc: Any  # what parse_object is given: a mapping, or not even that
+    message: str  # a fragment of the rejection, naming the field
+
+
+def load_invalid_objects() -> list[InvalidObject]:
+    """tests/invalid_objects.yaml (also read by test_validation's end-to-end test). An
+    object without metadata is named after its case, so each case is its own object."""
+    cases = []
+    for entry in yaml.safe_load(INVALID_OBJECTS.read_text()):
+        doc = entry["object"]
+        if isinstance(doc, dict) and "metadata" not in doc:
+            doc = {**doc, "metadata": {"name": entry["name"], "namespace": "default"}}
+        cases.append(InvalidObject(entry["name"], doc, entry["message"]))
+    names = [c.name for c in cases]
+    assert len(set(names)) == len(names), f"{INVALID_OBJECTS.name}: two cases share a name"
+    return cases
+
+
+INVALID = load_invalid_objects()
+
+
+def rejection_ref(doc: Any) -> str:
+    """How a rejection names what it rejects: `Kind namespace/name`."""
+    if not isinstance(doc, dict):
+        return "<document>"
+    meta = doc["metadata"]
+    return f"{doc['kind']} {meta.get('namespace', 'default')}/{meta.get('name', '<unnamed>')}"
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[c.name for c in INVALID])
+def test_invalid_objects_name_the_object_and_the_field(case: InvalidObject) -> None:
     with pytest.raises(ValidationError) as info:
-        parse_object(doc)
-    assert message in str(info.value)
-    if isinstance(doc, dict) and doc.get("metadata", {}).get("name"):
-        assert f"/{doc['metadata']['name']}" in str(info.value)  # names the object
+        parse_object(case.doc)
+    text = str(info.value)
+    assert text.startswith(f"{rejection_ref(case.doc)}: "), text
+    assert case.message in text, text
 
 
 def test_every_error_of_an_object_is_reported_at_once() -> None:
