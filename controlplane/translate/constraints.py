@@ -55,6 +55,17 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from validate import validate_pb2
 
+from controlplane.translate import envoy_checks
+from controlplane.translate.violations import (
+    IPV4,
+    MessageCheck,
+    Out,
+    Rule,
+    Violation,
+    join,
+    short,
+)
+
 # google.protobuf.Duration / Timestamp range (duration.proto, timestamp.proto).
 DURATION_MAX_SECONDS = 315_576_000_000
 TIMESTAMP_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
@@ -87,32 +98,6 @@ _HEADER_FAST = {
     _HEADER_VALUE_STRICT: ("{v}.isprintable()", {}),
     _HEADER_LOOSE: ("'\\x00' not in {v} and '\\n' not in {v} and '\\r' not in {v}", {}),
 }
-
-
-@dataclass(frozen=True)
-class Violation:
-    path: str  # e.g. virtual_hosts[0].routes[2].match.safe_regex.regex
-    message: str  # the rule broken and the offending value (truncated)
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-Out = list[Violation]
-# A compiled rule: the value -> why it breaks the rule, or None.
-Rule = Callable[[Any], str | None]
-# A check registered by envoy_checks: (message, its path, where violations go).
-MessageCheck = Callable[[Any, str, Out], None]
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """A value as shown in a violation: repr, truncated."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
 
 
 def _fast(rule: Rule, expr: str, **consts: Any) -> Rule:
@@ -223,13 +208,6 @@ def _is_hostname(value: str) -> bool:
         if not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
             return False
     return True
-
-
-# A dotted-quad IPv4 address exactly as ipaddress accepts one (four decimal octets up to
-# 255, no leading zeros): the common case, without ipaddress's cost. Anything else is
-# left to ipaddress.
-IPV4 = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-                  r"(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
 
 
 def _is_ip(value: str, version: int | None = None) -> bool:
@@ -761,8 +739,6 @@ def _plan(desc: Descriptor) -> _Plan | None:
 
 
 def _build_plan(desc: Descriptor) -> _Plan | None:
-    from controlplane.translate import envoy_checks  # envoy_checks imports Violation
-
     full = desc.full_name
     extra = envoy_checks.CHECKS.get(full)
     at = tuple(envoy_checks.CHECKS_AT.get(full, ()))
@@ -1186,8 +1162,6 @@ _SHAPE_FINGERPRINTS = {
 def _shape_fingerprint(types: tuple[str, ...]) -> str:
     """Every field's rules, the required oneofs and the source of every envoy_check of
     the types a shape's verdict covers."""
-    from controlplane.translate import envoy_checks
-
     h = hashlib.sha256()
     for full in types:
         desc = _POOL.FindMessageTypeByName(full)
@@ -1664,8 +1638,6 @@ _APART_FINGERPRINTS = {
 
 
 def _apart_fingerprint(full: str) -> str:
-    from controlplane.translate import envoy_checks
-
     h = hashlib.sha256()
     for fn in (envoy_checks.CHECKS.get(full),
                *(fn for _, fn in envoy_checks.CHECKS_AT.get(full, ()))):

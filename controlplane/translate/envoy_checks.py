@@ -15,9 +15,8 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 
 from controlplane.model.re2check import ENVOY_MAX_PROGRAM_SIZE, regex_error
-from controlplane.translate.constraints import IPV4, Violation, join, short
+from controlplane.translate.violations import IPV4, Out, Violation, join, short
 
-Out = list[Violation]
 CHECKS: dict[str, Callable[[Any, str, Out], None]] = {}
 # Checks of a sub-message where a given type holds it: holder type -> [(the field names
 # down to it, the check, given the sub-message and its path)]. The check runs when each
