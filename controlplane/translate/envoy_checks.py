@@ -81,8 +81,8 @@ def duration(d: Any, path: str, out: Out) -> None:
 
 
 # When this holds the check reports nothing: the compiled walker tests it inline and calls
-# the check only otherwise (see constraints._fast; tests/test_constraints.py holds each
-# guard to its check).
+# the check only otherwise (see `_fast` in constraints/rules.py; tests/test_constraints.py
+# holds each guard to its check).
 duration.fast = ("0 <= {v}.seconds <= {s} and {v}.nanos >= 0",  # type: ignore[attr-defined]
                  {"s": ENVOY_DURATION_MAX_SECONDS})
 
