@@ -1,4 +1,4 @@
-"""Envoy constraint checking (translate/constraints.py) over the benchmark mesh: the time
+"""Envoy constraint checking (translate/constraints/) over the benchmark mesh: the time
 `constraints.check` takes per resource type, on exactly what the push loop checks
 (translate/guard.py `checked`): each service's clusters and load assignments, each
 service port's routes, the probe's listeners. Route configurations of one namespace

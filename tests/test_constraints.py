@@ -1,4 +1,4 @@
-"""The constraint checker (translate/constraints.py, translate/envoy_checks.py): each PGV
+"""The constraint checker (translate/constraints/, translate/envoy_checks.py): each PGV
 rule kind on a real Envoy message with the exact path reported, every golden output
 clean, and — against the real Envoy (`--mode validate`) — what the checker flags is what
 Envoy rejects, and the same resource fixed is accepted."""
@@ -440,7 +440,7 @@ def test_checker_agrees_with_envoy(name: str, bad: Callable[[dict[str, list[Any]
 
 # -- the compiled walker against the reference -------------------------------------------
 #
-# `check` runs generated code (constraints.py, "the compiled walker"); `check_reference`
+# `check` runs generated code (constraints/codegen.py, "the compiled walker"); `check_reference`
 # interprets the same plans. Over the golden outputs, mutated at random through their
 # descriptors (any field at any depth set to an edge value, cleared, emptied, a oneof
 # switched, an Any repacked or corrupted), both must report the same violations. Order may
@@ -606,7 +606,8 @@ def test_fast_paths_imply_their_rules() -> None:
     import ipaddress
     import random
 
-    from controlplane.translate import constraints as c
+    from controlplane.translate.constraints import rules
+    from controlplane.translate.violations import IPV4
 
     rng = random.Random(3)
     alphabet = "0123456789.:abcdef%x \t\n\r\x00\x01\x7f,;éÿ٣"
@@ -620,8 +621,8 @@ def test_fast_paths_imply_their_rules() -> None:
             ipv4 = ipaddress.ip_address(s).version == 4
         except ValueError:
             ipv4 = False
-        assert (c.IPV4.fullmatch(s) is not None) is ipv4, s
-    for pattern, (expr, consts) in c._HEADER_FAST.items():
+        assert (IPV4.fullmatch(s) is not None) is ipv4, s
+    for pattern, (expr, consts) in rules._HEADER_FAST.items():
         fast = eval("lambda v: " + expr.format(v="v", **{k: f"_{k}" for k in consts}),
                     {f"_{k}": value for k, value in consts.items()})
         for s in samples:
@@ -667,14 +668,15 @@ def _random_lb_endpoint(rng: Any) -> endpoint_components_pb2.LbEndpoint:
 
 
 def test_lb_endpoint_fast_path_agrees_with_the_walk() -> None:
-    """The hand-written wire-shape fast path for LbEndpoint (constraints._SHAPES) passes
+    """The hand-written wire-shape fast path for LbEndpoint (constraints/shapes.py) passes
     only endpoints the full walk passes, takes the common ones, and agrees inside whole
     load assignments (where the memo and the fast path run)."""
     import random
 
     from controlplane.translate import constraints as c
+    from controlplane.translate.constraints import shapes
 
-    assert c._fast_shape(endpoint_components_pb2.LbEndpoint.DESCRIPTOR) is not None, (
+    assert shapes._fast_shape(endpoint_components_pb2.LbEndpoint.DESCRIPTOR) is not None, (
         "the LbEndpoint fast path is off: its types' rules or checks changed; check the "
         "shape still implies them, then update _SHAPE_FINGERPRINTS")
     rng = random.Random(11)
@@ -682,7 +684,7 @@ def test_lb_endpoint_fast_path_agrees_with_the_walk() -> None:
     endpoints = [_random_lb_endpoint(rng) for _ in range(6000)]
     for lb in endpoints:
         want = c.check_reference(lb)
-        if c._lb_endpoint_valid(lb.SerializePartialToString()):
+        if shapes._lb_endpoint_valid(lb.SerializePartialToString()):
             taken += 1
             assert want == [], lb
     assert taken > 200, taken  # the common shape is recognised
@@ -698,7 +700,7 @@ def test_lb_endpoint_fast_path_checks_the_lengths() -> None:
     """Bytes that read as the common shape only if the lengths are ignored: the socket
     address ends before the port, whose tag then sits in the Address as an unknown
     field. The endpoint has no port_specifier, so it must be walked and refused."""
-    from controlplane.translate import constraints as c
+    from controlplane.translate.constraints import shapes
 
     sa = b"\x12\x08" + b"10.0.0.1"
     address = b"\x0a" + bytes([len(sa)]) + sa + b"\x18\x50"
@@ -706,8 +708,8 @@ def test_lb_endpoint_fast_path_checks_the_lengths() -> None:
     lb = endpoint_components_pb2.LbEndpoint.FromString(b"\x0a" + bytes([len(endpoint)])
                                                        + endpoint)
     b = lb.SerializePartialToString()
-    assert c._LB_ENDPOINT_SHAPE.fullmatch(b) is not None  # the regex alone is fooled
-    assert not c._lb_endpoint_valid(b)
+    assert shapes._LB_ENDPOINT_SHAPE.fullmatch(b) is not None  # the regex alone is fooled
+    assert not shapes._lb_endpoint_valid(b)
     assert paths(lb) == ["endpoint.address.socket_address.port_specifier"]
 
 
@@ -723,15 +725,16 @@ def _shaped_lb_endpoint(rng: Any) -> endpoint_components_pb2.LbEndpoint:
 
 
 def test_assignment_fast_path_agrees_with_the_walk() -> None:
-    """The ClusterLoadAssignment wire shape (constraints._assignment_valid) passes only
+    """The ClusterLoadAssignment wire shape (shapes._assignment_valid) passes only
     assignments the full walk passes, takes the translator's, and `check` agrees with
     the reference with it in play: names and localities long enough for multi-byte
     lengths, empty localities, and what takes an assignment out of the shape."""
     import random
 
     from controlplane.translate import constraints as c
+    from controlplane.translate.constraints import shapes
 
-    assert c._fast_shape(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR) is not None, (
+    assert shapes._fast_shape(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR) is not None, (
         "the ClusterLoadAssignment fast path is off: its types' rules or checks "
         "changed; check the shape still implies them, then update _SHAPE_FINGERPRINTS")
     rng = random.Random(5)
@@ -758,7 +761,7 @@ def test_assignment_fast_path_agrees_with_the_walk() -> None:
         elif roll < 0.1:
             cla.named_endpoints["n"].address.socket_address.address = "x"
         want = c.check_reference(cla)
-        if c._assignment_valid(cla.SerializePartialToString()):
+        if shapes._assignment_valid(cla.SerializePartialToString()):
             taken += 1
             assert want == [], cla
         assert _found(check(cla)) == _found(want), cla
@@ -770,7 +773,7 @@ def test_assignment_fast_path_checks_the_lengths() -> None:
     test above), inside an assignment of good endpoints."""
     import random
 
-    from controlplane.translate import constraints as c
+    from controlplane.translate.constraints import shapes
 
     sa = b"\x12\x08" + b"10.0.0.1"
     address = b"\x0a" + bytes([len(sa)]) + sa + b"\x18\x50"
@@ -781,7 +784,7 @@ def test_assignment_fast_path_checks_the_lengths() -> None:
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name="c")
     cla.endpoints.add().lb_endpoints.extend([_shaped_lb_endpoint(rng), bad,
                                              _shaped_lb_endpoint(rng)])
-    assert not c._assignment_valid(cla.SerializePartialToString())
+    assert not shapes._assignment_valid(cla.SerializePartialToString())
     assert paths(cla) == ["endpoints[0].lb_endpoints[1].endpoint.address.socket_address."
                           "port_specifier"]
 
@@ -790,7 +793,7 @@ def test_assignment_fast_path_reads_only_localities() -> None:
     """An entry of the common shape under another field of the assignment (here a
     named endpoint, which reads it as an Endpoint with an empty socket address) is not
     taken for a locality: the bytes are refused and the walk finds what is wrong."""
-    from controlplane.translate import constraints as c
+    from controlplane.translate.constraints import shapes
 
     lb = endpoint_components_pb2.LbEndpoint()
     lb.endpoint.address.socket_address.address = "10.0.0.1"
@@ -799,10 +802,10 @@ def test_assignment_fast_path_reads_only_localities() -> None:
     item = b"\x12" + bytes([len(body)]) + body
     locality = b"\x0a\x01c" + b"\x12" + bytes([len(item)]) + item
     named = b"\x0a\x01c" + b"\x2a" + bytes([len(item)]) + item  # named_endpoints (5)
-    assert c._assignment_valid(locality)
-    assert not c._assignment_valid(named)
+    assert shapes._assignment_valid(locality)
+    assert not shapes._assignment_valid(named)
     unnamed = b"\x0a\x00" + locality[3:]  # an empty cluster_name, written out
-    assert not c._assignment_valid(unnamed)
+    assert not shapes._assignment_valid(unnamed)
     assert paths(endpoint_pb2.ClusterLoadAssignment.FromString(unnamed)) == ["cluster_name"]
     cla = endpoint_pb2.ClusterLoadAssignment.FromString(named)
     assert "named_endpoints[''].address.socket_address.port_specifier" in paths(cla)
@@ -813,12 +816,12 @@ def test_message_check_guards_imply_their_checks() -> None:
     holds) only holds when the check reports nothing."""
     import itertools
 
-    from controlplane.translate import constraints as c
     from controlplane.translate import envoy_checks
+    from controlplane.translate.constraints import wellknown
 
-    guarded = [fn for fn in (*envoy_checks.CHECKS.values(), c._duration_range,
-                             c._timestamp_range) if hasattr(fn, "fast")]
-    assert envoy_checks.duration in guarded and c._duration_range in guarded
+    guarded = [fn for fn in (*envoy_checks.CHECKS.values(), wellknown._duration_range,
+                             wellknown._timestamp_range) if hasattr(fn, "fast")]
+    assert envoy_checks.duration in guarded and wellknown._duration_range in guarded
     seconds = [-1, 0, 1, 9_223_372_035, 9_223_372_036, 315_576_000_000, 315_576_000_001,
                -315_576_000_001]
     nanos = [-1, 0, 1, 999_999_999, 1_000_000_000, -1_000_000_000]
@@ -839,13 +842,14 @@ def test_message_check_guards_imply_their_checks() -> None:
 
 def test_clusters_are_memoised_apart_from_their_names() -> None:
     """A Cluster's checks but those of its name and eds_cluster_config are memoised by
-    its bytes without those two fields (constraints._APART): the key is exactly that,
+    its bytes without those two fields (constraints/apart.py): the key is exactly that,
     and clusters that differ anywhere else are checked apart."""
     import random
 
     from controlplane.translate import constraints as c
+    from controlplane.translate.constraints import apart, entries
 
-    assert c._entry(cluster_pb2.Cluster).__name__ == "run", (
+    assert entries._entry(cluster_pb2.Cluster).__name__ == "run", (
         "Cluster is no longer checked apart from its name: the Cluster envoy_check "
         "changed; check it reads neither name nor eds_cluster_config, then update "
         "_APART_FINGERPRINTS")
@@ -860,7 +864,7 @@ def test_clusters_are_memoised_apart_from_their_names() -> None:
         cut.CopyFrom(m)
         cut.ClearField("name")
         cut.ClearField("eds_cluster_config")
-        assert c._masked(m.SerializePartialToString(), frozenset({1, 3}), 3) == \
+        assert apart._masked(m.SerializePartialToString(), frozenset({1, 3}), 3) == \
             cut.SerializePartialToString()
     c.reset_memos()
     provided = cluster_pb2.Cluster(name="a", type=cluster_pb2.Cluster.ORIGINAL_DST,

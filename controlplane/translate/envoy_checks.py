@@ -15,9 +15,8 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 
 from controlplane.model.re2check import ENVOY_MAX_PROGRAM_SIZE, regex_error
-from controlplane.translate.constraints import IPV4, Violation, join, short
+from controlplane.translate.violations import IPV4, Out, Violation, join, short
 
-Out = list[Violation]
 CHECKS: dict[str, Callable[[Any, str, Out], None]] = {}
 # Checks of a sub-message where a given type holds it: holder type -> [(the field names
 # down to it, the check, given the sub-message and its path)]. The check runs when each
@@ -82,8 +81,8 @@ def duration(d: Any, path: str, out: Out) -> None:
 
 
 # When this holds the check reports nothing: the compiled walker tests it inline and calls
-# the check only otherwise (see constraints._fast; tests/test_constraints.py holds each
-# guard to its check).
+# the check only otherwise (see `_fast` in constraints/rules.py; tests/test_constraints.py
+# holds each guard to its check).
 duration.fast = ("0 <= {v}.seconds <= {s} and {v}.nanos >= 0",  # type: ignore[attr-defined]
                  {"s": ENVOY_DURATION_MAX_SECONDS})
 
