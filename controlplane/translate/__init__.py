@@ -3,8 +3,9 @@
 No I/O, no clocks, no asyncio: the same input gives the same bytes, which the golden
 files pin down. Modules by what they build: clusters, endpoints, listeners, routes (and
 the destinations, policies, ports, names and headless hosts they share); guard.py
-builds and checks one unit; constraints.py and envoy_checks.py are the checks. Code
-outside this package imports what it needs from here.
+builds and checks one unit; constraints/ (protoc-gen-validate's rules, from Envoy's
+descriptors) and envoy_checks.py (what Envoy checks in code) are the checks, over the
+vocabulary in violations.py. Code outside this package imports what it needs from here.
 """
 
 from controlplane.translate.clusters import build_clusters, service_clusters

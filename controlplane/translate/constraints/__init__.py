@@ -85,9 +85,8 @@ def check(message: Any, path: str = "") -> list[Violation]:
         _checks = 0
         _retry_memos()
     out: Out = []
-    fn = _ENTRIES.get(type(message), False)
-    if fn is False:
-        fn = _entry(type(message))
+    cls = type(message)
+    fn = _ENTRIES[cls] if cls in _ENTRIES else _entry(cls)
     if fn is not None:
         fn(message, out)
         if path and out:

@@ -73,8 +73,9 @@ _ANY_COMPILED: dict[str, tuple[type[Message], Callable[[Any, Out], None]] | None
 def _walk_any_compiled(a: any_pb2.Any, path: str, out: Out) -> None:
     """`plans._walk_any` for the compiled walker."""
     url = a.type_url
-    entry = _ANY_COMPILED.get(url, False)
-    if entry is False:
+    if url in _ANY_COMPILED:
+        entry = _ANY_COMPILED[url]
+    else:
         entry = None
         cls = _packed_class(url)
         if cls is not None:

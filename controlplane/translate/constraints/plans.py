@@ -141,6 +141,7 @@ def _elem(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -> _Elem |
         return _Elem(tuple(value_rules), ignore_empty, False, False, None) if value_rules \
             else None
     mtype = fd.message_type
+    assert mtype is not None  # a message field's descriptor names its type
     if mtype.full_name in _WRAPPERS:
         return _Elem(tuple(value_rules), ignore_empty, True, True, None) if value_rules \
             else None
@@ -206,6 +207,7 @@ def _repeated_parts(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None
 def _map_parts(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -> _Many | None:
     m = rules.map if rules is not None and rules.HasField("map") else None
     entry = fd.message_type
+    assert entry is not None  # a map field is a repeated map-entry message
     key_fd, value_fd = entry.fields_by_name["key"], entry.fields_by_name["value"]
     keys = _elem(key_fd, m.keys if m is not None and m.HasField("keys") else None)
     values = _elem(value_fd, m.values if m is not None and m.HasField("values") else None)
@@ -255,11 +257,11 @@ def _is_map(fd: FieldDescriptor) -> bool:
 def _field_plan(fd: FieldDescriptor) -> _Field | None:
     rules = _field_rules(fd)
     name = fd.name
+    unset: Callable[[str, Out], None] | None = None
     if fd.is_repeated:
         many = _map_parts(fd, rules) if _is_map(fd) else _repeated_parts(fd, rules)
         if many is None:
             return None
-        unset = None
         if many.min_unset is not None:
             text = many.min_unset
 
@@ -268,7 +270,6 @@ def _field_plan(fd: FieldDescriptor) -> _Field | None:
         return _Field(fd.number, name, _many_checker(many), unset, fd, None, many, False)
     elem = _elem(fd, rules)
     run = _element_checker(elem)
-    unset = None
     required = False
     # A oneof member is checked only when it is the one set (PGV's switch on the case).
     if rules is not None and fd.containing_oneof is None:
@@ -406,12 +407,13 @@ def _walk_any(a: any_pb2.Any, path: str, out: Out) -> None:
     """Envoy unpacks typed_config and friends and validates what they hold: so do we,
     when the descriptor pool knows the packed type."""
     url = a.type_url
-    entry = _ANY_CLASSES.get(url, False)
-    if entry is False:
+    if url in _ANY_CLASSES:
+        entry = _ANY_CLASSES[url]
+    else:
         entry = None
         cls = _packed_class(url)
         if cls is not None:
-            walk = _walker(cls.DESCRIPTOR)
+            walk = _walker(cls.DESCRIPTOR)  # type: ignore[arg-type]  # upb's Descriptor
             if walk is not None:
                 entry = (cls, walk)
         _ANY_CLASSES[url] = entry

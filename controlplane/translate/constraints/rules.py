@@ -173,11 +173,12 @@ def _text_rules(r: Any, length: Callable[[Any], int], unit: str) -> list[Rule]:
                                ("max_len", int.__le__, "at most", "<=")):
         if r.HasField(name):
             bound = getattr(r, name)
-            rules.append(_fast(lambda v, bound=bound, cmp=cmp, txt=txt, name=name:
-                               None if cmp(length(v), bound) else
-                               f"length must be {txt} {bound} {unit} ({name}), got "
-                               f"{length(v)}: {short(v)}",
-                               f"len({{v}}) {op} {{b}}", b=bound))
+            def length_rule(v: Any, bound: int = bound, cmp: Any = cmp, txt: str = txt,
+                            name: str = name) -> str | None:
+                return None if cmp(length(v), bound) else (
+                    f"length must be {txt} {bound} {unit} ({name}), got "
+                    f"{length(v)}: {short(v)}")
+            rules.append(_fast(length_rule, f"len({{v}}) {op} {{b}}", b=bound))
     if r.HasField("prefix"):
         p = r.prefix
         rules.append(lambda v: None if v.startswith(p) else
@@ -231,17 +232,19 @@ def _string(r: validate_pb2.StringRules) -> list[Rule]:
             pattern = None
         if pattern is not None:
             expr, consts = _HEADER_FAST[pattern]
-            rules.append(_fast(lambda v, pattern=pattern, what=what:
-                               None if pattern.search(v) is not None else
-                               f"must be {what} (well_known_regex), got {short(v)}",
-                               expr, **consts))
+            def header_rule(v: Any, pattern: Any = pattern, what: str = what) -> str | None:
+                return None if pattern.search(v) is not None else (
+                    f"must be {what} (well_known_regex), got {short(v)}")
+            rules.append(_fast(header_rule, expr, **consts))
     elif kind in ("hostname", "ip", "ipv4", "ipv6", "address", "uuid") and getattr(r, kind):
         test: Callable[[str], bool] = {
             "hostname": _is_hostname, "ip": _is_ip,
             "ipv4": lambda v: _is_ip(v, 4), "ipv6": lambda v: _is_ip(v, 6),
             "address": lambda v: _is_hostname(v) or _is_ip(v), "uuid": _is_uuid}[kind]
-        rules.append(lambda v, test=test, kind=kind:
-                     None if test(v) else f"must be a valid {kind}, got {short(v)}")
+        def well_known(v: Any, test: Callable[[str], bool] = test, kind: str = kind
+                       ) -> str | None:
+            return None if test(v) else f"must be a valid {kind}, got {short(v)}"
+        rules.append(well_known)
     # email, uri, uri_ref: PGV's C++ code (what Envoy runs) does not implement them.
     return rules
 
@@ -259,8 +262,10 @@ def _bytes(r: validate_pb2.BytesRules) -> list[Rule]:
 def _enum(r: validate_pb2.EnumRules, fd: FieldDescriptor) -> list[Rule]:
     rules = _membership(r, lambda x: x, repr, fast=True)
     if r.defined_only:
-        defined = frozenset(v.number for v in fd.enum_type.values)
-        name = fd.enum_type.full_name
+        enum_type = fd.enum_type
+        assert enum_type is not None  # an enum field's descriptor names its type
+        defined = frozenset(v.number for v in enum_type.values)
+        name = enum_type.full_name
         rules.append(_fast(lambda v: None if v in defined else
                            f"must be a defined {name} value (defined_only), got {v}",
                            "{v} in {d}", d=defined))
