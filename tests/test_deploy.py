@@ -36,6 +36,7 @@ import yaml
 from controlplane import cli
 from controlplane.bootstrap import split_address
 from controlplane.demo import traffic, workload
+from controlplane.demo.story import MANIFESTS, copy_tree
 from controlplane.model.meta import Key
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import (
@@ -57,7 +58,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 KUBERNETES = ROOT / "config" / "kubernetes"
 EXAMPLE = KUBERNETES / "example"
-DEMO_CONFIG = ROOT / "config" / "demo"
+DEMO_MANIFESTS = ROOT / "controlplane" / "demo" / "manifests"
 PORTS = {"xds": 15010, "admin": 15011, "http": 15014}
 
 
@@ -278,13 +279,14 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> No
                 assert any(f == source or f.startswith(source.rstrip("/") + "/")
                            for f in files), f"COPY {source}: excluded by .dockerignore"
     sources = {str(p.relative_to(ROOT)) for p in (ROOT / "controlplane").rglob("*.py")}
+    sources |= {str(p.relative_to(ROOT)) for p in DEMO_MANIFESTS.glob("*.yaml")}
     assert sources <= set(files), sources - set(files)
 
 
 def test_the_builder_stage_makes_a_wheel_with_every_module(tmp_path: Path) -> None:
     """What the builder's RUN lines do, on a copy of the build context: the requirements
     from pyproject.toml, and a wheel holding the whole package (the demo pods of
-    docker-compose.yml and the generated admin API included)."""
+    docker-compose.yml, the generated admin API and the demo's manifests included)."""
     context = tmp_path / "context"
     for relative in context_files():
         (context / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +309,8 @@ def test_the_builder_stage_makes_a_wheel_with_every_module(tmp_path: Path) -> No
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "controlplane").rglob("*.py")
                if "__pycache__" not in p.parts}
     assert modules <= names, modules - names
+    manifests = {str(p.relative_to(ROOT)) for p in DEMO_MANIFESTS.glob("*.yaml")}
+    assert manifests and manifests <= names, f"package data missing: {manifests - names}"
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
@@ -425,7 +429,7 @@ def test_compose_config_is_the_demo_config_at_the_compose_addresses() -> None:
             docs.append(doc)
         return docs
     compose_config = mounts(compose()["services"]["controlplane"])["/config"]
-    for demo_file in sorted(DEMO_CONFIG.glob("*.yaml")):
+    for demo_file in sorted(DEMO_MANIFESTS.glob("*.yaml")):
         assert normalized(compose_config / demo_file.name) == normalized(demo_file), (
             demo_file.name)
 
@@ -439,8 +443,15 @@ def test_compose_example_virtualservices_load_cleanly(example: Path, tmp_path: P
     assert store.get(Key("VirtualService", "default", "reviews")) is not None
 
 
-def test_demo_config_loads_with_no_errors() -> None:
-    assert_loads_cleanly(DEMO_CONFIG)
+def test_the_demo_reads_its_manifests_through_the_package_and_they_load_cleanly(
+        tmp_path: Path) -> None:
+    """What `controlplane demo` serves by default: the manifests as importlib.resources
+    reads them from the package (as from an installed wheel), every file and byte."""
+    copy_tree(MANIFESTS, tmp_path / "config")
+    copied = {p.name: p.read_bytes() for p in (tmp_path / "config").iterdir()}
+    assert copied == {p.name: p.read_bytes() for p in DEMO_MANIFESTS.iterdir()}
+    assert {"services.yaml", "pods.yaml", "db.yaml"} <= set(copied)
+    assert_loads_cleanly(tmp_path / "config")
 
 
 # -- Kubernetes manifests ---------------------------------------------------------------------
