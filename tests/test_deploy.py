@@ -35,9 +35,9 @@ import yaml
 
 from controlplane import cli
 from controlplane.bootstrap import split_address
-from controlplane.demo import traffic, workload
 from controlplane.demo.story import MANIFESTS, copy_tree
 from controlplane.model.meta import Key
+from controlplane.samples import traffic, workload
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import (
     ENDPOINT_SLICES,
@@ -285,7 +285,7 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> No
 
 def test_the_builder_stage_makes_a_wheel_with_every_module(tmp_path: Path) -> None:
     """What the builder's RUN lines do, on a copy of the build context: the requirements
-    from pyproject.toml, and a wheel holding the whole package (the demo pods of
+    from pyproject.toml, and a wheel holding the whole package (the sample apps of
     docker-compose.yml, the generated admin API and the demo's manifests included)."""
     context = tmp_path / "context"
     for relative in context_files():
@@ -395,7 +395,7 @@ def test_compose_config_dir_loads_with_no_errors_and_its_pods_are_the_workloads(
     assert_loads_cleanly(config)
     workloads = {}
     for name, service in services.items():
-        if service.get("entrypoint") == ["python", "-m", "controlplane.demo.workload"]:
+        if service.get("entrypoint") == ["python", "-m", "controlplane.samples.workload"]:
             args = workload.parser().parse_args(service["command"])
             workloads[address_of(services, name)] = (name, args)
     docs = [d for p in sorted(config.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
@@ -411,7 +411,7 @@ def test_compose_config_dir_loads_with_no_errors_and_its_pods_are_the_workloads(
         assert {p["targetPort"] for p in svc["spec"]["ports"]} == {args.port}
     # The client apps call through their own sidecar.
     clients = {n: s for n, s in services.items()
-               if s.get("entrypoint") == ["python", "-m", "controlplane.demo.traffic"]}
+               if s.get("entrypoint") == ["python", "-m", "controlplane.samples.traffic"]}
     assert clients
     for name, service in clients.items():
         args = traffic.parser().parse_args(service["command"])
@@ -616,7 +616,7 @@ def test_example_sidecar_bootstrap_is_generated_valid_and_reaches_the_service(
     assert client.sidecar == f"127.0.0.1:{service_port(docs, client.host)}"
     for name in ("reviews-v1", "reviews-v2"):
         [container] = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
-        assert container["command"] == ["python", "-m", "controlplane.demo.workload"]
+        assert container["command"] == ["python", "-m", "controlplane.samples.workload"]
         workload.parser().parse_args(container["args"])
     for doc in docs:
         if doc["kind"] != "Deployment":

@@ -30,10 +30,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from controlplane.demo.envoy import Envoy, free_port, owned_process
 from controlplane.demo.prompt import wait_for_enter
-from controlplane.demo.traffic import Client, bar
-from controlplane.demo.workload import Workload
+from controlplane.samples.traffic import Client, bar
+from controlplane.samples.workload import Workload
+from controlplane.sidecar import Envoy, free_port, owned_process
 
 # The demo's mesh, read through the package: it ships in the wheel (package data in
 # pyproject.toml), so `controlplane demo` runs from an installation as from a checkout.
