@@ -157,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
                       help="run every step unattended; exit 0 only if all saw the "
                            "expected traffic")
     demo.add_argument("--config-dir", default=None,
-                      help="demo manifests to start from (default: config/demo)")
+                      help="demo manifests to start from (default: those shipped in the "
+                           "package, controlplane/demo/manifests/)")
     for command in (serve_p, bootstrap_p, ps, demo):
         _log_args(command, command=True)
     return p

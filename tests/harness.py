@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 
 from controlplane.app import App, Settings
-from controlplane.demo.envoy import Envoy, envoy_binary, free_port
-from controlplane.demo.traffic import Client
-from controlplane.demo.workload import Workload
+from controlplane.samples.traffic import Client
+from controlplane.samples.workload import Workload
+from controlplane.sidecar import Envoy, envoy_binary, free_port
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource
 from controlplane.translation import PROBE, MeshTranslation
@@ -44,7 +44,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 
 # -- upstreams --------------------------------------------------------------------------------
 
-# A stand-in pod (the demo's workload server): answers with its identity as JSON.
+# A stand-in pod (the sample workload the manifests run): answers with its identity as JSON.
 Upstream = Workload
 
 __all__ = ["Client", "ControlPlane", "Envoy", "Upstream", "envoy_binary", "free_port", "get",

@@ -35,8 +35,9 @@ import yaml
 
 from controlplane import cli
 from controlplane.bootstrap import split_address
-from controlplane.demo import traffic, workload
+from controlplane.demo.story import MANIFESTS, copy_tree
 from controlplane.model.meta import Key
+from controlplane.samples import traffic, workload
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import (
     ENDPOINT_SLICES,
@@ -57,7 +58,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 KUBERNETES = ROOT / "config" / "kubernetes"
 EXAMPLE = KUBERNETES / "example"
-DEMO_CONFIG = ROOT / "config" / "demo"
+DEMO_MANIFESTS = ROOT / "controlplane" / "demo" / "manifests"
 PORTS = {"xds": 15010, "admin": 15011, "http": 15014}
 
 
@@ -278,13 +279,14 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> No
                 assert any(f == source or f.startswith(source.rstrip("/") + "/")
                            for f in files), f"COPY {source}: excluded by .dockerignore"
     sources = {str(p.relative_to(ROOT)) for p in (ROOT / "controlplane").rglob("*.py")}
+    sources |= {str(p.relative_to(ROOT)) for p in DEMO_MANIFESTS.glob("*.yaml")}
     assert sources <= set(files), sources - set(files)
 
 
 def test_the_builder_stage_makes_a_wheel_with_every_module(tmp_path: Path) -> None:
     """What the builder's RUN lines do, on a copy of the build context: the requirements
-    from pyproject.toml, and a wheel holding the whole package (the demo pods of
-    docker-compose.yml and the generated admin API included)."""
+    from pyproject.toml, and a wheel holding the whole package (the sample apps of
+    docker-compose.yml, the generated admin API and the demo's manifests included)."""
     context = tmp_path / "context"
     for relative in context_files():
         (context / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +309,8 @@ def test_the_builder_stage_makes_a_wheel_with_every_module(tmp_path: Path) -> No
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "controlplane").rglob("*.py")
                if "__pycache__" not in p.parts}
     assert modules <= names, modules - names
+    manifests = {str(p.relative_to(ROOT)) for p in DEMO_MANIFESTS.glob("*.yaml")}
+    assert manifests and manifests <= names, f"package data missing: {manifests - names}"
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
@@ -391,7 +395,7 @@ def test_compose_config_dir_loads_with_no_errors_and_its_pods_are_the_workloads(
     assert_loads_cleanly(config)
     workloads = {}
     for name, service in services.items():
-        if service.get("entrypoint") == ["python", "-m", "controlplane.demo.workload"]:
+        if service.get("entrypoint") == ["python", "-m", "controlplane.samples.workload"]:
             args = workload.parser().parse_args(service["command"])
             workloads[address_of(services, name)] = (name, args)
     docs = [d for p in sorted(config.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())]
@@ -407,7 +411,7 @@ def test_compose_config_dir_loads_with_no_errors_and_its_pods_are_the_workloads(
         assert {p["targetPort"] for p in svc["spec"]["ports"]} == {args.port}
     # The client apps call through their own sidecar.
     clients = {n: s for n, s in services.items()
-               if s.get("entrypoint") == ["python", "-m", "controlplane.demo.traffic"]}
+               if s.get("entrypoint") == ["python", "-m", "controlplane.samples.traffic"]}
     assert clients
     for name, service in clients.items():
         args = traffic.parser().parse_args(service["command"])
@@ -425,7 +429,7 @@ def test_compose_config_is_the_demo_config_at_the_compose_addresses() -> None:
             docs.append(doc)
         return docs
     compose_config = mounts(compose()["services"]["controlplane"])["/config"]
-    for demo_file in sorted(DEMO_CONFIG.glob("*.yaml")):
+    for demo_file in sorted(DEMO_MANIFESTS.glob("*.yaml")):
         assert normalized(compose_config / demo_file.name) == normalized(demo_file), (
             demo_file.name)
 
@@ -439,8 +443,15 @@ def test_compose_example_virtualservices_load_cleanly(example: Path, tmp_path: P
     assert store.get(Key("VirtualService", "default", "reviews")) is not None
 
 
-def test_demo_config_loads_with_no_errors() -> None:
-    assert_loads_cleanly(DEMO_CONFIG)
+def test_the_demo_reads_its_manifests_through_the_package_and_they_load_cleanly(
+        tmp_path: Path) -> None:
+    """What `controlplane demo` serves by default: the manifests as importlib.resources
+    reads them from the package (as from an installed wheel), every file and byte."""
+    copy_tree(MANIFESTS, tmp_path / "config")
+    copied = {p.name: p.read_bytes() for p in (tmp_path / "config").iterdir()}
+    assert copied == {p.name: p.read_bytes() for p in DEMO_MANIFESTS.iterdir()}
+    assert {"services.yaml", "pods.yaml", "db.yaml"} <= set(copied)
+    assert_loads_cleanly(tmp_path / "config")
 
 
 # -- Kubernetes manifests ---------------------------------------------------------------------
@@ -605,7 +616,7 @@ def test_example_sidecar_bootstrap_is_generated_valid_and_reaches_the_service(
     assert client.sidecar == f"127.0.0.1:{service_port(docs, client.host)}"
     for name in ("reviews-v1", "reviews-v2"):
         [container] = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
-        assert container["command"] == ["python", "-m", "controlplane.demo.workload"]
+        assert container["command"] == ["python", "-m", "controlplane.samples.workload"]
         workload.parser().parse_args(container["args"])
     for doc in docs:
         if doc["kind"] != "Deployment":

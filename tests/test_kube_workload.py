@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from controlplane.demo.workload import Workload
+from controlplane.samples.workload import Workload
 
 
 def test_stop_closes_keep_alive_connections(ip: Callable[[], str]) -> None:

@@ -49,7 +49,7 @@ def test_using_it_block_runs_as_written(tmp_path: Path) -> None:
     venv = Path(sys.prefix)
     assert (venv / "bin" / "controlplane").exists(), f"{venv} is not the project's venv"
     (tmp_path / ".venv").symlink_to(venv)
-    shutil.copytree(ROOT / "config", tmp_path / "config")
+    (tmp_path / "controlplane").symlink_to(ROOT / "controlplane")  # the demo's manifests
     # The code of this checkout, whatever checkout the venv's editable install points at.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # A session of its own: everything the block starts in the background is in one

@@ -1,8 +1,9 @@
 """`controlplane demo`: the control plane, demo workloads and two real Envoy sidecars on
 loopback, walked through traffic changes made by editing YAML files.
 
-Each step changes the config directory (a copy of config/demo), waits until every
-sidecar holds the change, sends requests through the sidecars and shows where they went.
+Each step changes the config directory (a copy of the package's `manifests/`, or of
+--config-dir), waits until every sidecar holds the change, sends requests through the
+sidecars and shows where they went.
 With --no-interactive the steps run unattended and the exit code says whether every step
 saw what it expected. Ctrl-C (or SIGTERM, SIGHUP) stops every process and thread the demo
 started; its children have process groups of their own, so only the demo gets the
@@ -22,17 +23,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-from controlplane.demo.envoy import Envoy, free_port, owned_process
 from controlplane.demo.prompt import wait_for_enter
-from controlplane.demo.traffic import Client, bar
-from controlplane.demo.workload import Workload
+from controlplane.samples.traffic import Client, bar
+from controlplane.samples.workload import Workload
+from controlplane.sidecar import Envoy, free_port, owned_process
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo"
+# The demo's mesh, read through the package: it ships in the wheel (package data in
+# pyproject.toml), so `controlplane demo` runs from an installation as from a checkout.
+MANIFESTS = files("controlplane.demo") / "manifests"
 # Two replicas of a client app, each with its own sidecar: (node id, instance IP).
 SIDECARS = (("productpage-0", "127.0.10.2"), ("productpage-1", "127.0.10.3"))
 SIDECAR_IP = SIDECARS[0][1]
@@ -143,6 +148,17 @@ def recreate_db0(demo: Demo) -> Callable[[Envoy], bool]:
     return lambda e: e.cluster_hosts(DB0_CLUSTER) == {f"{DB0_NEW_IP}:{WORKLOAD_PORT}"}
 
 
+def copy_tree(source: Traversable, target: Path) -> None:
+    """Copy a directory, or one inside the installed package: read through
+    importlib.resources, that need not be a directory on disk."""
+    target.mkdir(parents=True)
+    for entry in source.iterdir():
+        if entry.is_dir():
+            copy_tree(entry, target / entry.name)
+        else:
+            (target / entry.name).write_bytes(entry.read_bytes())
+
+
 def cli_command() -> str:
     """How the user runs the control plane's command line from their shell: the bare name
     when PATH finds this installation's, else the path of the script installed beside
@@ -233,7 +249,7 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 class Demo:
-    def __init__(self, config: Path, interactive: bool, out: TextIO = sys.stdout,
+    def __init__(self, config: Traversable, interactive: bool, out: TextIO = sys.stdout,
                  pace: Pace = LIVE_PACE) -> None:
         self.source_config = config
         self.interactive = interactive
@@ -242,7 +258,7 @@ class Demo:
         self.pace = pace
         self.workdir = Path(tempfile.mkdtemp(prefix="controlplane-demo-"))
         self.config = self.workdir / "config"
-        shutil.copytree(config, self.config)
+        copy_tree(config, self.config)
         self.xds_port = free_port()
         self.admin_address = f"127.0.0.1:{free_port()}"
         self.http_address = f"127.0.0.1:{free_port()}"
@@ -449,7 +465,7 @@ def run(config: Path | None, interactive: bool) -> int:
     old = {s: signal.signal(s, signal.default_int_handler) for s in SIGNALS}
     demo: Demo | None = None
     try:
-        demo = Demo(config or DEFAULT_CONFIG, interactive)
+        demo = Demo(config or MANIFESTS, interactive)
         return 0 if demo.run() else 1
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything the demo started", flush=True)

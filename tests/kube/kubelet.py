@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from controlplane.demo.workload import Workload
+from controlplane.samples.workload import Workload
 
 NODE = "fake-node-1"
 POD_NET = "192.0.2."

@@ -24,7 +24,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 
 from controlplane.bootstrap import SIDECAR_RUNTIME
-from controlplane.demo.envoy import envoy_binary
+from controlplane.sidecar import envoy_binary
 from controlplane.xds import types
 
 

@@ -1,4 +1,6 @@
-"""A real Envoy sidecar process with a bootstrap from `controlplane bootstrap`."""
+"""A real Envoy sidecar process with a bootstrap from `controlplane bootstrap`, and what
+starting one needs (the envoy binary, a free port, a child process that dies with its
+starter). For `controlplane demo` and the tests, which run Envoy on loopback."""
 
 from __future__ import annotations
 

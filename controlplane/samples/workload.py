@@ -1,6 +1,6 @@
 """A stand-in pod: an HTTP server on its own address that answers with who it is.
 
-    python -m controlplane.demo.workload --ip 0.0.0.0 --port 8080 \
+    python -m controlplane.samples.workload --ip 0.0.0.0 --port 8080 \
         --service reviews --pod reviews-v1-0 --version v1
 
 runs one until SIGINT or SIGTERM (as the containers of docker-compose.yml do).
@@ -106,8 +106,8 @@ class Workload:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m controlplane.demo.workload",
-                                description="A demo pod: answers every request with its "
+    p = argparse.ArgumentParser(prog="python -m controlplane.samples.workload",
+                                description="A stand-in pod: answers every request with its "
                                             "service, pod, version and address as JSON.")
     p.add_argument("--ip", default="0.0.0.0", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="port (default %(default)s)")

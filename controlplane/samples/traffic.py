@@ -1,8 +1,8 @@
 """Requests through a sidecar, counted by who answered.
 
-    python -m controlplane.demo.traffic --sidecar productpage-0:9080 --host reviews
+    python -m controlplane.samples.traffic --sidecar productpage-0:9080 --host reviews
 
-is a demo client app (as in docker-compose.yml): a round of requests every few seconds,
+is a sample client app (as in docker-compose.yml): a round of requests every few seconds,
 each round printed as a summary of where they went.
 """
 
@@ -81,8 +81,8 @@ def bar(counts: Counter[str], total: int, width: int = 40) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m controlplane.demo.traffic",
-        description="A demo client app: sends requests through its sidecar again and again "
+        prog="python -m controlplane.samples.traffic",
+        description="A sample client app: sends requests through its sidecar again and again "
                     "and prints where they went.")
     p.add_argument("--sidecar", default="127.0.0.1:9080",
                    help="the sidecar's outbound listener, HOST:PORT (default %(default)s)")
