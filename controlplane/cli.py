@@ -190,11 +190,13 @@ async def serve(args: argparse.Namespace) -> None:
         stale_after=args.stale_after, large_push_limit=args.large_push_limit,
         nack_quarantine=args.nack_quarantine))
     app.sources = _sources(args, app.store)
-    await app.start()
+    # Handlers first: `start` logs "serving", and a SIGTERM sent on seeing that line
+    # must stop the server cleanly, not kill it with the default handler.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    await app.start()
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*app.tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
     for task in done:
