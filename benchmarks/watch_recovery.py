@@ -38,7 +38,7 @@ def start_plane(server: FakeApiServer, tmp: Path) -> ControlPlane:
 
 
 def synced(plane: ControlPlane) -> bool:
-    return bool(plane.run(lambda: plane.store.synced))
+    return bool(plane.run(lambda: plane.store.synced))  # type: ignore[attr-defined]
 
 
 def outages(repeats: int, tmp: Path) -> list[float]:
@@ -50,17 +50,18 @@ def outages(repeats: int, tmp: Path) -> list[float]:
         plane = start_plane(server, tmp)
         try:
             wait_until(lambda: synced(plane), 30, what="initial sync")
-            watchers = plane.kube.watchers
+            watchers = plane.kube.watchers  # type: ignore[attr-defined]  # set in setup
             for _ in range(repeats):
                 server.stop()
                 wait_until(lambda: all(w.failed_attempts >= 6 for w in watchers), 60,
                            what="every watcher failing for a while")
                 server.start()
                 started = time.monotonic()
-                wait_until(lambda s=started: all((w.recovered_at or 0) > s for w in watchers),
-                           60, interval=0.005, what="every watcher recovered")
-                back_after += [w.recovered_at - started  # type: ignore[operator]
-                               for w in watchers]
+
+                def recovered(since: float = started) -> bool:
+                    return all((w.recovered_at or 0) > since for w in watchers)
+                wait_until(recovered, 60, interval=0.005, what="every watcher recovered")
+                back_after += [w.recovered_at - started for w in watchers]
         finally:
             plane.stop()
     return back_after
