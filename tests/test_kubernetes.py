@@ -268,13 +268,18 @@ def statefulset(ns: str, replicas: int = 3) -> dict[str, Any]:
     }
 
 
+def headless_service(ns: str) -> dict[str, Any]:
+    """The StatefulSet's governing Service: one DNS name per pod."""
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
+        "spec": {"clusterIP": "None", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": STATEFULSET_PORT, "targetPort": 8080}]}}
+
+
 def test_statefulset_pod_recreated_with_a_new_ip_reaches_every_envoy(
         api: Any, ns: str, envoy: Any, ip: Any) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_service(ns, {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
-        "spec": {"clusterIP": "None", "selector": {"app": "web"},
-                 "ports": [{"name": "http", "port": STATEFULSET_PORT, "targetPort": 8080}]}})
+    core.create_namespaced_service(ns, headless_service(ns))
     client.AppsV1Api(api).create_namespaced_stateful_set(ns, statefulset(ns))
     kubelet = FakeKubelet(core, ns)
     plane = kube_plane(api, namespaces=frozenset({ns}))
@@ -390,10 +395,7 @@ def test_statefulset_pod_replacement_pushes_endpoints_only_and_never_404s(
     from controlplane.xds import types
 
     core = client.CoreV1Api(api)
-    core.create_namespaced_service(ns, {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
-        "spec": {"clusterIP": "None", "selector": {"app": "web"},
-                 "ports": [{"name": "http", "port": STATEFULSET_PORT, "targetPort": 8080}]}})
+    core.create_namespaced_service(ns, headless_service(ns))
     client.AppsV1Api(api).create_namespaced_stateful_set(ns, statefulset(ns, replicas=2))
     kubelet = FakeKubelet(core, ns, first_host=60)
     plane = kube_plane(api, namespaces=frozenset({ns}))
