@@ -52,7 +52,7 @@ def bootstrap(*, node_id: str, cluster: str = "", xds_address: str = "127.0.0.1:
                     # Envoy's default for a lost xDS stream is a fully jittered backoff
                     # from 0.5 s doubling up to 30 s: after a 10 s control plane outage
                     # proxies came back 1-26 s after it returned. Capped at 1 s, all
-                    # were back within 0.7 s (tests/test_hygiene.py); the jitter still
+                    # were back within 0.7 s (benchmarks/e2e_latency.py); the jitter still
                     # spreads a fleet's reconnects over that second.
                     "retry_policy": {"retry_back_off": {"base_interval": XDS_RETRY_BASE,
                                                         "max_interval": XDS_RETRY_MAX}},

@@ -146,18 +146,26 @@ class PushLoop:
         # The initial load is long-lived: keep the cyclic GC from rescanning it on every
         # later push (full collections over a large heap showed up as push latency).
         gc.freeze()
-        loop = asyncio.get_running_loop()
         while True:
             await self.store.changed.wait()
-            first = loop.time()
-            while True:  # debounce: wait for `quiet` seconds of calm, at most `max_delay`
-                self.store.changed.clear()
-                remaining = self.max_delay - (loop.time() - first)
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self.store.changed.wait(),
-                                           min(self.quiet, remaining))
-                except TimeoutError:
-                    break
+            await debounce(self.store.changed, self.quiet, self.max_delay)
             self.publish()
+
+
+async def debounce(changed: asyncio.Event, quiet: float, max_delay: float) -> None:
+    """Called once `changed` is set: returns after `quiet` seconds without a change, or
+    `max_delay` seconds after the call however often it changes, whichever comes first.
+    A burst of edits (a `kubectl apply` of many objects, a rollout) makes one push, and
+    a stream that never pauses still pushes at least once every `max_delay`. Each change
+    seen is cleared, so the caller's next wait is for a change made after the return."""
+    loop = asyncio.get_running_loop()
+    first = loop.time()
+    while True:
+        changed.clear()
+        remaining = max_delay - (loop.time() - first)
+        if remaining <= 0:
+            return
+        try:
+            await asyncio.wait_for(changed.wait(), min(quiet, remaining))
+        except TimeoutError:
+            return

@@ -62,3 +62,12 @@ def virtual_service(name: str, hosts: list[str], http: list[dict[str, Any]], *,
 def weighted(host: str, weights: dict[str, int]) -> list[dict[str, Any]]:
     return [{"destination": {"host": host, "subset": subset}, "weight": w}
             for subset, w in weights.items()]
+
+
+def pods_yaml(count: int) -> str:
+    """`count` Pod documents; formatted directly, dumping them with PyYAML takes seconds."""
+    return "".join(
+        f"---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  namespace: default\n"
+        f"  labels: {{app: a{i % 50}}}\nspec:\n  containers: [{{name: app, image: demo}}]\n"
+        f"status:\n  phase: Running\n  podIP: 10.{i // 65536}.{i // 256 % 256}.{i % 256}\n"
+        f"  conditions: [{{type: Ready, status: 'True'}}]\n" for i in range(count))

@@ -26,8 +26,7 @@ pytestmark = pytest.mark.e2e
 # Long enough for Envoy's default reconnect backoff (0.5 s doubling to 30 s, fully
 # jittered) to reach waits of 8-16 s; a second or two would not tell the two apart.
 OUTAGE = 10.0
-RECONNECT_BOUND = 3.0  # seconds after the restart; with the bootstrap's 1 s cap, ~1 s
-PROXIES = 4  # each today's Envoy has a small chance of coming back early by luck
+PROXIES = 4
 
 
 def stop_xds(plane: ControlPlane) -> None:
@@ -51,13 +50,19 @@ def connected(plane: ControlPlane) -> set[str]:
     return plane.run(lambda: {p.node_id for p in plane.registry.proxies.values()})
 
 
-def measure_reconnect(plane: ControlPlane, node_ids: list[str], outage: float
-                      ) -> dict[str, float]:
-    """Seconds from the xDS server's restart until each proxy's stream is back."""
+def xds_outage(plane: ControlPlane, node_ids: list[str], seconds: float) -> None:
+    """The xDS server stopped until every stream ended, and `seconds` more."""
     stop_xds(plane)
     wait_until(lambda: not connected(plane) & set(node_ids), what="streams ended")
-    # Not synchronisation: the outage itself is what is measured against.
-    time.sleep(outage)
+    # Not synchronisation: the outage itself is the condition under test.
+    time.sleep(seconds)
+
+
+def measure_reconnect(plane: ControlPlane, node_ids: list[str], outage: float
+                      ) -> dict[str, float]:
+    """Seconds from the xDS server's restart until each proxy's stream is back
+    (benchmarks/e2e_latency.py)."""
+    xds_outage(plane, node_ids, outage)
     restart_xds(plane)
     started = time.monotonic()
     back: dict[str, float] = {}
@@ -71,21 +76,29 @@ def measure_reconnect(plane: ControlPlane, node_ids: list[str], outage: float
     return back
 
 
-def test_envoys_reconnect_within_a_second_of_the_control_plane(
+def test_envoys_retry_at_the_bootstraps_pace_and_are_served_after_an_outage(
         cp: ControlPlane, envoy: Callable[..., Envoy], ip: Callable[[], str],
         upstream: Callable[..., Any]) -> None:
+    """The bootstrap caps the ADS reconnect backoff at 1 s: through a 10 s outage each
+    Envoy keeps trying at least once a second (Envoy's default, doubling to 30 s, makes 5
+    or 6 tries in it), then is back and served. How soon after the restart is
+    `python -m benchmarks.e2e_latency`'s figure."""
     pod_ip = ip()
     upstream(pod_ip, 18081, "web", "web-1")
     apply_docs(cp, service("web", 19281, target=18081), pod("web-1", pod_ip, {"app": "web"}))
     proxies = [envoy(f"reconnect-{i}", cp.port, instance_ip=ip()) for i in range(PROXIES)]
     for p in proxies:
         wait_until(lambda p=p: get(p.instance_ip, 19281, "web")[0] == 200, what="routing")
+    node_ids = {p.node_id for p in proxies}
+    failed = "cluster.xds-grpc.upstream_cx_connect_fail"
     with structlog.testing.capture_logs() as logs:
-        back = measure_reconnect(cp, [p.node_id for p in proxies], OUTAGE)
-        print("reconnect seconds:", {k: round(v, 2) for k, v in sorted(back.items())})
-        assert max(back.values()) < RECONNECT_BOUND, back
+        xds_outage(cp, sorted(node_ids), OUTAGE)
+        tries = {p.node_id: p.stats(failed).get(failed, 0) for p in proxies}
+        restart_xds(cp)
+        wait_until(lambda: connected(cp) >= node_ids, 60, what="every proxy reconnected")
         # And they are served again, not just connected.
-        wait_until(lambda: proxy_status(cp).returncode == 0, what="all SYNCED again")
+        wait_until(lambda: proxy_status(cp).returncode == 0, 60, what="all SYNCED again")
+    assert min(tries.values()) >= OUTAGE, tries  # a try a second at least
     for p in proxies:
         assert get(p.instance_ip, 19281, "web")[0] == 200
     # A reconnecting Envoy's first requests name no nonce of the old streams.

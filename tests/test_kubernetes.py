@@ -24,6 +24,7 @@ from kubernetes.client.rest import ApiException
 from controlplane import log as logsetup
 from controlplane.model.meta import Key
 from controlplane.sources.kubernetes import load_api_client
+from controlplane.sources.watch import Backoff
 from tests.harness import ControlPlane, get, wait_until
 from tests.kube.kubelet import FakeKubelet
 from tests.manifests import destination_rule, service, virtual_service
@@ -202,11 +203,12 @@ def test_revision_serves_only_labelled_namespaces(api: Any) -> None:
         plane.stop()
 
 
-def test_watches_recover_within_a_second_of_an_api_server_restart() -> None:
-    """The API server goes away long enough for every watcher's backoff to grow, then
-    comes back on the same port and etcd: each watcher is back within about a second of
-    the server being ready, logs `watch_recovered`, and changes flow again. A cluster of
-    its own: the shared one's controllers would come back on their own schedule."""
+def test_watches_recover_from_an_api_server_restart() -> None:
+    """The API server goes away long enough for an uncapped backoff to grow past 6 s,
+    then comes back on the same port and etcd: no watcher put its retry off past the
+    backoff's cap (a second), each is back, logs `watch_recovered`, and changes flow
+    again. How soon after /readyz is `benchmarks.kube_latency`'s figure. A cluster of its
+    own: the shared one's controllers would come back on their own schedule."""
     from tests.kube.cluster import LocalCluster
 
     with LocalCluster() as own:
@@ -230,18 +232,15 @@ def test_watches_recover_within_a_second_of_an_api_server_restart() -> None:
                 own.start_apiserver()  # returns once /readyz answers 200
                 ready = time.monotonic()
                 wait_until(lambda: all((w.recovered_at or 0) > starting for w in watchers),
-                           30, interval=0.01, what="every watcher recovered")
+                           60, what="every watcher recovered")
                 create(api, service("after", 80, ns=ns))
-                wait_until(lambda: stored(plane, "Service", ns, "after"), 10,
+                wait_until(lambda: stored(plane, "Service", ns, "after"), 30,
                            what="a Service created after the restart mirrored")
         finally:
             plane.stop()
-    after_ready = {w.name: round(w.recovered_at - ready, 3)  # type: ignore[operator]
-                   for w in watchers}
-    print(f"API server start took {ready - starting:.2f}s; watchers back (s after "
-          f"/readyz): {after_ready}")
-    # It answers before /readyz does; 1.5 s leaves room for a loaded machine.
-    assert max(after_ready.values()) < 1.5, after_ready
+    retries = [e["retry_in_s"] for e in logs if e["event"] == "watch_failed"]
+    assert len(retries) >= 6 * len(watchers)
+    assert max(retries) <= Backoff().cap, retries
     recovered = [e for e in logs if e["event"] == "watch_recovered"]
     assert {(e["kind"], e["namespace"]) for e in recovered} == {
         (w.collection.kind, ns) for w in watchers}
@@ -269,13 +268,18 @@ def statefulset(ns: str, replicas: int = 3) -> dict[str, Any]:
     }
 
 
-def test_statefulset_pod_recreated_with_a_new_ip_reaches_every_envoy_within_a_second(
-        api: Any, ns: str, envoy: Any, ip: Any) -> None:
-    core = client.CoreV1Api(api)
-    core.create_namespaced_service(ns, {
+def headless_service(ns: str) -> dict[str, Any]:
+    """The StatefulSet's governing Service: one DNS name per pod."""
+    return {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
         "spec": {"clusterIP": "None", "selector": {"app": "web"},
-                 "ports": [{"name": "http", "port": STATEFULSET_PORT, "targetPort": 8080}]}})
+                 "ports": [{"name": "http", "port": STATEFULSET_PORT, "targetPort": 8080}]}}
+
+
+def test_statefulset_pod_recreated_with_a_new_ip_reaches_every_envoy(
+        api: Any, ns: str, envoy: Any, ip: Any) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_service(ns, headless_service(ns))
     client.AppsV1Api(api).create_namespaced_stateful_set(ns, statefulset(ns))
     kubelet = FakeKubelet(core, ns)
     plane = kube_plane(api, namespaces=frozenset({ns}))
@@ -311,13 +315,10 @@ def test_statefulset_pod_recreated_with_a_new_ip_reaches_every_envoy_within_a_se
             return None
         new_ip = wait_until(slice_has_new_ip, 60, interval=0.005,
                             what="EndpointSlice with web-0's new IP")
-        slice_updated = time.monotonic()
+        # How soon after the EndpointSlice: `benchmarks.kube_latency`'s figure.
         wait_until(lambda: all(p.cluster_hosts(cluster0) == {f"{new_ip}:8080"}
-                               for p in proxies), 5, interval=0.01,
+                               for p in proxies), 30, interval=0.01,
                    what="every Envoy holding only the new IP")
-        took = time.monotonic() - slice_updated
-        print(f"new IP in every Envoy {took * 1000:.0f} ms after the EndpointSlice update")
-        assert took < 1.0, f"Envoys took {took:.2f}s after the EndpointSlice update"
         for p in proxies:
             hosts = {h for c in (cluster0, f"outbound|{STATEFULSET_PORT}||{svc}")
                      for h in p.cluster_hosts(c)}
@@ -394,10 +395,7 @@ def test_statefulset_pod_replacement_pushes_endpoints_only_and_never_404s(
     from controlplane.xds import types
 
     core = client.CoreV1Api(api)
-    core.create_namespaced_service(ns, {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
-        "spec": {"clusterIP": "None", "selector": {"app": "web"},
-                 "ports": [{"name": "http", "port": STATEFULSET_PORT, "targetPort": 8080}]}})
+    core.create_namespaced_service(ns, headless_service(ns))
     client.AppsV1Api(api).create_namespaced_stateful_set(ns, statefulset(ns, replicas=2))
     kubelet = FakeKubelet(core, ns, first_host=60)
     plane = kube_plane(api, namespaces=frozenset({ns}))

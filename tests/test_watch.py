@@ -15,6 +15,7 @@ import structlog
 
 from controlplane import log as logsetup
 from controlplane.sources.kubernetes import load_api_client
+from controlplane.sources.watch import Backoff
 from tests.harness import ControlPlane, wait_until
 from tests.kube.double import FakeApiServer
 from tests.manifests import service, virtual_service
@@ -163,11 +164,12 @@ def test_istio_crds_appearing_later_are_picked_up(api_server: FakeApiServer,
         plane.stop()
 
 
-def test_watches_are_back_within_a_second_of_the_server(plane: ControlPlane,
-                                                        api_server: FakeApiServer) -> None:
-    """An outage long enough for the backoff to grow: once the server answers again,
-    every watcher is back within about a second (the backoff is capped low and starts
-    over on the first answer), and says so at info level."""
+def test_watches_retry_within_the_backoff_cap_and_say_when_back(
+        plane: ControlPlane, api_server: FakeApiServer) -> None:
+    """An outage long enough for an uncapped backoff to grow past 6 s: no retry is put
+    off past the cap (a second), so once the server answers every watcher is back on its
+    next try, starts its backoff over, and says so at info level. How soon is
+    `python -m benchmarks.watch_recovery`'s figure."""
     logsetup.configure("info", cache=False)
     watchers = plane.kube.watchers
     with structlog.testing.capture_logs() as logs:
@@ -177,15 +179,14 @@ def test_watches_are_back_within_a_second_of_the_server(plane: ControlPlane,
         down = time.monotonic()
         api_server.start()
         back = time.monotonic()
-        wait_until(lambda: all((w.recovered_at or 0) > back for w in watchers), 10,
+        wait_until(lambda: all((w.recovered_at or 0) > back for w in watchers), 30,
                    what="every watcher recovered")
         api_server.upsert("v1", "Service", service("after", 80))
-        wait_until(lambda: converged(plane, api_server), 5, what="mirror == server")
-    delays = sorted(round(w.recovered_at - back, 3) for w in watchers)  # type: ignore[operator]
-    print(f"watchers back {delays} s after the API server")
-    # The backoff is capped at 1 s; the rest is room for a loaded machine. Uncapped, six
-    # failures would have left a watcher away for up to 16 s.
-    assert delays[-1] < 2.0, delays
+        wait_until(lambda: converged(plane, api_server), 30, what="mirror == server")
+    retries = [e["retry_in_s"] for e in logs if e["event"] == "watch_failed"]
+    assert len(retries) >= 6 * len(watchers)
+    assert max(retries) <= Backoff().cap, retries
+    assert all(w.backoff.failures == 0 for w in watchers)
     recovered = {e["kind"]: e for e in logs if e["event"] == "watch_recovered"}
     assert set(recovered) == {w.collection.kind for w in watchers}
     service_log = recovered["Service"]
@@ -197,17 +198,25 @@ def test_watches_are_back_within_a_second_of_the_server(plane: ControlPlane,
 def test_retry_after_is_left_to_the_watchers_backoff(api_server: FakeApiServer,
                                                      tmp_path: Path) -> None:
     """A starting API server answers 503 with "Retry-After: 5". Honoured inside the
-    request (urllib3's default), the watcher slept there 5 s past the server's recovery;
-    the watcher's own backoff (capped at a second) retries it instead."""
+    request (urllib3's default), the watcher slept there 5 s past the server's recovery
+    and never saw the 503; here the 503 reaches the watcher, whose own backoff (capped
+    at a second) retries it. How soon it syncs is `benchmarks.watch_recovery`'s."""
+    logsetup.configure("info", cache=False)
     api_server.upsert("v1", "Service", service("a", 80))
     api_server.fail_next_list(kind="Service", code=503, retry_after=5)
-    started = time.monotonic()
-    plane = start_plane(api_server, tmp_path)
-    try:
-        wait_until(lambda: plane.run(lambda: plane.store.synced), 15, what="initial sync")
-        took = time.monotonic() - started
-        assert api_server.pending_faults() == 0
-        assert took < 3.0, f"initial sync took {took:.1f}s after one 503 with Retry-After: 5"
-        assert converged(plane, api_server)
-    finally:
-        plane.stop()
+    with structlog.testing.capture_logs() as logs:
+        plane = start_plane(api_server, tmp_path)
+        try:
+            wait_until(lambda: plane.run(lambda: plane.store.synced), 30,
+                       what="initial sync")
+            assert api_server.pending_faults() == 0
+            assert converged(plane, api_server)
+        finally:
+            plane.stop()
+    [failed] = [e for e in logs
+                if e["event"] == "watch_failed" and e["collection"] == "Service/*"]
+    assert "503" in failed["error"], failed
+    assert failed["retry_in_s"] <= Backoff().cap, failed
+    service_lists = [r for r in api_server.requests
+                     if r[1] == "/api/v1/services" and "watch" not in r[2]]
+    assert len(service_lists) == 2, service_lists  # the 503, then the watcher's retry
