@@ -8,6 +8,10 @@ With --no-interactive the steps run unattended and the exit code says whether ev
 saw what it expected. Ctrl-C (or SIGTERM, SIGHUP) stops every process and thread the demo
 started; its children have process groups of their own, so only the demo gets the
 terminal's Ctrl-C and stops them in order, and they die with it even if it is killed.
+
+Longer than the ~400 lines a module gets here, on purpose: it is one story, read top to
+bottom — the steps, then the runner that plays them — and the steps call back into the
+runner, so two modules would import each other.
 """
 
 from __future__ import annotations
