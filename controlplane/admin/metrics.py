@@ -73,6 +73,7 @@ class Metrics:
         self.large_waiting = Gauge(
             "controlplane_large_pushes_waiting", "proxies whose large response waits for a "
             "place (--large-push-limit)", registry=r)
+
     def attach(self, registry: SyncRegistry) -> None:
         counts = self.xds.counts
 
