@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from controlplane.model.destination_rule import DestinationRule
+from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
 from controlplane.model.meta import Key
 from controlplane.model.service import DOMAIN_SUFFIX, Service
@@ -53,6 +54,8 @@ class Mesh:
     # Headless services' per-pod hostnames (FQDN -> sorted; only non-empty): each gets a
     # cluster and a virtual host, with or without ready endpoints (_pod_hostnames).
     pod_hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Mesh-wide settings (Istio's MeshConfig); defaults when none is configured.
+    config: MeshConfig = field(default_factory=MeshConfig)
 
     def resolve_host(self, host: str, namespace: str) -> str:
         """The FQDN a VirtualService/DestinationRule host means, Istio's way: a name

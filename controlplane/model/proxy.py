@@ -22,6 +22,9 @@ class ProxyView:
     instance_ips: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     build_version: str = ""
+    # The workload's labels (Istio's LABELS node metadata): what `sourceLabels` and
+    # workload selectors match.
+    labels: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def bind_ip(self) -> str:
@@ -48,11 +51,13 @@ def namespace_from_id(node_id: str) -> str | None:
 def proxy_view(node_id: str, cluster: str, metadata: dict[str, Any],
                build_version: str = "") -> ProxyView:
     """A proxy's view from what its node says: INSTANCE_IPS (a list or a comma-separated
-    string) and NAMESPACE from the metadata, else the namespace in an Istio node id."""
+    string), NAMESPACE and LABELS (a map) from the metadata, else the namespace in an
+    Istio node id."""
     ips = metadata.get("INSTANCE_IPS", "")
     if isinstance(ips, list):
         ips = ",".join(str(i) for i in ips)
     namespace = metadata.get("NAMESPACE") or namespace_from_id(node_id) or DEFAULT_NAMESPACE
+    labels = metadata.get("LABELS")
     return ProxyView(
         node_id=node_id,
         cluster=cluster,
@@ -60,4 +65,6 @@ def proxy_view(node_id: str, cluster: str, metadata: dict[str, Any],
         instance_ips=tuple(i.strip() for i in str(ips).split(",") if i.strip()),
         metadata=metadata,
         build_version=build_version,
+        labels=frozenset((str(k), str(v)) for k, v in labels.items())
+        if isinstance(labels, dict) else frozenset(),
     )
