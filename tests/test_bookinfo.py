@@ -44,7 +44,6 @@ pytestmark = pytest.mark.e2e
 MANIFESTS = Path(__file__).parent / "bookinfo"
 PORT = 9080  # every Bookinfo service's port, and the pods' too
 SIDECAR_IP = {"sotw": "127.0.15.2", "delta": "127.0.15.3"}
-REVIEWS_V1_CLUSTER = "outbound|9080|v1|reviews.default.svc.cluster.local"
 DETAILS_V1_CLUSTER = "outbound|9080|v1|details.default.svc.cluster.local"
 
 
