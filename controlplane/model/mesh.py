@@ -331,18 +331,21 @@ def _routing(mesh: Mesh, index: MeshIndex
                             f"{dr.host!r} matches no service")
         dr_by_host[fqdn] = dr
     for vs in dict.fromkeys(vs_by_host.values()):
-        for i, route in enumerate(vs.http):
-            for j, wd in enumerate(route.route):
+        routes = [("http", i, r.route, "requests to it answer 503")
+                  for i, r in enumerate(vs.http)]
+        routes += [("tls", i, r.route, "connections to it are closed")
+                   for i, r in enumerate(vs.tls)]
+        for section, i, dests, outcome in routes:
+            for j, wd in enumerate(dests):
                 dest = wd.destination
                 fqdn = mesh.resolve_host(dest.host, vs.meta.namespace)
                 where = (f"VirtualService {vs.meta.namespace}/{vs.meta.name}: "
-                         f"spec.http[{i}].route[{j}].destination")
+                         f"spec.{section}[{i}].route[{j}].destination")
                 if fqdn not in services:
                     problems.append(f"{where}.host: {dest.host!r} matches no service; "
-                                    "requests to it answer 503 until it exists")
+                                    f"{outcome} until it exists")
                 elif dest.subset and (fqdn not in dr_by_host
                                       or not dr_by_host[fqdn].subset(dest.subset)):
                     problems.append(f"{where}.subset: subset {dest.subset!r} of {fqdn} is not "
-                                    "defined by a DestinationRule; requests to it answer 503 "
-                                    "until it is")
+                                    f"defined by a DestinationRule; {outcome} until it is")
     return vs_by_host, dr_by_host, problems
