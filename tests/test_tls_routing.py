@@ -25,7 +25,7 @@ from controlplane.model.mesh import build_mesh
 from controlplane.model.mesh_config import REGISTRY_ONLY, MeshConfig
 from controlplane.model.parse import key_of, parse_object
 from controlplane.translate import build_listeners
-from tests.harness import ControlPlane, wait_until, write_yaml
+from tests.harness import ControlPlane, get, wait_until, write_yaml
 from tests.manifests import ISTIO, pod, service
 
 PORT = 19443  # both services' TLS port: one listener, told apart by SNI
@@ -206,6 +206,35 @@ def test_tls_routes_choose_the_upstream_by_sni(tls_mesh: dict[str, Any]) -> None
     # web itself, that is web; anything else reaches the port's first service, api.
     assert hello(sidecar, "web.default.svc.cluster.local", ca)[0] == "web-1"
     assert hello(sidecar, "c.web.example", ca)[:2] == ("api-1", "c.web.example")
+
+
+@pytest.mark.e2e
+def test_a_tls_service_on_an_http_port_leaves_http_as_it_was(
+        file_cp: ControlPlane, config_dir: Path, tmp_path: Path, ip: Any, envoy: Any,
+        upstream: Any) -> None:
+    authority = Authority(tmp_path)
+    http_pod, tls_pod = ip(), ip()
+    upstream(http_pod, TARGET, "web", "web-1")
+    secure = TlsUpstream("secure-1", tls_pod, TARGET + 1, authority,
+                         ["secure.default.svc.cluster.local"])
+    try:
+        write_yaml(config_dir / "mesh.yaml",
+                   service("web", PORT, target=TARGET),
+                   service("secure", PORT, target=TARGET + 1, port_name="https"),
+                   pod("web-1", http_pod, {"app": "web"}),
+                   pod("secure-1", tls_pod, {"app": "secure"}))
+        sidecar = ip()
+        envoy(f"tls-http-{sidecar}", file_cp.port, instance_ip=sidecar)
+        wait_until(lambda: hello(sidecar, "secure.default.svc.cluster.local",
+                                 authority.ca_file)[0] == "secure-1", 10,
+                   what="TLS to secure through the sidecar")
+        # Plain HTTP sends no ClientHello: the inspector lets it through to the routes.
+        status, body = get(sidecar, PORT, "web")
+        assert (status, body["pod"]) == (200, "web-1")
+        sni = "secure.default.svc.cluster.local"
+        assert hello(sidecar, sni, authority.ca_file) == ("secure-1", sni, secure.cert_der)
+    finally:
+        secure.stop()
 
 
 def test_registry_only_drops_what_no_tls_route_names() -> None:

@@ -117,6 +117,9 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.L
                 _tcp_chain(_tcp_proxy(mesh, service, port), service.cluster_ip))
     if tls:
         listener.listener_filters.append(tls_inspector())
+        # As Istio: a client that sends nothing first (a server-first protocol on a TCP
+        # service sharing the port) is passed on when the inspector gives up, not closed.
+        listener.continue_on_listener_filters_timeout = True
         listener.filter_chains.extend(sni_chains(mesh, tls))
     return listener
 
