@@ -85,6 +85,8 @@ def retry_policy(retries: Retries | None) -> rc.RetryPolicy | None:
     )
     if retries.per_try_timeout:
         policy.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
+    if retries.backoff:
+        policy.retry_back_off.base_interval.CopyFrom(duration(retries.backoff))
     return policy
 
 
@@ -202,7 +204,9 @@ def _redirect(redirect: Redirect) -> rc.RedirectAction:
                             response_code=_REDIRECT_CODES[redirect.code])
     if redirect.scheme:  # a oneof: set only when given, or it would redirect to scheme ""
         out.scheme_redirect = redirect.scheme
-    if redirect.uri:
+    if redirect.prefix_rewrite:
+        out.prefix_rewrite = redirect.prefix_rewrite
+    elif redirect.uri:
         out.path_redirect = redirect.uri
     return out
 
@@ -218,11 +222,16 @@ def _route_action(mesh: Mesh, vs: VirtualService, route: HTTPRoute, port: int,
                 for d in dests]
     if len(dests) == 1 and not dests[0].headers.request and not dests[0].headers.response:
         action.cluster = resolved[0][0]
+        if dests[0].authority is not None:  # the route's own rewrite, if any, wins below
+            action.host_rewrite_literal = dests[0].authority
     else:
+        # Weights are relative: Envoy splits by each over their sum (no total_weight).
         for d, (name, _, _) in zip(dests, resolved, strict=True):
             weighted = action.weighted_clusters.clusters.add(
                 name=name, weight=wrappers_pb2.UInt32Value(value=d.weight))
             _apply_headers(weighted, d.headers)
+            if d.authority is not None:
+                weighted.host_rewrite_literal = d.authority
     # Consistent hashing needs the route to compute the hash: the destinations' policy,
     # when they agree on one.
     hashes = {traffic_policy(mesh, fqdn, p, d.destination.subset).load_balancer
