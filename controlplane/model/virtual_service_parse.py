@@ -64,18 +64,23 @@ from controlplane.model.virtual_service import (
 )
 
 
-def _named_matches(raw: Any, path: str, errs: Errors, *, null_ok: bool
+def _named_matches(raw: Any, path: str, errs: Errors, *, null_ok: bool,
+                   star_is_present: bool = False
                    ) -> tuple[tuple[str, StringMatch | None], ...]:
     """Header, query parameter or absent-header matches by name. `{}` means "present"
-    (Istio's translation); `null` is refused unless `null_ok` (Istio allows it only in
-    withoutHeaders, where it also means "present")."""
-    out = []
+    (Istio's translation); `null` is refused unless `null_ok` (where it also means
+    "present"); with `star_is_present` (withoutHeaders), so does `regex: "*"`."""
+    out: list[tuple[str, StringMatch | None]] = []
     for name, m in sorted(as_map(raw, path, errs).items(), key=lambda kv: str(kv[0])):
         if not isinstance(name, str) or not name:
             errs.add(path, "names must be non-empty strings")
             continue
         if m is None and not null_ok:
             errs.add(f"{path}.{name}", "must be a match (use {} to require presence)")
+            continue
+        if star_is_present and m == {"regex": "*"}:
+            # Istio: `regex: "*"` in withoutHeaders is not a regex but "present".
+            out.append((name, None))
             continue
         out.append((name, parse_string_match(m, f"{path}.{name}", errs) if m else None))
     return tuple(out)
@@ -105,11 +110,6 @@ def _check_match_header(name: str, path: str, errs: Errors, gateway_bound: bool)
         check_header_name(name, path, errs)
 
 
-def _without_header(m: StringMatch | None) -> StringMatch | None:
-    # Istio: `regex: "*"` in withoutHeaders is not a regex but "present".
-    return None if m is not None and m.kind == "regex" and m.value == "*" else m
-
-
 _MATCH_FIELDS = {"name", "uri", "scheme", "method", "authority", "headers", "port",
                  "queryParams", "ignoreUriCase", "withoutHeaders"}
 # Accepted with a warning: they select by the client proxy, and routes here are shared.
@@ -137,7 +137,7 @@ def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str],
         warnings.append(f"{path}.scheme: not supported, the match ignores it")
     headers = _named_matches(m.get("headers"), f"{path}.headers", errs, null_ok=False)
     without = _named_matches(m.get("withoutHeaders"), f"{path}.withoutHeaders", errs,
-                             null_ok=True)
+                             null_ok=True, star_is_present=True)
     for key, named in (("headers", headers), ("withoutHeaders", without)):
         for name, _ in named:
             _check_match_header(name, f"{path}.{key}.{name}", errs, gateway_bound)
@@ -145,7 +145,7 @@ def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str],
     return HTTPMatch(
         uri=_optional_match(m, "uri", path, errs),
         headers=headers,
-        without_headers=tuple((n, _without_header(w)) for n, w in without),
+        without_headers=without,
         method=_optional_match(m, "method", path, errs),
         authority=_optional_match(m, "authority", path, errs),
         query_params=_named_matches(m.get("queryParams"), f"{path}.queryParams", errs,
