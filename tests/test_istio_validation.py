@@ -100,3 +100,51 @@ def test_table_is_well_formed() -> None:
         assert not c.differs or c.differs in DIFFERENCES, f"{c.name}: unknown difference"
     # Every difference listed stands for at least one case, so none is left stale.
     assert set(DIFFERENCES) == {c.differs for c in CASES if c.differs}
+
+
+def _case_doc(name: str) -> dict[str, Any]:
+    [case] = [c for c in CASES if c.name == name]
+    return case.doc
+
+
+def test_consecutive_errors_warns_and_is_not_translated() -> None:
+    """Istio deprecated `consecutiveErrors` and no longer translates it: the 5xx
+    detector keeps its default instead of taking that count."""
+    rule = parse_object(_case_doc("od-consecutive-errors-deprecated"))
+    od = rule.traffic_policy.outlier_detection
+    assert od is not None and od.consecutive_5xx_errors == 5
+    assert any("consecutiveErrors: deprecated and ignored" in w for w in rule.warnings)
+
+
+def test_fault_parts_istio_would_not_inject_are_dropped_with_a_warning() -> None:
+    vs = parse_object(_case_doc("fault-abort-without-status"))
+    assert vs.http[0].fault is None
+    assert any("abort: no httpStatus or grpcStatus" in w for w in vs.warnings)
+    vs = parse_object(_case_doc("fault-delay-without-duration"))
+    assert vs.http[0].fault is None
+    assert any("delay: no fixedDelay" in w for w in vs.warnings)
+
+
+def test_port_settings_given_twice_use_the_first_with_a_warning() -> None:
+    rule = parse_object(_case_doc("tp-port-twice"))
+    lb = rule.policy("", 80).load_balancer
+    assert lb is not None and lb.simple == "RANDOM"
+    assert any("port 80 has settings earlier" in w for w in rule.warnings)
+
+
+def test_zero_connection_limits_mean_envoys_defaults() -> None:
+    rule = parse_object(_case_doc("pool-zero-limits"))
+    pool = rule.traffic_policy.connection_pool
+    assert pool is not None
+    assert (pool.max_connections, pool.http1_max_pending_requests, pool.http2_max_requests,
+            pool.max_retries) == (None, None, None, None)
+
+
+def test_weights_are_kept_as_written() -> None:
+    vs = parse_object(_case_doc("weights-over-100"))
+    assert [d.weight for d in vs.http[0].route] == [550, 500]
+
+
+def test_wildcard_destination_rule_host_says_it_applies_to_no_service() -> None:
+    rule = parse_object(_case_doc("dr-host-star"))
+    assert any("wildcard hosts are not matched to services" in w for w in rule.warnings)
