@@ -259,9 +259,9 @@ def _outlier(raw: Any, path: str, errs: Errors, warnings: list[str]) -> OutlierD
                         "consecutive5xxErrors or consecutiveGatewayErrors")
     defaults = OutlierDetection()
     five = as_int(o.get("consecutive5xxErrors"), f"{path}.consecutive5xxErrors", errs, lo=0,
-                  hi=2**31 - 1)
+                  hi=2**32 - 1)
     gateway = as_int(o.get("consecutiveGatewayErrors"), f"{path}.consecutiveGatewayErrors",
-                     errs, lo=0, hi=2**31 - 1)
+                     errs, lo=0, hi=2**32 - 1)
     return OutlierDetection(
         consecutive_5xx_errors=defaults.consecutive_5xx_errors if five is None else five,
         consecutive_gateway_errors=gateway or 0,
@@ -309,7 +309,8 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
                          *, port_level: bool = True) -> TrafficPolicy:
     tp = as_map(raw, path, errs)
     reject_unknown_fields(tp, set(_POLICY_PARTS), path, errs)
-    if raw is not None and not any(tp.get(k) is not None for k in _POLICY_PARTS):
+    # A repeated field left empty is unset, as in the proto; an empty message is set.
+    if raw is not None and not any(tp.get(k) not in (None, []) for k in _POLICY_PARTS):
         errs.add(path, "is empty; set at least one of its fields, or leave it out")
     for key in ("tls", "tunnel", "proxyProtocol", "retryBudget"):
         if key in tp:

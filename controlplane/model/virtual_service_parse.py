@@ -118,8 +118,11 @@ _MATCH_IGNORED = {"sourceLabels", "gateways", "sourceNamespace", "statPrefix"}
 
 def _optional_match(m: dict[str, Any], key: str, path: str, errs: Errors
                     ) -> StringMatch | None:
-    return parse_string_match(m[key], f"{path}.{key}", errs, empty_prefix_ok=key == "uri") \
-        if key in m else None
+    """The uri, method, authority or scheme match. `{}` (no match type) matches any, as in
+    Istio's translation: these pseudo-headers are on every request."""
+    if m.get(key) in (None, {}):
+        return None
+    return parse_string_match(m[key], f"{path}.{key}", errs, empty_prefix_ok=key == "uri")
 
 
 def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str],
