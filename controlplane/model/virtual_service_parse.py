@@ -181,8 +181,9 @@ def parse_destination(raw: Any, path: str, errs: Errors) -> Destination:
 _MAX_TOTAL_WEIGHT = 2**32 - 1
 
 
-def parse_weighted(raw: Any, path: str, errs: Errors) -> tuple[WeightedDestination, ...]:
-    """Destinations and their weights. As in Istio, weights are relative (Envoy sends each
+def parse_weighted(raw: Any, path: str, errs: Errors, *, http: bool = True
+                   ) -> tuple[WeightedDestination, ...]:
+    """Destinations and their weights (and, for HTTP, their header operations). As in Istio, weights are relative (Envoy sends each
     destination its weight over their sum); a destination of weight 0 gets nothing, and
     with several destinations at least one weight must be above 0."""
     dests = []
@@ -192,7 +193,8 @@ def parse_weighted(raw: Any, path: str, errs: Errors) -> tuple[WeightedDestinati
             errs.add(dpath, "must be a destination, not null")
             continue
         d = as_map(d, dpath, errs)
-        reject_unknown_fields(d, {"destination", "weight", "headers"}, dpath, errs)
+        reject_unknown_fields(d, {"destination", "weight", "headers"} if http
+                              else {"destination", "weight"}, dpath, errs)
         weight = as_int(d.get("weight"), f"{dpath}.weight", errs, lo=0, hi=2**31 - 1)
         headers, authority = parse_headers(d.get("headers"), f"{dpath}.headers", errs)
         dests.append(WeightedDestination(
@@ -341,7 +343,7 @@ def _parse_tcp_route(raw: Any, path: str, errs: Errors, warnings: list[str]) -> 
         port = as_int(m.get("port"), f"{mpath}.port", errs, lo=0, hi=65535)
         if port:  # 0 is the proto's "unset"
             ports.append(port)
-    dests = parse_weighted(r.get("route"), f"{path}.route", errs)
+    dests = parse_weighted(r.get("route"), f"{path}.route", errs, http=False)
     if not dests:
         errs.add(f"{path}.route", "needs at least one destination")
     return TCPRoute(tuple(ports), dests)
