@@ -183,9 +183,10 @@ _MAX_TOTAL_WEIGHT = 2**32 - 1
 
 def parse_weighted(raw: Any, path: str, errs: Errors, *, http: bool = True
                    ) -> tuple[WeightedDestination, ...]:
-    """Destinations and their weights (and, for HTTP, their header operations). As in Istio, weights are relative (Envoy sends each
-    destination its weight over their sum); a destination of weight 0 gets nothing, and
-    with several destinations at least one weight must be above 0."""
+    """Destinations and their weights (and, for HTTP, their header operations). As in
+    Istio, weights are relative (Envoy sends each destination its weight over their sum);
+    a destination of weight 0 gets nothing, and with several destinations at least one
+    weight must be above 0."""
     dests = []
     for i, d in enumerate(as_list(raw, path, errs)):
         dpath = f"{path}[{i}]"
