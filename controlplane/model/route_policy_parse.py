@@ -227,7 +227,8 @@ def parse_redirect(raw: Any, path: str, errs: Errors, matches: tuple[HTTPMatch, 
         errs.add(f"{path}.derivePort", "must be FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT")
     port = as_int(r.get("port"), f"{path}.port", errs, lo=0, hi=65535)
     return Redirect(uri=uri, authority=authority, port=port or None, scheme=scheme,
-                    code=code if code in REDIRECT_CODES else 301, prefix_rewrite=prefix)
+                    code=code if code in REDIRECT_CODES else 301, prefix_rewrite=prefix,
+                    port_from_request=r.get("derivePort") == "FROM_REQUEST_PORT")
 
 
 # Istio's limits on a direct response's body: larger ones slow every push.

@@ -108,6 +108,7 @@ class Redirect:
     authority: str = ""
     port: int | None = None
     prefix_rewrite: str = ""  # replaces the matched URI prefix (instead of `uri`)
+    port_from_request: bool = False  # derivePort FROM_REQUEST_PORT: the listener's port
     scheme: str = ""
     code: int = 301
 

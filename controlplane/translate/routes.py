@@ -199,8 +199,14 @@ def _cors_config(cors: CorsPolicy) -> cors_pb2.CorsPolicy:
     return out
 
 
-def _redirect(redirect: Redirect) -> rc.RedirectAction:
-    out = rc.RedirectAction(host_redirect=redirect.authority, port_redirect=redirect.port or 0,
+def _redirect(redirect: Redirect, listener_port: int) -> rc.RedirectAction:
+    """Istio's redirect. Envoy cannot take the port from the request, but routes are made
+    per listener port, so FROM_REQUEST_PORT is that port; a scheme's default port is left
+    out of the Location (http on 80, https on 443; a sidecar's scheme is http)."""
+    port = listener_port if redirect.port_from_request else redirect.port or 0
+    if (port, redirect.scheme or "http") in ((80, "http"), (443, "https")):
+        port = 0
+    out = rc.RedirectAction(host_redirect=redirect.authority, port_redirect=port,
                             response_code=_REDIRECT_CODES[redirect.code])
     if redirect.scheme:  # a oneof: set only when given, or it would redirect to scheme ""
         out.scheme_redirect = redirect.scheme
@@ -268,7 +274,7 @@ def _vs_routes(mesh: Mesh, vs: VirtualService, port: int) -> list[rc.Route]:
             route = rc.Route(name=http.name or f"{vs.meta.namespace}.{vs.meta.name}.{i}",
                              match=route_match(m))
             if http.redirect is not None:
-                route.redirect.CopyFrom(_redirect(http.redirect))
+                route.redirect.CopyFrom(_redirect(http.redirect, port))
             elif http.direct_response is not None:
                 route.direct_response.status = http.direct_response.status
                 if http.direct_response.body is not None:
