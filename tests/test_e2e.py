@@ -90,6 +90,23 @@ def test_prefix_match_and_weighted_split(file_cp: ControlPlane, mesh: dict[str, 
     assert get(sidecar, PORT, "reviews", "/rating")[1]["service"] == "reviews"
 
 
+def test_weights_are_relative(file_cp: ControlPlane, mesh: dict[str, str], envoy: Any,
+                              ip: Any, config_dir: Path) -> None:
+    """As in Istio, weights need not add up to 100: 1 and 3 send a quarter and three
+    quarters (Envoy divides each by their sum)."""
+    write_yaml(config_dir / "vs.yaml", virtual_service("reviews", ["reviews"], [
+        {"route": weighted("reviews", {"v1": 1, "v2": 3})}]))
+    sidecar = ip()
+    envoy("e2e-relative", file_cp.port, instance_ip=sidecar)
+    wait_routes(sidecar, "reviews", "reviews")
+    client = Client(sidecar, PORT)
+    counts = client.tally("reviews", 1000)
+    client.close()
+    assert set(counts) == {"v1", "v2"}, counts
+    # 1000 draws of p=0.25: the standard deviation is ~1.4 points; these bounds are 5.
+    assert 0.18 <= counts["v1"] / 1000 <= 0.32, counts
+
+
 class Traffic:
     """Requests in a loop through a sidecar, recording when each answered what."""
 

@@ -63,8 +63,8 @@ def test_invalid_object_keeps_its_previous_version_and_others_flow(tmp_path: Pat
     source = FileSource(store, tmp_path)
     source.sync_once(settle=False)
     bad_vs = virtual_service("r", ["reviews"], [{"route": [
-        {"destination": {"host": "reviews", "subset": "a"}, "weight": 10},
-        {"destination": {"host": "reviews", "subset": "b"}, "weight": 10}]}])
+        {"destination": {"host": "reviews", "subset": "a"}, "weight": 0},
+        {"destination": {"host": "reviews", "subset": "b"}, "weight": 0}]}])
     write_yaml(f, service("reviews", 81), bad_vs)
     with structlog.testing.capture_logs() as logs:
         scan(source)
@@ -74,7 +74,8 @@ def test_invalid_object_keeps_its_previous_version_and_others_flow(tmp_path: Pat
     [entry] = [e for e in logs if e["event"] == "object_rejected"]
     assert entry["object"] == "VirtualService default/r"
     assert entry["file"] == str(f)
-    assert entry["errors"] == ["spec.http[0].route: weights must add up to 100, got 20"]
+    assert entry["errors"] == ["spec.http[0].route: weights are all 0; at least one "
+                               "destination needs a weight"]
     assert entry["kept"] == "previous version"
 
 

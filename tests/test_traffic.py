@@ -251,6 +251,27 @@ def test_rewrite_redirect_direct_response_and_headers(mesh_factory: Any) -> None
     assert seen["headers"]["x-mesh"] == "yes" and "x-secret" not in seen["headers"]
 
 
+def test_redirect_prefix_rewrite_request_port_and_destination_authority(
+        mesh_factory: Any) -> None:
+    """Istio's redirect.prefixRewrite and derivePort, and an authority set on one
+    destination (its weighted cluster's host rewrite), through a real sidecar."""
+    mesh = mesh_factory(pods=("web-v1",))
+    mesh.apply(virtual_service("web", ["web"], [
+        {"match": [{"uri": {"prefix": "/old/"}}],
+         "redirect": {"prefixRewrite": "/new/", "authority": "example.com",
+                      "derivePort": "FROM_REQUEST_PORT"}},
+        {"route": [{"destination": {"host": "web"}, "weight": 3,
+                    "headers": {"request": {"set": {":authority": "web.internal"}}}},
+                   {"destination": {"host": "shadow"}, "weight": 0}]},
+    ]))
+    status, headers, _ = mesh.get("/old/a/b?x=1")
+    assert status == 301, (status, headers)
+    assert headers["location"] == f"http://example.com:{PORT}/new/a/b?x=1"
+    status, _, _ = mesh.get("/page")
+    assert status == 200
+    assert mesh.upstreams["web-v1"].requests[-1]["headers"]["host"] == "web.internal"
+
+
 def test_cors_preflight_is_answered_by_the_sidecar(mesh_factory: Any) -> None:
     mesh = mesh_factory(pods=("web-v1",))
     mesh.apply(virtual_service("web", ["web"], [{

@@ -44,6 +44,8 @@ class ConnectionPool:
     max_requests_per_connection: int | None = None
     max_retries: int | None = None
     idle_timeout: float | None = None
+    # HTTP/2 PING keepalive (interval, timeout) in seconds: HTTP/2 clusters only, as Istio.
+    http2_keepalive: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,9 @@ class Destination:
 @dataclass(frozen=True)
 class WeightedDestination:
     destination: Destination
-    weight: int
+    weight: int  # relative: Envoy splits by each weight over their sum, as Istio does
     headers: Headers = Headers()
+    authority: str | None = None  # a request set/add of :authority (Host) for this one
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Retries:
     per_try_timeout: float | None = None
     retry_on: str = ISTIO_DEFAULT_RETRY_ON  # Envoy policies, comma-separated
     retriable_status_codes: tuple[int, ...] = (503,)
+    backoff: float | None = None  # seconds: the base interval between retries
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class Redirect:
     uri: str = ""
     authority: str = ""
     port: int | None = None
+    prefix_rewrite: str = ""  # replaces the matched URI prefix (instead of `uri`)
+    port_from_request: bool = False  # derivePort FROM_REQUEST_PORT: the listener's port
     scheme: str = ""
     code: int = 301
 

@@ -4,9 +4,10 @@ the spec, its HTTP and TCP routes, their matches and where they send traffic
 `route_policy_parse.py`; its header operations by `header_ops_parse.py`; TLS routes by
 `tls_route_parse.py`.
 
-Validation follows Istio's own where Istio has it (weights add up to 100, one action per
-route, rewrite not with redirect...) and adds what Envoy would otherwise reject (RE2
-regexes, header names, status ranges), so an object either passes whole, or is rejected
+Validation follows Istio's own (pkg/config/validation) where Istio has it (hosts and
+gateway references, non-negative relative weights, one action per route, rewrite or fault
+not with redirect...) and adds what Envoy would otherwise reject (RE2 regexes, header
+names, status ranges), so an object either passes whole, or is rejected
 naming every bad field and never reaches a proxy. Fields that select by the *client*
 proxy (sourceLabels, sourceNamespace, gateways in a match) are accepted with a warning and
 ignored: routes here are shared by every sidecar.
@@ -14,6 +15,7 @@ ignored: routes here are shared by every sidecar.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 from typing import Any
 
@@ -29,12 +31,17 @@ from controlplane.model.fields import (
 )
 from controlplane.model.header_ops_parse import parse_headers
 from controlplane.model.istio_common import (
+    PSEUDO_HEADERS,
     SUBSET_NAME,
     StringMatch,
+    check_gateway_names,
     check_header_name,
     check_host,
+    hosts_overlap,
+    is_ip_address,
     parse_percent,
     parse_string_match,
+    wildcard_domain_problem,
 )
 from controlplane.model.meta import parse_meta
 from controlplane.model.route_policy_parse import (
@@ -59,16 +66,50 @@ from controlplane.model.virtual_service import (
 )
 
 
-def _named_matches(raw: Any, path: str, errs: Errors) -> tuple[tuple[str, StringMatch | None],
-                                                               ...]:
-    out = []
+def _named_matches(raw: Any, path: str, errs: Errors, *, null_ok: bool,
+                   star_is_present: bool = False
+                   ) -> tuple[tuple[str, StringMatch | None], ...]:
+    """Header, query parameter or absent-header matches by name. `{}` means "present"
+    (Istio's translation); `null` is refused unless `null_ok` (where it also means
+    "present"); with `star_is_present` (withoutHeaders), so does `regex: "*"`."""
+    out: list[tuple[str, StringMatch | None]] = []
     for name, m in sorted(as_map(raw, path, errs).items(), key=lambda kv: str(kv[0])):
         if not isinstance(name, str) or not name:
             errs.add(path, "names must be non-empty strings")
             continue
-        # Istio: an empty match object means "present".
+        if m is None and not null_ok:
+            errs.add(f"{path}.{name}", "must be a match (use {} to require presence)")
+            continue
+        if star_is_present and m == {"regex": "*"}:
+            # Istio: `regex: "*"` in withoutHeaders is not a regex but "present".
+            out.append((name, None))
+            continue
         out.append((name, parse_string_match(m, f"{path}.{name}", errs) if m else None))
     return tuple(out)
+
+
+_JWT_CLAIM = "@request.auth.claims"
+
+
+def _is_jwt_claim(name: str) -> bool:
+    """Istio's routing on a JWT claim: `@request.auth.claims.a.b` or `...claims[a][b]`."""
+    if not name.lower().startswith(_JWT_CLAIM):
+        return False
+    rest = name[len(_JWT_CLAIM):]
+    return (rest.startswith(".") and len(rest) > 1) or (
+        rest.startswith("[") and rest.endswith("]") and len(rest) > 2)
+
+
+def _check_match_header(name: str, path: str, errs: Errors, gateway_bound: bool) -> None:
+    """Istio: a header match names a header, an HTTP/2 pseudo-header or (for gateways
+    only) a JWT claim."""
+    if _is_jwt_claim(name):
+        if not gateway_bound:
+            errs.add(path, "routing on a JWT claim is only for VirtualServices bound to "
+                     "gateways")
+        return
+    if name not in PSEUDO_HEADERS:
+        check_header_name(name, path, errs)
 
 
 _MATCH_FIELDS = {"name", "uri", "scheme", "method", "authority", "headers", "port",
@@ -79,93 +120,128 @@ _MATCH_IGNORED = {"sourceLabels", "gateways", "sourceNamespace", "statPrefix"}
 
 def _optional_match(m: dict[str, Any], key: str, path: str, errs: Errors
                     ) -> StringMatch | None:
-    return parse_string_match(m[key], f"{path}.{key}", errs) if key in m else None
+    """The uri, method, authority or scheme match. `{}` (no match type) matches any, as in
+    Istio's translation: these pseudo-headers are on every request."""
+    if m.get(key) in (None, {}):
+        return None
+    return parse_string_match(m[key], f"{path}.{key}", errs, empty_prefix_ok=key == "uri")
 
 
-def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str]) -> HTTPMatch:
+def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str],
+                 gateway_bound: bool) -> HTTPMatch:
     m = as_map(raw, path, errs)
     reject_unknown_fields(m, _MATCH_FIELDS | _MATCH_IGNORED, path, errs)
     for key in sorted(set(m) & _MATCH_IGNORED, key=str):
         warnings.append(f"{path}.{key}: selects by the client proxy; not supported, "
                         "the match ignores it")
+    if "gateways" in m:
+        check_gateway_names(as_list(m["gateways"], f"{path}.gateways", errs),
+                            f"{path}.gateways", errs, warnings)
     if "scheme" in m:
+        _optional_match(m, "scheme", path, errs)
         warnings.append(f"{path}.scheme: not supported, the match ignores it")
-    headers = _named_matches(m.get("headers"), f"{path}.headers", errs)
-    for name, _ in headers:
-        check_header_name(name, f"{path}.headers.{name}", errs)
+    headers = _named_matches(m.get("headers"), f"{path}.headers", errs, null_ok=False)
+    without = _named_matches(m.get("withoutHeaders"), f"{path}.withoutHeaders", errs,
+                             null_ok=True, star_is_present=True)
+    for key, named in (("headers", headers), ("withoutHeaders", without)):
+        for name, _ in named:
+            _check_match_header(name, f"{path}.{key}.{name}", errs, gateway_bound)
+    port = as_int(m.get("port"), f"{path}.port", errs, lo=0, hi=65535)
     return HTTPMatch(
         uri=_optional_match(m, "uri", path, errs),
         headers=headers,
-        without_headers=_named_matches(m.get("withoutHeaders"), f"{path}.withoutHeaders", errs),
+        without_headers=without,
         method=_optional_match(m, "method", path, errs),
         authority=_optional_match(m, "authority", path, errs),
-        query_params=_named_matches(m.get("queryParams"), f"{path}.queryParams", errs),
+        query_params=_named_matches(m.get("queryParams"), f"{path}.queryParams", errs,
+                                    null_ok=True),
         ignore_uri_case=as_bool(m.get("ignoreUriCase"), f"{path}.ignoreUriCase", errs),
-        port=as_int(m.get("port"), f"{path}.port", errs, lo=1, hi=65535),
+        port=port or None,  # 0 is the proto's "unset"
     )
 
 
 def parse_destination(raw: Any, path: str, errs: Errors) -> Destination:
+    if raw is None:
+        errs.add(path, "is required")
+        return Destination(host="")
     d = as_map(raw, path, errs)
-    port = as_map(d.get("port"), f"{path}.port", errs)
+    reject_unknown_fields(d, {"host", "subset", "port"}, path, errs)
     subset = as_str(d.get("subset"), f"{path}.subset", errs)
     if subset and not SUBSET_NAME.match(subset):
         errs.add(f"{path}.subset", f"{subset!r} is not a valid subset name")
     host = as_str(d.get("host"), f"{path}.host", errs, required=True)
     if host:
         check_host(host, f"{path}.host", errs)
-    return Destination(host=host, subset=subset,
-                       port=as_int(port.get("number"), f"{path}.port.number", errs, lo=1,
-                                   hi=65535))
+    port = None
+    if d.get("port") is not None:  # a port selector needs its number
+        port = as_int(as_map(d["port"], f"{path}.port", errs).get("number"),
+                      f"{path}.port.number", errs, lo=1, hi=65535, required=True)
+    return Destination(host=host, subset=subset, port=port)
 
 
-def parse_weighted(raw: Any, path: str, errs: Errors, *, headers_allowed: bool = True
+# Envoy adds a route's weights in a uint32 and refuses a sum that overflows it.
+_MAX_TOTAL_WEIGHT = 2**32 - 1
+
+
+def parse_weighted(raw: Any, path: str, errs: Errors, *, http: bool = True
                    ) -> tuple[WeightedDestination, ...]:
-    """`headers_allowed`: HTTP routes' destinations have `headers`; TLS routes' have not."""
+    """Destinations and their weights (and, for HTTP, their header operations). As in
+    Istio, weights are relative (Envoy sends each destination its weight over their sum);
+    a destination of weight 0 gets nothing, and with several destinations at least one
+    weight must be above 0."""
     dests = []
-    fields = {"destination", "weight", "headers"} if headers_allowed else {"destination",
-                                                                            "weight"}
     for i, d in enumerate(as_list(raw, path, errs)):
         dpath = f"{path}[{i}]"
+        if d is None:
+            errs.add(dpath, "must be a destination, not null")
+            continue
         d = as_map(d, dpath, errs)
-        reject_unknown_fields(d, fields, dpath, errs)
-        weight = as_int(d.get("weight"), f"{dpath}.weight", errs, lo=0, hi=100)
+        reject_unknown_fields(d, {"destination", "weight", "headers"} if http
+                              else {"destination", "weight"}, dpath, errs)
+        weight = as_int(d.get("weight"), f"{dpath}.weight", errs, lo=0, hi=2**31 - 1)
         headers, authority = parse_headers(d.get("headers"), f"{dpath}.headers", errs)
-        if authority is not None:
-            # Istio rewrites the authority per destination; the translator has no
-            # per-destination rewrite yet, and Envoy refuses the header operation.
-            errs.add(f"{dpath}.headers.request", "setting the authority per destination is "
-                     "not supported; use the route's rewrite.authority")
         dests.append(WeightedDestination(
             destination=parse_destination(d.get("destination"), f"{dpath}.destination", errs),
             weight=weight if weight is not None else 0,
             headers=headers,
+            authority=authority,
         ))
     if len(dests) == 1 and dests[0].weight == 0:
-        dests[0] = WeightedDestination(dests[0].destination, 100, dests[0].headers)
-    if len(dests) > 1 and sum(d.weight for d in dests) != 100:
-        errs.add(path, f"weights must add up to 100, got {sum(d.weight for d in dests)}")
+        dests[0] = replace(dests[0], weight=100)
+    total = sum(d.weight for d in dests)
+    if len(dests) > 1 and total == 0:
+        errs.add(path, "weights are all 0; at least one destination needs a weight")
+    elif total > _MAX_TOTAL_WEIGHT:
+        errs.add(path, f"weights add up to {total}, more than Envoy can hold "
+                 f"({_MAX_TOTAL_WEIGHT}); they are relative, so scale them down")
     return tuple(dests)
 
 
-def _mirrors(r: dict[str, Any], path: str, errs: Errors) -> tuple[Mirror, ...]:
+def _mirrors(r: dict[str, Any], path: str, errs: Errors, warnings: list[str]
+             ) -> tuple[Mirror, ...]:
     if "mirror" in r and "mirrors" in r:
         errs.add(f"{path}.mirrors", "use either mirror or mirrors, not both")
         return ()
+    # Checked whether or not there is a mirror, as Istio does.
+    percent = parse_percent(r.get("mirrorPercentage"), f"{path}.mirrorPercentage", errs)
+    if "mirrorPercent" in r:
+        warnings.append(f"{path}.mirrorPercent: deprecated; use mirrorPercentage")
+        legacy = int_percent(r["mirrorPercent"], f"{path}.mirrorPercent", errs)
+        if "mirrorPercentage" not in r:
+            percent = legacy
     if "mirror" in r:
-        if "mirrorPercentage" in r or "mirrorPercent" not in r:
-            percent = parse_percent(r.get("mirrorPercentage"), f"{path}.mirrorPercentage",
-                                    errs)
-        else:
-            percent = int_percent(r["mirrorPercent"], f"{path}.mirrorPercent", errs)
         return (Mirror(parse_destination(r["mirror"], f"{path}.mirror", errs), percent),)
     out = []
     for i, m in enumerate(as_list(r.get("mirrors"), f"{path}.mirrors", errs)):
-        m = as_map(m, f"{path}.mirrors[{i}]", errs)
-        out.append(Mirror(parse_destination(m.get("destination"),
-                                            f"{path}.mirrors[{i}].destination", errs),
-                          parse_percent(m.get("percentage"), f"{path}.mirrors[{i}].percentage",
-                                        errs)))
+        mpath = f"{path}.mirrors[{i}]"
+        if m is None:
+            errs.add(mpath, "must be a mirror, not null")
+            continue
+        m = as_map(m, mpath, errs)
+        reject_unknown_fields(m, {"destination", "percentage"}, mpath, errs)
+        out.append(Mirror(parse_destination(m.get("destination"), f"{mpath}.destination",
+                                            errs),
+                          parse_percent(m.get("percentage"), f"{mpath}.percentage", errs)))
     return tuple(out)
 
 
@@ -174,22 +250,36 @@ _HTTP_ROUTE_FIELDS = {"name", "match", "route", "timeout", "retries", "fault", "
                       "directResponse", "headers", "corsPolicy", "delegate"}
 
 
-def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str]
-                      ) -> HTTPRoute | None:
+def _conflicts(r: dict[str, Any], has_route: bool, path: str, errs: Errors) -> None:
+    """Istio's validateHTTPRouteConflict: a route forwards, redirects or answers directly,
+    and what only a forwarded request can have (fault, rewrite) goes with forwarding."""
+    for action in ("redirect", "directResponse"):
+        if action not in r:
+            continue
+        others = ("route", "fault", "rewrite", "directResponse") if action == "redirect" \
+            else ("route", "fault", "rewrite")
+        for other in others:
+            if (has_route if other == "route" else other in r):
+                errs.add(f"{path}.{other}", f"cannot be used with {action}")
+        return
+    if not has_route:
+        errs.add(path, "needs one of route, redirect or directResponse")
+
+
+def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str],
+                      gateway_bound: bool) -> HTTPRoute | None:
+    if raw is None:
+        errs.add(path, "must be a route, not null")
+        return None
     r = as_map(raw, path, errs)
     reject_unknown_fields(r, _HTTP_ROUTE_FIELDS, path, errs)
     if "delegate" in r:
         warnings.append(f"{path}.delegate: delegation is for gateways; this route is ignored")
         return None
-    actions = [k for k in ("route", "redirect", "directResponse") if k in r]
-    if len(actions) != 1:
-        errs.add(path, "needs exactly one of route, redirect or directResponse"
-                 + (f", got {', '.join(actions)}" if actions else ""))
-    if "rewrite" in r and "redirect" in r:
-        errs.add(f"{path}.rewrite", "cannot be used with redirect")
     dests = parse_weighted(r.get("route"), f"{path}.route", errs)
-    if "route" in r and not dests:
-        errs.add(f"{path}.route", "needs at least one destination")
+    _conflicts(r, bool(dests), path, errs)
+    matches = tuple(_parse_match(m, f"{path}.match[{i}]", errs, warnings, gateway_bound)
+                    for i, m in enumerate(as_list(r.get("match"), f"{path}.match", errs)))
     timeout = as_istio_duration(r.get("timeout"), f"{path}.timeout", errs)
     headers, authority = parse_headers(r.get("headers"), f"{path}.headers", errs)
     rewrite = parse_rewrite(r["rewrite"], f"{path}.rewrite", errs) if "rewrite" in r else None
@@ -197,25 +287,42 @@ def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str]
         if rewrite is not None and rewrite.authority:
             errs.add(f"{path}.headers.request", "the authority is set here and in "
                      "rewrite.authority; set it once")
-        elif "route" in r:  # Istio's translation: the header set becomes the rewrite
+        elif dests:  # Istio's translation: the header set becomes the rewrite
             rewrite = replace(rewrite or Rewrite(), authority=authority)
+    fault = parse_fault(r["fault"], f"{path}.fault", errs, warnings) if "fault" in r \
+        else None
     return HTTPRoute(
         name=as_str(r.get("name"), f"{path}.name", errs),
-        matches=tuple(_parse_match(m, f"{path}.match[{i}]", errs, warnings)
-                      for i, m in enumerate(as_list(r.get("match"), f"{path}.match", errs))),
+        matches=matches,
         route=dests,
         timeout=timeout,
-        retries=parse_retries(r["retries"], f"{path}.retries", errs) if "retries" in r else None,
-        fault=parse_fault(r["fault"], f"{path}.fault", errs) if "fault" in r else None,
-        mirrors=_mirrors(r, path, errs),
+        retries=parse_retries(r["retries"], f"{path}.retries", errs, warnings)
+        if "retries" in r else None,
+        fault=fault,
+        mirrors=_mirrors(r, path, errs, warnings),
         rewrite=rewrite,
-        redirect=parse_redirect(r["redirect"], f"{path}.redirect", errs) if "redirect" in r
-        else None,
-        direct_response=parse_direct_response(r["directResponse"], f"{path}.directResponse", errs)
+        redirect=parse_redirect(r["redirect"], f"{path}.redirect", errs, matches)
+        if "redirect" in r else None,
+        direct_response=parse_direct_response(r["directResponse"], f"{path}.directResponse",
+                                              errs, warnings)
         if "directResponse" in r else None,
         headers=headers,
         cors=parse_cors(r["corsPolicy"], f"{path}.corsPolicy", errs) if "corsPolicy" in r else None,
     )
+
+
+def _check_subnet(value: Any, path: str, errs: Errors) -> None:
+    """Istio's ValidateIPSubnet: an address, or an address/prefix-length."""
+    if not isinstance(value, str):
+        errs.add(path, f"must be a string, got {type(value).__name__}")
+        return
+    try:
+        if "/" in value:
+            ipaddress.ip_network(value, strict=False)
+        else:
+            ipaddress.ip_address(value)
+    except ValueError:
+        errs.add(path, f"{value!r} is not an IP address or subnet (CIDR)")
 
 
 def _parse_tcp_route(raw: Any, path: str, errs: Errors, warnings: list[str]) -> TCPRoute:
@@ -223,20 +330,58 @@ def _parse_tcp_route(raw: Any, path: str, errs: Errors, warnings: list[str]) -> 
     reject_unknown_fields(r, {"match", "route"}, path, errs)
     ports = []
     for i, m in enumerate(as_list(r.get("match"), f"{path}.match", errs)):
-        m = as_map(m, f"{path}.match[{i}]", errs)
+        mpath = f"{path}.match[{i}]"
+        if m is None:
+            errs.add(mpath, "must be a match, not null")
+            continue
+        m = as_map(m, mpath, errs)
         for key in sorted(set(m) - {"port"}, key=str):
-            warnings.append(f"{path}.match[{i}].{key}: not supported, the match ignores it")
-        port = as_int(m.get("port"), f"{path}.match[{i}].port", errs, lo=1, hi=65535)
-        if port is not None:
+            warnings.append(f"{mpath}.{key}: not supported, the match ignores it")
+        for j, subnet in enumerate(as_list(m.get("destinationSubnets"),
+                                           f"{mpath}.destinationSubnets", errs)):
+            _check_subnet(subnet, f"{mpath}.destinationSubnets[{j}]", errs)
+        if "gateways" in m:
+            check_gateway_names(as_list(m["gateways"], f"{mpath}.gateways", errs),
+                                f"{mpath}.gateways", errs, warnings)
+        port = as_int(m.get("port"), f"{mpath}.port", errs, lo=0, hi=65535)
+        if port:  # 0 is the proto's "unset"
             ports.append(port)
-    dests = parse_weighted(r.get("route"), f"{path}.route", errs)
+    dests = parse_weighted(r.get("route"), f"{path}.route", errs, http=False)
     if not dests:
         errs.add(f"{path}.route", "needs at least one destination")
     return TCPRoute(tuple(ports), dests)
 
 
 def _tls_destinations(raw: Any, path: str, errs: Errors) -> tuple[WeightedDestination, ...]:
-    return parse_weighted(raw, path, errs, headers_allowed=False)
+    return parse_weighted(raw, path, errs, http=False)
+
+
+def _check_hosts(hosts: tuple[str, ...], gateways: tuple[str, ...], errs: Errors) -> None:
+    """Istio's rules for a VirtualService's hosts: DNS names (the first label may be a
+    wildcard) or IP addresses; `*` alone only when bound to gateways, not the mesh; and
+    no two hosts overlapping (`*.foo.com` covers `a.foo.com`)."""
+    applies_to_mesh = not gateways or "mesh" in gateways
+    all_valid = True
+    for i, host in enumerate(hosts):
+        if not applies_to_mesh and host.startswith("outbound_."):
+            # A gateway may route Istio's generated SNI names (outbound_.PORT_.SUBSET_.HOST),
+            # which are not DNS names; Istio accepts them for gateway-bound hosts.
+            continue
+        problem = wildcard_domain_problem(host)
+        if problem and not is_ip_address(host):
+            errs.add(f"spec.hosts[{i}]", problem)
+            all_valid = False
+        elif applies_to_mesh and host == "*":
+            errs.add(f"spec.hosts[{i}]", "'*' is only for VirtualServices bound to gateways, "
+                     "not the mesh (name the services)")
+            all_valid = False
+    if not all_valid:
+        return
+    for i, a in enumerate(hosts):
+        for j in range(i + 1, len(hosts)):
+            if hosts_overlap(a, hosts[j]):
+                errs.add(f"spec.hosts[{j}]", f"{hosts[j]!r} overlaps {a!r} "
+                         f"(spec.hosts[{i}]); a host may appear once")
 
 
 def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
@@ -249,17 +394,23 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
                   for i, h in enumerate(as_list(spec.get("hosts"), "spec.hosts", errs)))
     if not hosts:
         errs.add("spec.hosts", "needs at least one host")
-    for i, h in enumerate(hosts):
-        check_host(h, f"spec.hosts[{i}]", errs)
-    http = [_parse_http_route(r, f"spec.http[{i}]", errs, warnings)
-            for i, r in enumerate(as_list(spec.get("http"), "spec.http", errs))]
+    gateways = check_gateway_names(as_list(spec.get("gateways"), "spec.gateways", errs),
+                                   "spec.gateways", errs, warnings)
+    _check_hosts(hosts, gateways, errs)
+    gateway_bound = bool(gateways) and "mesh" not in gateways
+    raw_tls = as_list(spec.get("tls"), "spec.tls", errs)
+    raw_http = as_list(spec.get("http"), "spec.http", errs)
+    raw_tcp = as_list(spec.get("tcp"), "spec.tcp", errs)
+    if not raw_http and not raw_tcp and not raw_tls:
+        errs.add("spec", "needs http, tcp or tls routes (without them the hosts would "
+                 "answer nothing)")
+    http = [_parse_http_route(r, f"spec.http[{i}]", errs, warnings, gateway_bound)
+            for i, r in enumerate(raw_http)]
     tcp = tuple(_parse_tcp_route(r, f"spec.tcp[{i}]", errs, warnings)
-                for i, r in enumerate(as_list(spec.get("tcp"), "spec.tcp", errs)))
-    gateways = tuple(str(g) for g in as_list(spec.get("gateways"), "spec.gateways", errs))
-    gateway_only = bool(gateways) and "mesh" not in gateways
-    tls = tuple(parse_tls_route(r, f"spec.tls[{i}]", hosts, gateway_only, errs, warnings,
+                for i, r in enumerate(raw_tcp))
+    tls = tuple(parse_tls_route(r, f"spec.tls[{i}]", hosts, gateway_bound, errs, warnings,
                                 _tls_destinations)
-                for i, r in enumerate(as_list(spec.get("tls"), "spec.tls", errs)))
+                for i, r in enumerate(raw_tls))
     return VirtualService(
         meta=meta,
         hosts=hosts,

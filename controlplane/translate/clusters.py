@@ -65,6 +65,10 @@ def _protocol_options(port: ServicePort, pool: ConnectionPool | None
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig()
     if port.l7 is Protocol.HTTP2:
         explicit.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
+        if pool is not None and pool.http2_keepalive is not None:
+            keepalive = explicit.http2_protocol_options.connection_keepalive
+            keepalive.interval.CopyFrom(duration(pool.http2_keepalive[0]))
+            keepalive.timeout.CopyFrom(duration(pool.http2_keepalive[1]))
     else:
         explicit.http_protocol_options.CopyFrom(protocol_pb2.Http1ProtocolOptions())
     out = http_protocol_options_pb2.HttpProtocolOptions(explicit_http_config=explicit)

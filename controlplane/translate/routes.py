@@ -85,6 +85,8 @@ def retry_policy(retries: Retries | None) -> rc.RetryPolicy | None:
     )
     if retries.per_try_timeout:
         policy.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
+    if retries.backoff:
+        policy.retry_back_off.base_interval.CopyFrom(duration(retries.backoff))
     return policy
 
 
@@ -197,12 +199,20 @@ def _cors_config(cors: CorsPolicy) -> cors_pb2.CorsPolicy:
     return out
 
 
-def _redirect(redirect: Redirect) -> rc.RedirectAction:
-    out = rc.RedirectAction(host_redirect=redirect.authority, port_redirect=redirect.port or 0,
+def _redirect(redirect: Redirect, listener_port: int) -> rc.RedirectAction:
+    """Istio's redirect. Envoy cannot take the port from the request, but routes are made
+    per listener port, so FROM_REQUEST_PORT is that port; a scheme's default port is left
+    out of the Location (http on 80, https on 443; a sidecar's scheme is http)."""
+    port = listener_port if redirect.port_from_request else redirect.port or 0
+    if (port, redirect.scheme or "http") in ((80, "http"), (443, "https")):
+        port = 0
+    out = rc.RedirectAction(host_redirect=redirect.authority, port_redirect=port,
                             response_code=_REDIRECT_CODES[redirect.code])
     if redirect.scheme:  # a oneof: set only when given, or it would redirect to scheme ""
         out.scheme_redirect = redirect.scheme
-    if redirect.uri:
+    if redirect.prefix_rewrite:
+        out.prefix_rewrite = redirect.prefix_rewrite
+    elif redirect.uri:
         out.path_redirect = redirect.uri
     return out
 
@@ -218,11 +228,16 @@ def _route_action(mesh: Mesh, vs: VirtualService, route: HTTPRoute, port: int,
                 for d in dests]
     if len(dests) == 1 and not dests[0].headers.request and not dests[0].headers.response:
         action.cluster = resolved[0][0]
+        if dests[0].authority is not None:  # the route's own rewrite, if any, wins below
+            action.host_rewrite_literal = dests[0].authority
     else:
+        # Weights are relative: Envoy splits by each over their sum (no total_weight).
         for d, (name, _, _) in zip(dests, resolved, strict=True):
             weighted = action.weighted_clusters.clusters.add(
                 name=name, weight=wrappers_pb2.UInt32Value(value=d.weight))
             _apply_headers(weighted, d.headers)
+            if d.authority is not None:
+                weighted.host_rewrite_literal = d.authority
     # Consistent hashing needs the route to compute the hash: the destinations' policy,
     # when they agree on one.
     hashes = {traffic_policy(mesh, fqdn, p, d.destination.subset).load_balancer
@@ -259,7 +274,7 @@ def _vs_routes(mesh: Mesh, vs: VirtualService, port: int) -> list[rc.Route]:
             route = rc.Route(name=http.name or f"{vs.meta.namespace}.{vs.meta.name}.{i}",
                              match=route_match(m))
             if http.redirect is not None:
-                route.redirect.CopyFrom(_redirect(http.redirect))
+                route.redirect.CopyFrom(_redirect(http.redirect, port))
             elif http.direct_response is not None:
                 route.direct_response.status = http.direct_response.status
                 if http.direct_response.body is not None:
