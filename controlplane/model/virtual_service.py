@@ -28,6 +28,7 @@ class HTTPMatch:
     query_params: tuple[tuple[str, StringMatch | None], ...] = ()
     ignore_uri_case: bool = False
     port: int | None = None
+    name: str = ""  # Istio appends it to the route's name: "<route>.<match>"
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str]) -> HTTP
         query_params=_named_matches(m.get("queryParams"), f"{path}.queryParams", errs),
         ignore_uri_case=as_bool(m.get("ignoreUriCase"), f"{path}.ignoreUriCase", errs),
         port=as_int(m.get("port"), f"{path}.port", errs, lo=1, hi=65535),
+        name=as_str(m.get("name"), f"{path}.name", errs),
     )
 
 

@@ -24,6 +24,7 @@ from controlplane.translate.headless import pod_hosts
 from controlplane.translate.names import cluster_name
 from controlplane.translate.policy import traffic_policy
 from controlplane.translate.protos import ads_source, duration
+from controlplane.translate.slow_start import apply_slow_start
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CONNECT_TIMEOUT_S = 10  # Istio's default
@@ -88,6 +89,7 @@ def _load_balancing(cluster: cluster_pb2.Cluster, lb: LoadBalancer | None) -> No
                 cluster.ring_hash_lb_config.minimum_ring_size.value = ch.minimum_ring_size
     elif lb.simple in _LB:
         cluster.lb_policy = _LB[lb.simple]
+        apply_slow_start(cluster, lb.warmup)
 
 
 def _outlier(od: OutlierDetection) -> outlier_detection_pb2.OutlierDetection:
