@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from controlplane.model.delegate import merge_delegates
 from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
@@ -300,8 +301,12 @@ def _routing(mesh: Mesh, index: MeshIndex
     services = mesh.services
     problems: list[str] = []
     vs_by_host: dict[str, VirtualService] = {}
+    delegates = {(v.meta.namespace, v.meta.name): v for v in index.virtual_services.values()
+                 if v.is_delegate}
     for vs in _oldest_first(v for v in index.virtual_services.values()
-                            if v.applies_to_sidecars):
+                            if v.applies_to_sidecars and not v.is_delegate):
+        # Delegating routes replaced by their delegates' (model/delegate.py).
+        vs = merge_delegates(vs, delegates, mesh.resolve_host, problems)
         for host in vs.hosts:
             fqdn = mesh.resolve_host(host, vs.meta.namespace)
             if fqdn in vs_by_host:
@@ -337,6 +342,9 @@ def _routing(mesh: Mesh, index: MeshIndex
                 fqdn = mesh.resolve_host(dest.host, vs.meta.namespace)
                 where = (f"VirtualService {vs.meta.namespace}/{vs.meta.name}: "
                          f"spec.http[{i}].route[{j}].destination")
+                if route.origin is not None:
+                    where = (f"VirtualService {vs.meta.namespace}/{vs.meta.name}, route "
+                             f"{i} (from {route.origin}): route[{j}].destination")
                 if fqdn not in services:
                     problems.append(f"{where}.host: {dest.host!r} matches no service; "
                                     "requests to it answer 503 until it exists")

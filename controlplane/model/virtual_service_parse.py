@@ -8,7 +8,9 @@ route, rewrite not with redirect...) and adds what Envoy would otherwise reject 
 regexes, header names, status ranges), so an object either passes whole, or is rejected
 naming every bad field and never reaches a proxy. Fields that select by the *client*
 proxy (sourceLabels, sourceNamespace, gateways in a match) are accepted with a warning and
-ignored: routes here are shared by every sidecar.
+ignored: routes here are shared by every sidecar. A VirtualService without hosts is a
+delegate: HTTP routes only, reached through a root route's `delegate` (merged into the
+root by `delegate.py` when the Mesh is built).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from controlplane.model.istio_common import (
     parse_percent,
     parse_string_match,
 )
-from controlplane.model.meta import parse_meta
+from controlplane.model.meta import DNS_LABEL, parse_meta
 from controlplane.model.route_policy_parse import (
     int_percent,
     parse_cors,
@@ -46,6 +48,7 @@ from controlplane.model.route_policy_parse import (
     parse_rewrite,
 )
 from controlplane.model.virtual_service import (
+    Delegate,
     Destination,
     HTTPMatch,
     HTTPRoute,
@@ -169,15 +172,30 @@ _HTTP_ROUTE_FIELDS = {"name", "match", "route", "timeout", "retries", "fault", "
                       "directResponse", "headers", "corsPolicy", "delegate"}
 
 
-def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str]
-                      ) -> HTTPRoute | None:
+def _parse_delegate(raw: Any, path: str, errs: Errors) -> Delegate:
+    d = as_map(raw, path, errs)
+    reject_unknown_fields(d, {"name", "namespace"}, path, errs)
+    name = as_str(d.get("name"), f"{path}.name", errs, required=True)
+    namespace = as_str(d.get("namespace"), f"{path}.namespace", errs)
+    return Delegate(name=name, namespace=namespace)
+
+
+def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str],
+                      in_delegate: bool = False) -> HTTPRoute | None:
     r = as_map(raw, path, errs)
     reject_unknown_fields(r, _HTTP_ROUTE_FIELDS, path, errs)
+    delegate = None
     if "delegate" in r:
-        warnings.append(f"{path}.delegate: delegation is for gateways; this route is ignored")
-        return None
+        if in_delegate:
+            errs.add(f"{path}.delegate", "a delegate VirtualService (no hosts) cannot "
+                     "delegate again")
+        delegate = _parse_delegate(r["delegate"], f"{path}.delegate", errs)
+        # Istio's rule: a root route hands the destination to its delegate's routes.
+        for key in ("route", "redirect"):
+            if key in r:
+                errs.add(f"{path}.{key}", "cannot be used with delegate")
     actions = [k for k in ("route", "redirect", "directResponse") if k in r]
-    if len(actions) != 1:
+    if delegate is None and len(actions) != 1:
         errs.add(path, "needs exactly one of route, redirect or directResponse"
                  + (f", got {', '.join(actions)}" if actions else ""))
     if "rewrite" in r and "redirect" in r:
@@ -210,6 +228,7 @@ def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str]
         if "directResponse" in r else None,
         headers=headers,
         cors=parse_cors(r["corsPolicy"], f"{path}.corsPolicy", errs) if "corsPolicy" in r else None,
+        delegate=delegate,
     )
 
 
@@ -238,13 +257,20 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
                           "spec", errs)
     hosts = tuple(as_str(h, f"spec.hosts[{i}]", errs)
                   for i, h in enumerate(as_list(spec.get("hosts"), "spec.hosts", errs)))
-    if not hosts:
-        errs.add("spec.hosts", "needs at least one host")
     for i, h in enumerate(hosts):
         check_host(h, f"spec.hosts[{i}]", errs)
+    in_delegate = not hosts  # Istio: no hosts makes it a delegate, reached via a root
+    if in_delegate:
+        for key in ("gateways", "tcp", "tls"):
+            if spec.get(key):
+                errs.add(f"spec.{key}", "a delegate VirtualService (no hosts) has HTTP "
+                         f"routes only; {key} cannot be set")
+        if not spec.get("http"):
+            errs.add("spec.hosts", "needs at least one host (or HTTP routes, for a "
+                     "delegate VirtualService)")
     if "tls" in spec:
         warnings.append("spec.tls: TLS routing is not supported; ignored")
-    http = [_parse_http_route(r, f"spec.http[{i}]", errs, warnings)
+    http = [_parse_http_route(r, f"spec.http[{i}]", errs, warnings, in_delegate)
             for i, r in enumerate(as_list(spec.get("http"), "spec.http", errs))]
     tcp = tuple(_parse_tcp_route(r, f"spec.tcp[{i}]", errs, warnings)
                 for i, r in enumerate(as_list(spec.get("tcp"), "spec.tcp", errs)))
@@ -255,4 +281,20 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
         http=tuple(r for r in http if r is not None),
         tcp=tcp,
         warnings=tuple(warnings),
+        export_to=_export_to(spec.get("exportTo"), errs),
     )
+
+
+def _export_to(raw: Any, errs: Errors) -> tuple[str, ...]:
+    """Istio's exportTo: "*", "." or namespace names, each once, "*" alone."""
+    out: list[str] = []
+    for i, e in enumerate(as_list(raw, "spec.exportTo", errs)):
+        value = as_str(e, f"spec.exportTo[{i}]", errs)
+        if value not in ("*", ".") and not DNS_LABEL.match(value):
+            errs.add(f"spec.exportTo[{i}]", f"{value!r} is not '*', '.' or a namespace")
+        elif value in out:
+            errs.add(f"spec.exportTo[{i}]", f"{value!r} is listed twice")
+        out.append(value)
+    if "*" in out and len(out) > 1:
+        errs.add("spec.exportTo", "'*' cannot be listed with other namespaces")
+    return tuple(out)
