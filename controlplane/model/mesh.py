@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from controlplane.model.delegate import merge_delegates
 from controlplane.model.destination_rule import DestinationRule
+from controlplane.model.locality import join, locality_of_labels
 from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
 from controlplane.model.meta import Key
@@ -40,6 +41,7 @@ class Endpoint:
     labels: frozenset[tuple[str, str]] = frozenset()
     pod: str = ""
     hostname: str = ""
+    locality: str = ""  # "region/zone/subzone" (model/locality.py); "" when unknown
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,15 +172,19 @@ def _service_endpoints(index: MeshIndex, service: Service, labels: _LabelIndex
         ports = dict(a.ports)
         if single and len(a.ports) == 1:
             ports.setdefault(service.ports[0].name, a.ports[0][1])
-        usable.append((a, ports, pod.meta.labels if pod else frozenset()))
+        pod_labels = pod.meta.labels if pod else frozenset()
+        # The pod's locality label, else the slice's zone (the region is on the Node).
+        locality = locality_of_labels(pod_labels) or (join("", a.zone) if a.zone else "")
+        usable.append((a, ports, pod_labels, locality))
     out = {}
     for sp in service.ports:
         by_target: dict[tuple[str, int], Endpoint] = {}
-        for a, ports, pod_labels in usable:
+        for a, ports, pod_labels, locality in usable:
             number = ports.get(sp.name)
             if number is not None and (a.ip, number) not in by_target:
                 by_target[(a.ip, number)] = Endpoint(ip=a.ip, port=number, labels=pod_labels,
-                                                     pod=a.pod, hostname=a.hostname)
+                                                     pod=a.pod, hostname=a.hostname,
+                                                     locality=locality)
         out[sp.port] = tuple(by_target[k] for k in sorted(by_target))
     return out
 

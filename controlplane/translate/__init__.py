@@ -10,7 +10,11 @@ vocabulary in violations.py. Code outside this package imports what it needs fro
 
 from controlplane.translate.clusters import build_clusters, service_clusters
 from controlplane.translate.constraints import Violation, check
-from controlplane.translate.endpoints import build_load_assignments, service_assignments
+from controlplane.translate.endpoints import (
+    build_load_assignments,
+    depends_on_locality,
+    service_assignments,
+)
 from controlplane.translate.guard import Failure, checked, route_suspects, service_suspects
 from controlplane.translate.listeners import build_listeners, route_names
 from controlplane.translate.routes import (
@@ -36,6 +40,7 @@ __all__ = [
     "build_route_configs",
     "check",
     "checked",
+    "depends_on_locality",
     "namespace_hosts",
     "plain_routes",
     "route_bases",

@@ -21,6 +21,7 @@ from controlplane.model.destination_rule import (
 from controlplane.model.mesh import Mesh
 from controlplane.model.service import Protocol, Service, ServicePort
 from controlplane.translate.headless import pod_hosts
+from controlplane.translate.locality import apply_locality_config
 from controlplane.translate.names import cluster_name
 from controlplane.translate.policy import traffic_policy
 from controlplane.translate.protos import ads_source, duration
@@ -149,6 +150,7 @@ def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLIC
         if policy.outlier_detection.min_health_percent is not None:
             cluster.common_lb_config.healthy_panic_threshold.value = (
                 policy.outlier_detection.min_health_percent)
+    apply_locality_config(cluster, policy)
     options = _protocol_options(port, pool) if port.l7.is_http else None
     if options is not None:
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options)
