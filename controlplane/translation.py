@@ -21,13 +21,16 @@ from controlplane.model.proxy import ProxyView
 from controlplane.model.service import Service, ServicePort
 from controlplane.translate import (
     Failure,
+    Place,
     RouteBase,
     RouteHost,
     build_listeners,
     checked,
     depends_on_locality,
     namespace_hosts,
+    place_of,
     plain_routes,
+    priority_labels,
     route_bases,
     route_config_shell,
     route_names,
@@ -82,9 +85,13 @@ class MeshTranslation:
         # Services whose load assignments depend on the proxy's locality (see
         # translate/locality.py), and their assignments per locality, built on demand;
         # both carried over for clean services like the units.
-        self._local_units: dict[tuple[str, str], list[Any]] = {}
+        self._local_units: dict[tuple[str, Place], list[Any]] = {}
         self._by_locality = self._locality_services(previous)
         self.locality_services = frozenset(f for f, v in self._by_locality.items() if v)
+        # The proxy labels some failoverPriority orders endpoints by: part of the key.
+        self._priority_labels = frozenset(
+            name for fqdn in self.locality_services
+            for name in priority_labels(mesh, mesh.services[fqdn]))
         if previous is not None and mesh.dirty is not None:
             self._local_units = {k: u for k, u in previous._local_units.items()
                                  if k[0] not in mesh.dirty
@@ -112,7 +119,7 @@ class MeshTranslation:
         if type_url == types.ENDPOINT and self.locality_services:
             # Only then do endpoints differ by where the proxy runs: each other
             # service's assignments stay the shared messages (and bytes).
-            return proxy.locality
+            return place_of(proxy.locality, proxy.labels, self._priority_labels)
         return None
 
     def _unit(self, service: Service) -> tuple[list[Any], list[Any]]:
@@ -137,15 +144,16 @@ class MeshTranslation:
                 self._units[fqdn] = old if old is not None else ([], [])
         return self._units[fqdn]
 
-    def _local_unit(self, service: Service, locality: str) -> list[Any]:
-        """A service's load assignments as a proxy in `locality` gets them."""
-        key = (service.fqdn, locality)
+    def _local_unit(self, service: Service, place: Hashable) -> list[Any]:
+        """A service's load assignments as a proxy at `place` gets them."""
+        assert isinstance(place, Place)
+        key = (service.fqdn, place)
         if key not in self._local_units:
             mesh = self.mesh
             assignments, failure = checked(
-                f"endpoints of {service.fqdn} for locality {locality!r}",
+                f"endpoints of {service.fqdn} for locality {place.locality!r}",
                 service_suspects(mesh, service),
-                lambda: service_assignments(mesh, service, locality))
+                lambda: service_assignments(mesh, service, place))
             if failure is not None:
                 # The shared assignments passed the same checks: serve those.
                 log.error("unit_withheld", unit=failure.what, by=failure.by,
@@ -185,7 +193,7 @@ class MeshTranslation:
         if type_url == types.ENDPOINT and key is not None:
             local = self.locality_services
             out = [m for s in self.mesh.services.values()
-                   for m in (self._local_unit(s, str(key)) if s.fqdn in local
+                   for m in (self._local_unit(s, key) if s.fqdn in local
                              else self._unit(s)[1])]
         elif type_url in (types.CLUSTER, types.ENDPOINT):
             units = [self._unit(s) for s in self.mesh.services.values()]

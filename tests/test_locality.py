@@ -16,16 +16,35 @@ from controlplane.model.destination_rule import (
     TrafficPolicy,
 )
 from controlplane.model.locality import from_label, split
-from controlplane.model.mesh import build_mesh
+from controlplane.model.mesh import Endpoint, build_mesh
 from controlplane.model.parse import key_of, parse_object
 from controlplane.model.proxy import ProxyView, proxy_view
-from controlplane.translate.locality import matches, plan
+from controlplane.translate.locality import Group, Place, matches, place_of, proxy_groups
 from controlplane.translation import MeshTranslation
 from controlplane.xds import types
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.node import proxy_from_node
 
 FAILOVER = TrafficPolicy(outlier_detection=OutlierDetection())
+
+
+def _endpoints(localities: list[str], sizes: list[int] | None = None,
+               labels: list[dict[str, str]] | None = None) -> list[Endpoint]:
+    out = []
+    for i, loc in enumerate(localities):
+        for j in range((sizes or [1] * len(localities))[i]):
+            out.append(Endpoint(ip=f"10.0.{i}.{j}", port=80, locality=loc,
+                                labels=frozenset((labels[i] if labels else {}).items())))
+    return out
+
+
+def _view(policy: TrafficPolicy, localities: list[str], sizes: list[int] | None = None,
+          proxy: str = "") -> list[Group]:
+    return proxy_groups(policy, _endpoints(localities, sizes), Place(proxy))
+
+
+def _priorities(groups: list[Group]) -> tuple[int, ...]:
+    return tuple(g.priority for g in groups)
 
 
 def test_a_proxy_locality_comes_from_its_node_else_its_locality_label() -> None:
@@ -45,37 +64,58 @@ def test_the_bootstrap_sets_the_node_locality() -> None:
 
 
 def test_failover_priorities_follow_what_the_proxy_shares_with_each_locality() -> None:
-    localities = ["us/a/x", "us/a/y", "us/b", "eu/c", "ap/d"]
-    sizes = [1] * 5
-    assert plan(FAILOVER, localities, sizes, "us/a/x").priorities == (0, 1, 2, 3, 3)
+    localities = ["ap/d", "eu/c", "us/a/x", "us/a/y", "us/b"]
+    assert _priorities(_view(FAILOVER, localities, proxy="us/a/x")) == (3, 3, 0, 1, 2)
     with_target = TrafficPolicy(
         load_balancer=LoadBalancer(locality=LocalityLbSetting(failover=(("us", "eu"),))),
         outlier_detection=OutlierDetection())
-    assert plan(with_target, localities, sizes, "us/a/x").priorities == (0, 1, 2, 3, 4)
+    assert _priorities(_view(with_target, localities, proxy="us/a/x")) == (4, 3, 0, 1, 2)
     # Priorities are renumbered without gaps.
-    assert plan(FAILOVER, ["us/b", "eu/c"], [1, 1], "us/a").priorities == (0, 1)
+    assert _priorities(_view(FAILOVER, ["eu/c", "us/b"], proxy="us/a")) == (1, 0)
     # A zone whose region is unknown counts as in the proxy's region.
-    assert plan(FAILOVER, ["/a", "/b"], [1, 1], "us/a").priorities == (0, 1)
+    assert _priorities(_view(FAILOVER, ["/a", "/b"], proxy="us/a")) == (0, 1)
 
 
 def test_no_failover_without_outlier_detection_or_when_turned_off() -> None:
-    assert plan(TrafficPolicy(), ["us/a", "eu/b"], [1, 1], "us/a").priorities == (0, 0)
+    assert _priorities(_view(TrafficPolicy(), ["eu/b", "us/a"], proxy="us/a")) == (0, 0)
     off = TrafficPolicy(load_balancer=LoadBalancer(locality=LocalityLbSetting(enabled=False)),
                         outlier_detection=OutlierDetection())
-    assert plan(off, ["us/a", "eu/b"], [1, 1], "us/a").priorities == (0, 0)
+    assert _priorities(_view(off, ["eu/b", "us/a"], proxy="us/a")) == (0, 0)
 
 
 def test_distribute_weighs_named_localities_and_empties_the_rest() -> None:
     setting = LocalityLbSetting(distribute=(
         ("us/a", (("us/*", 90), ("eu", 10))),))
     policy = TrafficPolicy(load_balancer=LoadBalancer(locality=setting))
-    view = plan(policy, ["ap/x", "eu/c", "us/a", "us/b"], [5, 2, 3, 1], "us/a/s")
+    view = _view(policy, ["ap/x", "eu/c", "us/a", "us/b"], [5, 2, 3, 1], "us/a/s")
     # us/* holds 4 endpoints: 90 split 3:1 and rounded up; eu gets 10; ap nothing.
-    assert view.weights == (5, 10, 68, 23)
-    assert view.emptied == frozenset({0})
+    assert [g.weight for g in view] == [5, 10, 68, 23]
+    assert [g.emptied for g in view] == [True, False, False, False]
     # A proxy no `from` matches gets the plain view.
-    assert plan(policy, ["us/a"], [1], "eu/c").weights == (1,)
+    assert [g.weight for g in _view(policy, ["us/a"], [2], "eu/c")] == [2]
     assert matches(("us", "a", ""), "us/*") and not matches(("eu", "a", ""), "us")
+
+
+def test_failover_priority_splits_groups_by_the_labels_shared_with_the_proxy() -> None:
+    setting = LocalityLbSetting(failover_priority=("team", "topology.kubernetes.io/zone"))
+    policy = TrafficPolicy(load_balancer=LoadBalancer(locality=setting),
+                           outlier_detection=OutlierDetection())
+    endpoints = _endpoints(["us/a", "us/a", "us/b"], labels=[{"team": "x"}, {"team": "y"},
+                                                             {"team": "x"}])
+    names = frozenset({"team", "topology.kubernetes.io/zone"})
+    place = place_of("us/a", frozenset({("team", "x"), ("other", "z")}), names)
+    assert place.labels == (("team", "x"), ("topology.kubernetes.io/zone", "a"))
+    groups = proxy_groups(policy, endpoints, place)
+    # Both labels shared: 0; the team only: 1; neither: 2.
+    assert [(g.locality, sorted(e.ip for e in g.members), g.priority) for g in groups] == [
+        ("us/a", ["10.0.0.0"], 0), ("us/a", ["10.0.1.0"], 2), ("us/b", ["10.0.2.0"], 1)]
+    # "label=value" compares with the value given, not the proxy's.
+    pinned = TrafficPolicy(load_balancer=LoadBalancer(locality=LocalityLbSetting(
+        failover_priority=("team=y",))), outlier_detection=OutlierDetection())
+    groups = proxy_groups(pinned, endpoints, place_of("us/a", frozenset({("a", "b")}),
+                                                      frozenset({"team"})))
+    assert [(sorted(e.ip for e in g.members), g.priority) for g in groups] == [
+        (["10.0.1.0"], 0), (["10.0.0.0"], 1), (["10.0.2.0"], 1)]
 
 
 def _docs(rule: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -118,9 +158,10 @@ def test_only_the_rules_service_is_built_per_locality() -> None:
     assert t.locality_services == frozenset({"api.default.svc.cluster.local"})
     key_a = t.group_key(types.ENDPOINT, ProxyView(node_id="p", locality="us/a"))
     key_b = t.group_key(types.ENDPOINT, ProxyView(node_id="q", locality="us/b"))
-    assert (key_a, key_b) == ("us/a", "us/b")
+    assert (key_a, key_b) == (Place("us/a"), Place("us/b"))
     shared = {m.cluster_name: m for m in t.messages(types.ENDPOINT, None)}
     for key, first in ((key_a, "us/a"), (key_b, "us/b")):
+        assert key is not None
         mine = {m.cluster_name: m for m in t.messages(types.ENDPOINT, key)}
         web = "outbound|80||web.default.svc.cluster.local"
         api = "outbound|80||api.default.svc.cluster.local"

@@ -93,8 +93,8 @@ def _load_balancer(raw: Any, path: str, errs: Errors, warnings: list[str]) -> Lo
         warnings.append(f"{path}.warmup: slow start applies to ROUND_ROBIN and LEAST_REQUEST "
                         "only; ignored with consistentHash")
         warmup = None
-    locality = (parse_locality_lb(lb["localityLbSetting"], f"{path}.localityLbSetting", errs,
-                                  warnings) if "localityLbSetting" in lb else None)
+    locality = (parse_locality_lb(lb["localityLbSetting"], f"{path}.localityLbSetting", errs)
+                if "localityLbSetting" in lb else None)
     return LoadBalancer(simple=SIMPLE_LB.get(simple, "ROUND_ROBIN"), consistent_hash=ch,
                         locality=locality, warmup=warmup)
 

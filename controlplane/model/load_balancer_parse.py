@@ -97,8 +97,7 @@ def _overlap(a: list[str], b: list[str]) -> bool:
     return True  # one is a prefix of the other
 
 
-def parse_locality_lb(raw: Any, path: str, errs: Errors, warnings: list[str]
-                      ) -> LocalityLbSetting:
+def parse_locality_lb(raw: Any, path: str, errs: Errors) -> LocalityLbSetting:
     s = as_map(raw, path, errs)
     reject_unknown_fields(s, {"enabled", "distribute", "failover", "failoverPriority"}, path,
                           errs)
@@ -141,9 +140,6 @@ def parse_locality_lb(raw: Any, path: str, errs: Errors, warnings: list[str]
     priority = tuple(as_str(p, f"{path}.failoverPriority[{i}]", errs) for i, p in
                      enumerate(as_list(s.get("failoverPriority"), f"{path}.failoverPriority",
                                        errs)))
-    if priority:
-        warnings.append(f"{path}.failoverPriority: not supported yet; ignored (failover "
-                        "goes by locality alone)")
     if failover:
         for i, label in enumerate(priority):
             if label in _TOPOLOGY_LABELS:

@@ -13,10 +13,11 @@ from controlplane.model.service import Service
 from controlplane.translate.clusters import is_passthrough, proxied_ports
 from controlplane.translate.headless import pod_hosts
 from controlplane.translate.locality import (
+    Place,
     depends_on_proxy,
-    locality_groups,
     locality_message,
-    plan,
+    priority_label_names,
+    proxy_groups,
     weighs_localities,
 )
 from controlplane.translate.names import cluster_name
@@ -40,33 +41,30 @@ def _lb_endpoint(ip: str, port: int, hostname: str) -> endpoint_components_pb2.L
 
 
 def load_assignment(name: str, endpoints: tuple[Endpoint, ...],
-                    policy: TrafficPolicy | None = None, proxy: str | None = None
+                    policy: TrafficPolicy | None = None, place: Place | None = None
                     ) -> endpoint_pb2.ClusterLoadAssignment:
     """One group of endpoints per locality (translate/locality.py). With a proxy's
-    locality, the groups are weighed or prioritized for that proxy as `policy` says."""
+    place, the groups are weighed or prioritized for that proxy as `policy` says."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    groups = locality_groups(endpoints)
     weighted = policy is not None and weighs_localities(policy)
-    view = (plan(policy, [g[0] for g in groups], [len(g[1]) for g in groups], proxy)
-            if policy is not None and proxy is not None else None)
-    for i, (locality, members) in enumerate(groups):
+    for g in proxy_groups(policy, endpoints, place):
         group = cla.endpoints.add()
-        if view is None or i not in view.emptied:
+        if not g.emptied:
             group.lb_endpoints.extend(
-                [_lb_endpoint(ep.ip, ep.port, ep.hostname) for ep in members])
-        if locality:
-            group.locality.CopyFrom(locality_message(locality))
-        if locality or weighted:
-            group.load_balancing_weight.value = view.weights[i] if view else len(members)
-        if view is not None and view.priorities[i]:
-            group.priority = view.priorities[i]
+                [_lb_endpoint(ep.ip, ep.port, ep.hostname) for ep in g.members])
+        if g.locality:
+            group.locality.CopyFrom(locality_message(g.locality))
+        if g.locality or weighted:
+            group.load_balancing_weight.value = g.weight
+        if g.priority:
+            group.priority = g.priority
     return cla
 
 
-def service_assignments(mesh: Mesh, service: Service, proxy: str | None = None
+def service_assignments(mesh: Mesh, service: Service, place: Place | None = None
                         ) -> list[endpoint_pb2.ClusterLoadAssignment]:
     """The load assignments of one service's clusters (see service_clusters); with a
-    proxy's locality, as that proxy gets them (translate/locality.py)."""
+    proxy's place, as that proxy gets them (translate/locality.py)."""
     fqdn = service.fqdn
     rule = mesh.destination_rules.get(fqdn)
     out = []
@@ -76,14 +74,14 @@ def service_assignments(mesh: Mesh, service: Service, proxy: str | None = None
         # PASSTHROUGH clusters connect to the original destination: no assignment.
         if not is_passthrough(policy):
             out.append(load_assignment(cluster_name(port.port, fqdn), endpoints, policy,
-                                       proxy))
+                                       place))
         for subset in rule.subsets if rule else ():
             policy = traffic_policy(mesh, fqdn, port.port, subset.name)
             if is_passthrough(policy):
                 continue
             chosen = tuple(e for e in endpoints if subset.labels <= e.labels)
             out.append(load_assignment(cluster_name(port.port, fqdn, subset.name), chosen,
-                                       policy, proxy))
+                                       policy, place))
         for pod_fqdn, pod_endpoints in pod_hosts(mesh, service, port):
             out.append(load_assignment(cluster_name(port.port, pod_fqdn), pod_endpoints))
     return out
@@ -110,3 +108,17 @@ def depends_on_locality(mesh: Mesh, service: Service) -> bool:
             if depends_on_proxy(traffic_policy(mesh, fqdn, port.port, subset.name), chosen):
                 return True
     return False
+
+
+def priority_labels(mesh: Mesh, service: Service) -> frozenset[str]:
+    """The proxy labels (failoverPriority) this service's assignments are ordered by."""
+    fqdn = service.fqdn
+    rule = mesh.destination_rules.get(fqdn)
+    if rule is None:
+        return frozenset()
+    names: set[str] = set()
+    for port in proxied_ports(service):
+        names |= priority_label_names(traffic_policy(mesh, fqdn, port.port))
+        for subset in rule.subsets:
+            names |= priority_label_names(traffic_policy(mesh, fqdn, port.port, subset.name))
+    return frozenset(names)
