@@ -69,13 +69,15 @@ class Envoy:
 
     def __init__(self, node_id: str, xds_port: int, instance_ip: str = "",
                  namespace: str = "", delta: bool = False, owned: bool = False,
-                 locality: str = "") -> None:
-        """owned: the process gets a process group of its own (a Ctrl-C at the terminal
+                 concurrency: int = 0, locality: str = "") -> None:
+        """concurrency: worker threads (0: Envoy's default, one per core).
+        owned: the process gets a process group of its own (a Ctrl-C at the terminal
         reaches only its owner, which stops it in order) and dies with its owner
         (`owned_process`). For a process the main thread starts and stops (the demo)."""
         self.node_id = node_id
         self.instance_ip = instance_ip
         self.owned = owned
+        self.concurrency = concurrency
         self.admin_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"envoy-{node_id}-"))
         self.config = self.dir / "bootstrap.yaml"
@@ -90,7 +92,8 @@ class Envoy:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config), "--disable-hot-restart",
-             "--drain-time-s", "1", "-l", "warning", "--log-path", str(self.log)],
+             "--drain-time-s", "1", "-l", "warning", "--log-path", str(self.log),
+             *(["--concurrency", str(self.concurrency)] if self.concurrency else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             **(owned_process() if self.owned else {}))
 

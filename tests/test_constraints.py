@@ -390,6 +390,21 @@ def _maglev(size: int) -> Callable[[dict[str, list[Any]]], None]:
     return edit
 
 
+def _sni_chains(*chains: tuple[list[str], str]) -> Callable[[dict[str, list[Any]]], None]:
+    """Filter chains matched by server names (and a destination prefix, when given)."""
+    def edit(out: dict[str, list[Any]]) -> None:
+        listener = out[types.LISTENER][0]
+        for names, prefix in chains:
+            chain = listener.filter_chains.add()
+            chain.CopyFrom(listener.default_filter_chain)
+            chain.filter_chain_match.server_names.extend(names)
+            if prefix:
+                address, _, length = prefix.partition("/")
+                chain.filter_chain_match.prefix_ranges.add(
+                    address_prefix=address, prefix_len={"value": int(length)})
+    return edit
+
+
 # (name, the edit Envoy rejects, the same edit fixed)
 AGREEMENT = [
     ("regex-extended-flag", _set_regex("(?x)/a b"), _set_regex("/ab")),
@@ -413,6 +428,11 @@ AGREEMENT = [
     ("connect-timeout-zero", _connect_timeout(0), _connect_timeout(1)),
     ("direct-response-over-4KiB", _body(4097), _body(4096)),
     ("maglev-not-prime", _maglev(65536), _maglev(65537)),
+    ("filter-chains-share-a-server-name", _sni_chains((["a", "b"], ""), (["b", "c"], "")),
+     _sni_chains((["a", "b"], ""), (["c"], ""))),
+    ("filter-chains-share-a-masked-prefix",
+     _sni_chains((["a"], "10.1.2.3/8"), (["a"], "10.0.0.0/8")),
+     _sni_chains((["a"], "10.1.2.3/16"), (["a"], "10.0.0.0/8"))),
 ]
 
 

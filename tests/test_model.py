@@ -29,8 +29,10 @@ def mesh_of(*docs: dict[str, Any]) -> Mesh:
     ("grpc-web", "", "TCP", Protocol.HTTP),
     ("grpc-web-x", "", "TCP", Protocol.HTTP),
     ("tcp-db", "", "TCP", Protocol.TCP),
-    ("tls", "", "TCP", Protocol.TCP),
-    ("https", "", "TCP", Protocol.TCP),
+    ("tls", "", "TCP", Protocol.TLS),
+    ("https", "", "TCP", Protocol.TLS),
+    ("https-web", "", "TCP", Protocol.TLS),
+    ("web", "kubernetes.io/wss", "TCP", Protocol.TLS),
     ("httpx", "", "TCP", Protocol.TCP),  # not a prefix followed by '-': unknown
     ("", "", "TCP", Protocol.TCP),
     ("web", "http", "TCP", Protocol.HTTP),  # appProtocol wins over the name
@@ -110,6 +112,50 @@ def test_unsupported_fields_are_warnings_not_silence() -> None:
                             "match": [{"sourceLabels": {"app": "x"}}]}]))
     assert vs.warnings == ("spec.http[0].match[0].sourceLabels: selects by the client proxy; "
                            "not supported, the match ignores it",)
+
+
+def _tls_vs(hosts: list[str], match: dict[str, Any], gateways: list[str] | None = None
+            ) -> Any:
+    spec: dict[str, Any] = {"hosts": hosts, "tls": [
+        {"match": [match], "route": [{"destination": {"host": "web"}}]}]}
+    if gateways is not None:
+        spec["gateways"] = gateways
+    return parse_object({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                         "metadata": {"name": "tls", "namespace": "default"}, "spec": spec})
+
+
+def test_tls_routes_accept_what_istio_accepts() -> None:
+    """SNI hosts within the hosts (a wildcard within a wider one), subnets as written or
+    as one address (normalised), the client-selecting fields with a warning, an IP
+    address as SNI host with one too."""
+    vs = _tls_vs(["*.example.com", "web"], {
+        "sniHosts": ["a.example.com", "*.b.example.com", "web", "10.0.0.1"],
+        "destinationSubnets": ["10.1.2.3/8", "192.168.0.1"], "port": 443,
+        "sourceLabels": {"app": "client"}, "sourceNamespace": "shop",
+        "gateways": ["mesh", "istio-system/ingress"]})
+    match = vs.tls[0].matches[0]
+    assert match.sni_hosts == ("a.example.com", "*.b.example.com", "web", "10.0.0.1")
+    assert match.destination_subnets == ("10.0.0.0/8", "192.168.0.1/32")
+    assert match.port == 443 and match.applies_to_sidecars
+    assert vs.tls[0].route[0].weight == 100
+    assert vs.warnings == (
+        "spec.tls[0].match[0].sniHosts[3]: '10.0.0.1' is an IP address; the SNI spec forbids "
+        "them and most clients never send one",
+        "spec.tls[0].match[0].sourceLabels: selects by the client proxy; not supported, the "
+        "match ignores it",
+        "spec.tls[0].match[0].sourceNamespace: selects by the client proxy; not supported, "
+        "the match ignores it")
+
+
+def test_tls_match_naming_only_gateways_is_not_for_sidecars() -> None:
+    assert not _tls_vs(["web"], {"sniHosts": ["web"], "gateways": ["istio-system/gw"]}
+                       ).tls[0].matches[0].applies_to_sidecars
+    # A gateway-bound VirtualService may name Istio's generated SNI (not a DNS name).
+    sni = "outbound_.443_._.web.default.svc.cluster.local"
+    assert _tls_vs([sni], {"sniHosts": [sni]}, gateways=["gw"]).tls[0].matches[0].sni_hosts \
+        == (sni,)
+    with pytest.raises(ValidationError, match="is not a valid domain name"):
+        _tls_vs([sni], {"sniHosts": [sni]})
 
 
 def test_endpoints_from_pods_follow_the_endpoint_controller() -> None:

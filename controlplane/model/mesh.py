@@ -27,7 +27,7 @@ from controlplane.model.locality import join, locality_of_labels
 from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
 from controlplane.model.meta import Key
-from controlplane.model.service import DOMAIN_SUFFIX, Service
+from controlplane.model.service import DOMAIN_SUFFIX, Protocol, Service
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import EndpointAddress, EndpointSlice, Pod
 
@@ -302,6 +302,21 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                 pod_hostnames=pod_hostnames)
 
 
+def _tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[str]:
+    """As in Istio, a TLS port is routed by `tls` routes only: a `tcp` route that would
+    match it does nothing there (before TLS ports were told apart, it did)."""
+    out = []
+    for port in service.ports:
+        if port.l7 is not Protocol.TLS:
+            continue
+        for i, route in enumerate(vs.tcp):
+            if not route.ports or port.port in route.ports:
+                out.append(f"VirtualService {vs.meta.namespace}/{vs.meta.name}: spec.tcp[{i}] "
+                           f"does not apply to port {port.port} of {service.fqdn}: a TLS "
+                           "port is routed by `tls` routes (by SNI)")
+    return out
+
+
 def _routing(mesh: Mesh, index: MeshIndex
              ) -> tuple[dict[str, VirtualService], dict[str, DestinationRule], list[str]]:
     services = mesh.services
@@ -327,6 +342,7 @@ def _routing(mesh: Mesh, index: MeshIndex
                                 f"{host!r} matches no service")
                 continue
             vs_by_host[fqdn] = vs
+            problems.extend(_tcp_routes_on_tls_ports(vs, services[fqdn]))
     dr_by_host: dict[str, DestinationRule] = {}
     for dr in _oldest_first(index.destination_rules.values()):
         fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
@@ -342,21 +358,24 @@ def _routing(mesh: Mesh, index: MeshIndex
                             f"{dr.host!r} matches no service")
         dr_by_host[fqdn] = dr
     for vs in dict.fromkeys(vs_by_host.values()):
-        for i, route in enumerate(vs.http):
-            for j, wd in enumerate(route.route):
+        routes = [("http", i, r.route, "requests to it answer 503")
+                  for i, r in enumerate(vs.http)]
+        routes += [("tls", i, r.route, "connections to it are closed")
+                   for i, r in enumerate(vs.tls)]
+        for section, i, dests, outcome in routes:
+            for j, wd in enumerate(dests):
                 dest = wd.destination
                 fqdn = mesh.resolve_host(dest.host, vs.meta.namespace)
                 where = (f"VirtualService {vs.meta.namespace}/{vs.meta.name}: "
-                         f"spec.http[{i}].route[{j}].destination")
-                if route.origin is not None:
+                         f"spec.{section}[{i}].route[{j}].destination")
+                if section == "http" and vs.http[i].origin is not None:
                     where = (f"VirtualService {vs.meta.namespace}/{vs.meta.name}, route "
-                             f"{i} (from {route.origin}): route[{j}].destination")
+                             f"{i} (from {vs.http[i].origin}): route[{j}].destination")
                 if fqdn not in services:
                     problems.append(f"{where}.host: {dest.host!r} matches no service; "
-                                    "requests to it answer 503 until it exists")
+                                    f"{outcome} until it exists")
                 elif dest.subset and (fqdn not in dr_by_host
                                       or not dr_by_host[fqdn].subset(dest.subset)):
                     problems.append(f"{where}.subset: subset {dest.subset!r} of {fqdn} is not "
-                                    "defined by a DestinationRule; requests to it answer 503 "
-                                    "until it is")
+                                    f"defined by a DestinationRule; {outcome} until it is")
     return vs_by_host, dr_by_host, problems

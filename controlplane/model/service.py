@@ -18,6 +18,7 @@ class Protocol(enum.Enum):
     HTTP = "HTTP"
     HTTP2 = "HTTP2"  # also gRPC: the upstream speaks HTTP/2
     TCP = "TCP"
+    TLS = "TLS"  # TLS or HTTPS: passed through, routed by SNI (never terminated)
     UNSUPPORTED = "UNSUPPORTED"  # UDP, SCTP: not proxied
 
     @property
@@ -25,8 +26,8 @@ class Protocol(enum.Enum):
         return self in (Protocol.HTTP, Protocol.HTTP2)
 
 
-# Istio's names (port-name prefix or appProtocol). Protocols Envoy can only pass through
-# as bytes (TLS, databases) are TCP here. An unknown or missing name is TCP: Istio would
+# Istio's names (port-name prefix or appProtocol). TLS and HTTPS are passed through and
+# routed by SNI; databases are TCP. An unknown or missing name is TCP: Istio would
 # sniff the protocol, which costs a first-byte delay and surprises people; TCP always works.
 _PROTOCOLS = {
     "http": Protocol.HTTP,
@@ -36,9 +37,9 @@ _PROTOCOLS = {
     "h2c": Protocol.HTTP2,
     "kubernetes.io/h2c": Protocol.HTTP2,
     "kubernetes.io/ws": Protocol.HTTP,
-    "kubernetes.io/wss": Protocol.TCP,
-    "https": Protocol.TCP,
-    "tls": Protocol.TCP,
+    "kubernetes.io/wss": Protocol.TLS,
+    "https": Protocol.TLS,
+    "tls": Protocol.TLS,
     "tcp": Protocol.TCP,
     "mongo": Protocol.TCP,
     "mysql": Protocol.TCP,

@@ -1,6 +1,6 @@
 """Istio's VirtualService as frozen dataclasses: ordered HTTP routes (first match wins),
 each with its matches, destinations and policies (retries, fault, mirrors, rewrite,
-redirect, direct response, header operations, CORS), and TCP routes.
+redirect, direct response, header operations, CORS), TCP routes, and TLS routes (by SNI).
 
 Types only; `virtual_service_parse.py` builds them from Kubernetes-shaped dicts and says
 what is validated.
@@ -161,12 +161,31 @@ class TCPRoute:
 
 
 @dataclass(frozen=True)
+class TLSMatch:
+    sni_hosts: tuple[str, ...]  # as written (Envoy's server_names: exact or "*.suffix")
+    destination_subnets: tuple[str, ...] = ()  # CIDRs, normalised to network/length
+    port: int | None = None  # None: every TLS port of the host
+    gateways: tuple[str, ...] = ()  # empty: wherever the VirtualService applies
+
+    @property
+    def applies_to_sidecars(self) -> bool:
+        return not self.gateways or "mesh" in self.gateways
+
+
+@dataclass(frozen=True)
+class TLSRoute:
+    matches: tuple[TLSMatch, ...]  # at least one; any of them selects the route
+    route: tuple[WeightedDestination, ...]
+
+
+@dataclass(frozen=True)
 class VirtualService:
     meta: Meta
     hosts: tuple[str, ...]
     gateways: tuple[str, ...]
     http: tuple[HTTPRoute, ...]
     tcp: tuple[TCPRoute, ...] = ()
+    tls: tuple[TLSRoute, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
     export_to: tuple[str, ...] = ()  # as written: "*", "." or namespaces; () = "*"
 

@@ -1,7 +1,8 @@
 """From a Kubernetes-shaped dict to a VirtualService, or errors naming every bad field:
 the spec, its HTTP and TCP routes, their matches and where they send traffic
 (destinations, weights, mirrors). What a route does besides that is read by
-`route_policy_parse.py`; its header operations by `header_ops_parse.py`.
+`route_policy_parse.py`; its header operations by `header_ops_parse.py`; TLS routes by
+`tls_route_parse.py`.
 
 Validation follows Istio's own where Istio has it (weights add up to 100, one action per
 route, rewrite not with redirect...) and adds what Envoy would otherwise reject (RE2
@@ -47,6 +48,7 @@ from controlplane.model.route_policy_parse import (
     parse_retries,
     parse_rewrite,
 )
+from controlplane.model.tls_route_parse import parse_tls_route
 from controlplane.model.virtual_service import (
     Delegate,
     Destination,
@@ -121,12 +123,16 @@ def parse_destination(raw: Any, path: str, errs: Errors) -> Destination:
                                    hi=65535))
 
 
-def parse_weighted(raw: Any, path: str, errs: Errors) -> tuple[WeightedDestination, ...]:
+def parse_weighted(raw: Any, path: str, errs: Errors, *, headers_allowed: bool = True
+                   ) -> tuple[WeightedDestination, ...]:
+    """`headers_allowed`: HTTP routes' destinations have `headers`; TLS routes' have not."""
     dests = []
+    fields = {"destination", "weight", "headers"} if headers_allowed else {"destination",
+                                                                            "weight"}
     for i, d in enumerate(as_list(raw, path, errs)):
         dpath = f"{path}[{i}]"
         d = as_map(d, dpath, errs)
-        reject_unknown_fields(d, {"destination", "weight", "headers"}, dpath, errs)
+        reject_unknown_fields(d, fields, dpath, errs)
         weight = as_int(d.get("weight"), f"{dpath}.weight", errs, lo=0, hi=100)
         headers, authority = parse_headers(d.get("headers"), f"{dpath}.headers", errs)
         if authority is not None:
@@ -249,6 +255,10 @@ def _parse_tcp_route(raw: Any, path: str, errs: Errors, warnings: list[str]) -> 
     return TCPRoute(tuple(ports), dests)
 
 
+def _tls_destinations(raw: Any, path: str, errs: Errors) -> tuple[WeightedDestination, ...]:
+    return parse_weighted(raw, path, errs, headers_allowed=False)
+
+
 def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
     meta = parse_meta(raw, errs)
     spec = as_map(raw.get("spec"), "spec", errs)
@@ -268,18 +278,22 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
         if not spec.get("http"):
             errs.add("spec.hosts", "needs at least one host (or HTTP routes, for a "
                      "delegate VirtualService)")
-    if "tls" in spec:
-        warnings.append("spec.tls: TLS routing is not supported; ignored")
     http = [_parse_http_route(r, f"spec.http[{i}]", errs, warnings, in_delegate)
             for i, r in enumerate(as_list(spec.get("http"), "spec.http", errs))]
     tcp = tuple(_parse_tcp_route(r, f"spec.tcp[{i}]", errs, warnings)
                 for i, r in enumerate(as_list(spec.get("tcp"), "spec.tcp", errs)))
+    gateways = tuple(str(g) for g in as_list(spec.get("gateways"), "spec.gateways", errs))
+    gateway_only = bool(gateways) and "mesh" not in gateways
+    tls = tuple(parse_tls_route(r, f"spec.tls[{i}]", hosts, gateway_only, errs, warnings,
+                                _tls_destinations)
+                for i, r in enumerate(as_list(spec.get("tls"), "spec.tls", errs)))
     return VirtualService(
         meta=meta,
         hosts=hosts,
-        gateways=tuple(str(g) for g in as_list(spec.get("gateways"), "spec.gateways", errs)),
+        gateways=gateways,
         http=tuple(r for r in http if r is not None),
         tcp=tcp,
+        tls=tls,
         warnings=tuple(warnings),
         export_to=_export_to(spec.get("exportTo"), errs),
     )

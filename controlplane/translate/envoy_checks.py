@@ -368,16 +368,51 @@ def endpoint_address(sa: Any, path: str, out: Out) -> None:
 def listener(lst: Any, path: str, out: Out) -> None:
     if lst.HasField("address"):
         _socket_ip(lst.address, join(path, "address"), out, "a listener address")
-    # listener_impl.cc / filter_chain_manager_impl.cc: "multiple filter chains with the
-    # same matching rules are defined".
-    seen: dict[bytes, int] = {}
+    # filter_chain_manager_impl.cc: "multiple filter chains with the same matching rules
+    # are defined" and "... with overlapping matching rules are defined": Envoy files each
+    # chain under every combination of its match's values (each server name with each
+    # destination prefix...), and two chains may not share one (two chains naming one
+    # SNI host, say, whatever else they name).
+    seen: dict[tuple[Any, ...], int] = {}
     for i, chain in enumerate(lst.filter_chains):
-        key = chain.filter_chain_match.SerializeToString(deterministic=True)
-        if key in seen:
-            out.append(Violation(f"{join(path, 'filter_chains')}[{i}].filter_chain_match",
-                                 f"same matching rules as filter_chains[{seen[key]}]"))
+        for key in _match_combinations(chain.filter_chain_match):
+            if key in seen:
+                out.append(Violation(
+                    f"{join(path, 'filter_chains')}[{i}].filter_chain_match",
+                    f"matches what filter_chains[{seen[key]}] matches; Envoy refuses "
+                    "overlapping filter chains"))
+                break
         else:
-            seen[key] = i
+            for key in _match_combinations(chain.filter_chain_match):
+                seen[key] = i
+
+
+def _cidr_key(r: Any) -> tuple[str, int]:
+    """A CidrRange as Envoy files it: the address masked to its length."""
+    length = r.prefix_len.value
+    try:
+        net = ipaddress.ip_network(f"{r.address_prefix}/{length}", strict=False)
+    except ValueError:
+        return r.address_prefix, length
+    return str(net.network_address), length
+
+
+def _cidr_keys(ranges: Any) -> list[tuple[str, int] | None]:
+    return [_cidr_key(r) for r in ranges] or [None]  # none listed: any address
+
+
+def _match_combinations(m: Any) -> list[tuple[Any, ...]]:
+    port = m.destination_port.value if m.HasField("destination_port") else None
+    # "*.example.com" is filed under ".example.com" and matched as a suffix.
+    names = [n[1:] if n.startswith("*.") else n for n in m.server_names] or [""]
+    return [(port, prefix, name, m.transport_protocol, alpn, direct, m.source_type, source,
+             source_port)
+            for prefix in _cidr_keys(m.prefix_ranges)
+            for name in names
+            for alpn in list(m.application_protocols) or [""]
+            for direct in _cidr_keys(m.direct_source_prefix_ranges)
+            for source in _cidr_keys(m.source_prefix_ranges)
+            for source_port in list(m.source_ports) or [None]]
 
 
 @_register("envoy.config.core.v3.CidrRange")

@@ -1,4 +1,5 @@
-"""LDS: one outbound listener per service port number, bound to the proxy's IP."""
+"""LDS: one outbound listener per service port number, bound to the proxy's IP. TLS
+services' chains (by SNI) are built by tls_routes.py."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
 
 from controlplane.model.mesh import Mesh
-from controlplane.model.service import Service, ServicePort
+from controlplane.model.service import Protocol, Service, ServicePort
 from controlplane.translate.destinations import resolve_destination
 from controlplane.translate.names import cluster_name, listener_name, route_name
 from controlplane.translate.ports import PortGroup, port_groups
 from controlplane.translate.protos import ads_source
 from controlplane.translate.routes import CORS_FILTER, FAULT_FILTER
+from controlplane.translate.tls_routes import default_chain, sni_chains, tls_inspector
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
@@ -93,6 +95,8 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.L
         traffic_direction=2,  # OUTBOUND
     )
     tcp = list(group.tcp)
+    # TLS services are told apart by SNI (tls_routes.py), the others by cluster IP.
+    tls = [(s, p) for s, p in tcp if p.l7 is Protocol.TLS]
     if group.is_http:
         listener.default_filter_chain.CopyFrom(_http_chain(bind_ip, group.port))
     elif tcp:
@@ -100,13 +104,23 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.L
         # takes every connection; others are told apart by their cluster IP
         # (iptables-redirected traffic).
         service, port = tcp.pop(0)
-        listener.default_filter_chain.CopyFrom(_tcp_chain(_tcp_proxy(mesh, service, port)))
+        if port.l7 is not Protocol.TLS:
+            listener.default_filter_chain.CopyFrom(_tcp_chain(_tcp_proxy(mesh, service, port)))
+        elif (chain := default_chain(mesh, service, port)) is not None:
+            listener.default_filter_chain.CopyFrom(chain)
     seen_ips: set[str] = set()
     for service, port in tcp:
-        if service.cluster_ip and service.cluster_ip not in seen_ips:
+        if port.l7 is not Protocol.TLS and service.cluster_ip and \
+                service.cluster_ip not in seen_ips:
             seen_ips.add(service.cluster_ip)
             listener.filter_chains.append(
                 _tcp_chain(_tcp_proxy(mesh, service, port), service.cluster_ip))
+    if tls:
+        listener.listener_filters.append(tls_inspector())
+        # As Istio: a client that sends nothing first (a server-first protocol on a TCP
+        # service sharing the port) is passed on when the inspector gives up, not closed.
+        listener.continue_on_listener_filters_timeout = True
+        listener.filter_chains.extend(sni_chains(mesh, tls))
     return listener
 
 
