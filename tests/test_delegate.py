@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.model.delegate import merge_matches
+from controlplane.model.delegate import merge_delegates, merge_matches
 from controlplane.model.istio_common import StringMatch
 from controlplane.model.mesh import Mesh, build_mesh
 from controlplane.model.meta import Key
 from controlplane.model.parse import key_of, parse_object
-from controlplane.model.virtual_service import HTTPMatch
+from controlplane.model.virtual_service import HTTPMatch, VirtualService
 from controlplane.translate import route_suspects
 
 
@@ -133,3 +133,16 @@ def test_a_delegate_alone_routes_nothing() -> None:
                  _vs("d", "default", [{"route": [{"destination": {"host": "web"}}]}]))
     assert mesh.virtual_services == {}
     assert mesh.problems == ()
+
+
+def test_without_export_to_the_mesh_default_decides() -> None:
+    objs = [parse_object(d) for d in (
+        _service("web", "default"), _root({"name": "d", "namespace": "team"}),
+        _vs("d", "team", [{"route": [{"destination": {"host": "web.default"}}]}]))]
+    delegates = {(o.meta.namespace, o.meta.name): o for o in objs
+                 if isinstance(o, VirtualService) and o.is_delegate}
+    root = next(o for o in objs if isinstance(o, VirtualService) and not o.is_delegate)
+    problems: list[str] = []
+    merged = merge_delegates(root, delegates, lambda h, ns: h, problems, (".",))
+    assert merged.http == () and "is not exported to namespace default" in problems[0]
+    assert merge_delegates(root, delegates, lambda h, ns: h, [], ("*",)).http != ()

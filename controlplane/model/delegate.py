@@ -157,7 +157,8 @@ def merge_route(root: HTTPRoute, leaf: HTTPRoute, delegate: VirtualService,
 
 
 def merge_delegates(vs: VirtualService, delegates: Delegates, resolve: Resolve,
-                    problems: list[str]) -> VirtualService:
+                    problems: list[str], default_export_to: tuple[str, ...] = ("*",)
+                    ) -> VirtualService:
     """`vs` with each delegating route replaced by its delegate's merged routes (the
     very same object when it delegates nothing)."""
     if not any(r.delegate is not None for r in vs.http):
@@ -174,7 +175,7 @@ def merge_delegates(vs: VirtualService, delegates: Delegates, resolve: Resolve,
             problems.append(f"{where}: no delegate VirtualService {ns}/{route.delegate.name} "
                             "(one without hosts); the route is left out")
             continue
-        if not target.exported_to(vs.meta.namespace):
+        if not target.exported_to(vs.meta.namespace, default_export_to):
             problems.append(f"{where}: {_ref(target)} is not exported to namespace "
                             f"{vs.meta.namespace}; the route is left out")
             continue

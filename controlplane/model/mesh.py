@@ -327,7 +327,8 @@ def _routing(mesh: Mesh, index: MeshIndex
     for vs in _oldest_first(v for v in index.virtual_services.values()
                             if v.applies_to_sidecars and not v.is_delegate):
         # Delegating routes replaced by their delegates' (model/delegate.py).
-        vs = merge_delegates(vs, delegates, mesh.resolve_host, problems)
+        vs = merge_delegates(vs, delegates, mesh.resolve_host, problems,
+                             mesh.config.default_virtual_service_export_to)
         for host in vs.hosts:
             fqdn = mesh.resolve_host(host, vs.meta.namespace)
             if fqdn in vs_by_host:

@@ -199,6 +199,9 @@ class VirtualService:
         `delegate`, never on its own."""
         return not self.hosts
 
-    def exported_to(self, namespace: str) -> bool:
-        return (not self.export_to or "*" in self.export_to or namespace in self.export_to
-                or (namespace == self.meta.namespace and "." in self.export_to))
+    def exported_to(self, namespace: str, default: tuple[str, ...] = ("*",)) -> bool:
+        """Whether proxies (or a root VirtualService) in `namespace` may see it; without
+        exportTo, `default` says (the mesh's defaultVirtualServiceExportTo)."""
+        export = self.export_to or default
+        return ("*" in export or namespace in export
+                or (namespace == self.meta.namespace and "." in export))
