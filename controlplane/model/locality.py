@@ -22,11 +22,14 @@ def from_label(value: str) -> str:
 
 
 def locality_of_labels(labels: Iterable[tuple[str, str]]) -> str:
-    found = dict(labels)
-    for name in LOCALITY_LABELS:
-        if found.get(name):
-            return from_label(found[name])
-    return ""
+    # One pass, no dict: every pod's labels go through here on each Mesh build.
+    found = ""
+    for name, value in labels:
+        if value and name == LOCALITY_LABELS[0]:
+            return from_label(value)
+        if value and name == LOCALITY_LABELS[1]:
+            found = value
+    return from_label(found) if found else ""
 
 
 def join(region: str, zone: str = "", subzone: str = "") -> str:
