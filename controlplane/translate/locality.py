@@ -7,7 +7,10 @@ endpoints grouped by locality, and for one proxy either
 - failover (only with outlier detection, else Envoy never leaves priority 0): each
   group's priority by how much of its locality the proxy shares — 0 the same subzone,
   1 the zone, 2 the region, 3 another region, 4 a region other than the `failover`
-  target of the proxy's region — then renumbered 0..N without gaps.
+  target of the proxy's region — then renumbered 0..N without gaps; with
+  `failoverPriority`, each group is first split by how many of the listed labels its
+  endpoints share with the proxy, and locality only orders within that (when `failover`
+  is also given).
 
 Istio's mesh default turns locality load balancing on, so a DestinationRule with
 outlier detection and no `localityLbSetting` fails over by locality; `enabled: false`
@@ -15,7 +18,7 @@ turns it off. One difference: an endpoint whose region is unknown (a zone from a
 EndpointSlice, see model/locality.py) counts as in the proxy's region.
 
 Only a cluster whose assignment this changes for some proxy (`depends_on_proxy`) gets
-an assignment per proxy locality (controlplane.translation); every other cluster's is
+an assignment per proxy `Place` (controlplane.translation); every other cluster's is
 shared by all proxies, as before.
 """
 
