@@ -5,6 +5,10 @@
 depend on the proxy (and on what about it), each resource's name and dependencies, and
 route configurations in wire form. Every unit it builds is checked (translate/guard.py);
 one that fails is withheld and listed in `failures` for the push loop to act on.
+Endpoints are shared too, except when a DestinationRule's locality load balancing makes
+some service's assignments depend on where the proxy runs: then ENDPOINT is grouped by
+the proxy's `Place`, each group the shared messages plus that place's assignments for
+those services (`locality_services`, translate/locality.py).
 """
 
 from __future__ import annotations
