@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controlplane.model.locality import split
 from controlplane.model.re2check import ENVOY_MAX_PROGRAM_SIZE as RE2_MAX_PROGRAM_SIZE
 
 # Reconnect backoff for the ADS stream (see the bootstrap's ads_config).
@@ -30,7 +31,8 @@ def split_address(address: str, default_port: int) -> tuple[str, int]:
 
 def bootstrap(*, node_id: str, cluster: str = "", xds_address: str = "127.0.0.1:15010",
               admin_address: str = "127.0.0.1:15000", instance_ip: str = "",
-              namespace: str = "", delta: bool = False) -> dict[str, Any]:
+              namespace: str = "", delta: bool = False, locality: str = ""
+              ) -> dict[str, Any]:
     xds_host, xds_port = split_address(xds_address, 15010)
     admin_host, admin_port = split_address(admin_address, 15000)
     metadata: dict[str, Any] = {}
@@ -39,8 +41,13 @@ def bootstrap(*, node_id: str, cluster: str = "", xds_address: str = "127.0.0.1:
     if namespace:
         metadata["NAMESPACE"] = namespace
     ads_source = {"ads": {}, "resource_api_version": "V3"}
+    node: dict[str, Any] = {"id": node_id, "cluster": cluster or node_id, "metadata": metadata}
+    if locality:  # "region/zone/subzone": what locality load balancing prefers
+        region, zone, subzone = split(locality)
+        node["locality"] = {k: v for k, v in (("region", region), ("zone", zone),
+                                              ("sub_zone", subzone)) if v}
     return {
-        "node": {"id": node_id, "cluster": cluster or node_id, "metadata": metadata},
+        "node": node,
         "admin": {"address": {"socket_address": {"address": admin_host,
                                                  "port_value": admin_port}}},
         "dynamic_resources": {

@@ -126,6 +126,9 @@ def _bootstrap_args(p: argparse.ArgumentParser) -> None:
                         "/stats) (default %(default)s)")
     p.add_argument("--instance-ip", default="", metavar="IP",
                    help="the proxy's IP: outbound listeners bind to it (default 0.0.0.0)")
+    p.add_argument("--locality", default="", metavar="REGION/ZONE/SUBZONE",
+                   help="where the proxy runs (the node's locality): locality load "
+                        "balancing prefers endpoints there (default: none)")
     p.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
     p.add_argument("-o", "--output", default="-", metavar="FILE",
                    help="file to write (default: stdout)")
@@ -216,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = yaml.safe_dump(bootstrap(
             node_id=args.node_id, cluster=args.cluster, xds_address=args.xds_address,
             admin_address=args.admin_address, instance_ip=args.instance_ip,
-            namespace=args.namespace, delta=args.delta), sort_keys=False)
+            namespace=args.namespace, delta=args.delta, locality=args.locality),
+            sort_keys=False)
         if args.output == "-":
             sys.stdout.write(text)
         else:

@@ -5,6 +5,10 @@
 depend on the proxy (and on what about it), each resource's name and dependencies, and
 route configurations in wire form. Every unit it builds is checked (translate/guard.py);
 one that fails is withheld and listed in `failures` for the push loop to act on.
+Endpoints are shared too, except when a DestinationRule's locality load balancing makes
+some service's assignments depend on where the proxy runs: then ENDPOINT is grouped by
+the proxy's `Place`, each group the shared messages plus that place's assignments for
+those services (`locality_services`, translate/locality.py).
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from controlplane.model.proxy import ProxyView
 from controlplane.model.service import Service, ServicePort
 from controlplane.translate import (
     Failure,
+    Place,
     RouteBase,
     RouteHost,
     build_listeners,
     checked,
+    depends_on_locality,
     namespace_hosts,
+    place_of,
     plain_routes,
+    priority_labels,
     route_bases,
     route_config_shell,
     route_names,
@@ -78,12 +86,44 @@ class MeshTranslation:
         if previous is not None and not mesh.routes_changed:
             self._route_bases = previous._route_bases
             self._route_entries = previous._route_entries
+        # Services whose load assignments depend on the proxy's locality (see
+        # translate/locality.py), and their assignments per locality, built on demand;
+        # both carried over for clean services like the units.
+        self._local_units: dict[tuple[str, Place], list[Any]] = {}
+        self._by_locality = self._locality_services(previous)
+        self.locality_services = frozenset(f for f, v in self._by_locality.items() if v)
+        # The proxy labels some failoverPriority orders endpoints by: part of the key.
+        self._priority_labels = frozenset(
+            name for fqdn in self.locality_services
+            for name in priority_labels(mesh, mesh.services[fqdn]))
+        if previous is not None and mesh.dirty is not None:
+            self._local_units = {k: u for k, u in previous._local_units.items()
+                                 if k[0] not in mesh.dirty
+                                 and k[0] in self.locality_services}
+
+    def _locality_services(self, previous: MeshTranslation | None) -> dict[str, bool]:
+        mesh = self.mesh
+        dirty = mesh.dirty
+        before = previous._by_locality if previous is not None and dirty is not None else {}
+        out = {}
+        for fqdn in mesh.destination_rules:  # only a rule turns locality balancing on
+            service = mesh.services.get(fqdn)
+            if service is None:
+                continue
+            known = before.get(fqdn)
+            out[fqdn] = (known if known is not None and dirty is not None
+                         and fqdn not in dirty else depends_on_locality(mesh, service))
+        return out
 
     def group_key(self, type_url: str, proxy: ProxyView) -> Hashable:
         if type_url == types.LISTENER:
             return proxy.bind_ip
         if type_url == types.ROUTE:
             return proxy.namespace
+        if type_url == types.ENDPOINT and self.locality_services:
+            # Only then do endpoints differ by where the proxy runs: each other
+            # service's assignments stay the shared messages (and bytes).
+            return place_of(proxy.locality, proxy.labels, self._priority_labels)
         return None
 
     def _unit(self, service: Service) -> tuple[list[Any], list[Any]]:
@@ -107,6 +147,24 @@ class MeshTranslation:
                 old = self.previous._units.get(fqdn) if self.previous else None
                 self._units[fqdn] = old if old is not None else ([], [])
         return self._units[fqdn]
+
+    def _local_unit(self, service: Service, place: Hashable) -> list[Any]:
+        """A service's load assignments as a proxy at `place` gets them."""
+        assert isinstance(place, Place)
+        key = (service.fqdn, place)
+        if key not in self._local_units:
+            mesh = self.mesh
+            assignments, failure = checked(
+                f"endpoints of {service.fqdn} for locality {place.locality!r}",
+                service_suspects(mesh, service),
+                lambda: service_assignments(mesh, service, place))
+            if failure is not None:
+                # The shared assignments passed the same checks: serve those.
+                log.error("unit_withheld", unit=failure.what, by=failure.by,
+                          reason=failure.reason)
+                assignments = self._unit(service)[1]
+            self._local_units[key] = assignments
+        return self._local_units[key]
 
     def _guard_routes(self, service: Service, port: ServicePort, number: int,
                       build: Callable[[], list[Any]]) -> list[Any]:
@@ -135,10 +193,16 @@ class MeshTranslation:
         memo_key = (type_url, key)
         if memo_key in self._memo:
             return self._memo[memo_key]
-        if type_url in (types.CLUSTER, types.ENDPOINT):
+        out: list[Any]
+        if type_url == types.ENDPOINT and key is not None:
+            local = self.locality_services
+            out = [m for s in self.mesh.services.values()
+                   for m in (self._local_unit(s, key) if s.fqdn in local
+                             else self._unit(s)[1])]
+        elif type_url in (types.CLUSTER, types.ENDPOINT):
             units = [self._unit(s) for s in self.mesh.services.values()]
             part = 0 if type_url == types.CLUSTER else 1
-            out: list[Any] = [m for unit in units for m in unit[part]]
+            out = [m for unit in units for m in unit[part]]
         elif not self.mesh.routes_changed and memo_key in self._last_memo:
             out = self._last_memo[memo_key]
         else:

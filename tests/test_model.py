@@ -96,7 +96,7 @@ def test_invalid_objects_name_the_object_and_the_field(case: InvalidObject) -> N
 def test_every_error_of_an_object_is_reported_at_once() -> None:
     with pytest.raises(ValidationError) as info:
         parse_object(_vs([{"route": weighted("reviews", {"v1": 0, "v2": 0}),
-                           "timeout": "x"}], hosts=[]))
+                           "timeout": "x"}], hosts=[""]))
     assert len(info.value.errors) == 3
 
 

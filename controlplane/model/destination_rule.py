@@ -29,9 +29,34 @@ class ConsistentHash:
 
 
 @dataclass(frozen=True)
+class Warmup:
+    """Envoy's slow start: a new endpoint's weight grows over `duration` seconds."""
+
+    duration: float
+    # Both None for the older `warmupDurationSecs` (the window alone, Envoy's defaults);
+    # `warmup` fills Istio's defaults in (10 % and 1.0, a linear ramp).
+    minimum_percent: float | None = None
+    aggression: float | None = None
+
+
+@dataclass(frozen=True)
+class LocalityLbSetting:
+    """Istio's localityLbSetting. Localities are "region[/zone[/subzone]]", `*` allowed
+    at the end of a distribute locality."""
+
+    enabled: bool | None = None  # None: as the mesh says (Istio's default: on)
+    # (from, ((to, weight), ...)): a proxy in `from` spreads its requests by weight
+    distribute: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    failover: tuple[tuple[str, str], ...] = ()  # (from region, to region)
+    failover_priority: tuple[str, ...] = ()  # label names, "label=value" overrides
+
+
+@dataclass(frozen=True)
 class LoadBalancer:
     simple: str = "ROUND_ROBIN"  # ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH
     consistent_hash: ConsistentHash | None = None
+    locality: LocalityLbSetting | None = None
+    warmup: Warmup | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """From a Kubernetes-shaped dict to a DestinationRule, or errors naming every bad field:
 subsets and traffic policies, checked as Istio checks them (durations in whole
 milliseconds, prime Maglev table sizes, one hash key...). Fields this control plane does
-not translate (TLS, locality, tunnels...) are accepted with a warning.
+not translate (TLS, tunnels...) are accepted with a warning; the load balancer's
+locality and warmup settings are read by `load_balancer_parse.py`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from controlplane.model.istio_common import (
     is_ip_address,
     wildcard_domain_problem,
 )
+from controlplane.model.load_balancer_parse import parse_locality_lb, parse_warmup
 from controlplane.model.meta import parse_meta
 
 # Istio's simple load balancers, by the Envoy policy each becomes.
@@ -51,9 +53,8 @@ def _load_balancer(raw: Any, path: str, errs: Errors, warnings: list[str]) -> Lo
     reject_unknown_fields(lb, {"simple", "consistentHash", "localityLbSetting",
                                "zoneAwareLbSetting", "warmupDurationSecs", "warmup"}, path,
                           errs)
-    for key in ("localityLbSetting", "zoneAwareLbSetting", "warmupDurationSecs", "warmup"):
-        if key in lb:
-            warnings.append(f"{path}.{key}: not supported; ignored")
+    if "zoneAwareLbSetting" in lb:
+        warnings.append(f"{path}.zoneAwareLbSetting: not supported; ignored")
     if lb.get("localityLbSetting") is not None and lb.get("zoneAwareLbSetting") is not None:
         errs.add(f"{path}.zoneAwareLbSetting", "use either localityLbSetting or "
                  "zoneAwareLbSetting, not both")
@@ -64,7 +65,15 @@ def _load_balancer(raw: Any, path: str, errs: Errors, warnings: list[str]) -> Lo
         errs.add(f"{path}.simple", f"{simple!r} is not one of {', '.join(SIMPLE_LB)}")
     ch = _consistent_hash(lb["consistentHash"], f"{path}.consistentHash", errs, warnings) \
         if "consistentHash" in lb else None
-    return LoadBalancer(simple=SIMPLE_LB.get(simple, "ROUND_ROBIN"), consistent_hash=ch)
+    warmup = parse_warmup(lb, path, errs)
+    if warmup is not None and ch is not None:
+        warnings.append(f"{path}.warmup: slow start applies to ROUND_ROBIN and LEAST_REQUEST "
+                        "only; ignored with consistentHash")
+        warmup = None
+    locality = (parse_locality_lb(lb["localityLbSetting"], f"{path}.localityLbSetting", errs)
+                if "localityLbSetting" in lb else None)
+    return LoadBalancer(simple=SIMPLE_LB.get(simple, "ROUND_ROBIN"), consistent_hash=ch,
+                        locality=locality, warmup=warmup)
 
 
 def _consistent_hash(raw: Any, cpath: str, errs: Errors, warnings: list[str]
@@ -350,9 +359,17 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
                                     inner.outlier_detection))
     elif "portLevelSettings" in tp:
         errs.add(f"{path}.portLevelSettings", "cannot be nested")
+    load_balancer = (_load_balancer(tp["loadBalancer"], f"{path}.loadBalancer", errs, warnings)
+                     if tp.get("loadBalancer") is not None else None)
+    locality = load_balancer.locality if load_balancer else None
+    if locality and (locality.failover or locality.failover_priority) \
+            and "outlierDetection" not in tp:
+        # Istio warns too: Envoy moves to a lower priority only once outlier detection
+        # has ejected the endpoints of the higher one.
+        warnings.append(f"{path}.loadBalancer.localityLbSetting: failover needs "
+                        "outlierDetection; without it traffic never fails over")
     return TrafficPolicy(
-        load_balancer=_load_balancer(tp["loadBalancer"], f"{path}.loadBalancer", errs,
-                                     warnings) if tp.get("loadBalancer") is not None else None,
+        load_balancer=load_balancer,
         connection_pool=_connection_pool(tp["connectionPool"], f"{path}.connectionPool", errs,
                                          warnings)
         if tp.get("connectionPool") is not None else None,

@@ -21,7 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from controlplane.model.delegate import merge_delegates
 from controlplane.model.destination_rule import DestinationRule
+from controlplane.model.locality import join, locality_of_labels
 from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
 from controlplane.model.meta import Key
@@ -39,6 +41,7 @@ class Endpoint:
     labels: frozenset[tuple[str, str]] = frozenset()
     pod: str = ""
     hostname: str = ""
+    locality: str = ""  # "region/zone/subzone" (model/locality.py); "" when unknown
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,15 +172,19 @@ def _service_endpoints(index: MeshIndex, service: Service, labels: _LabelIndex
         ports = dict(a.ports)
         if single and len(a.ports) == 1:
             ports.setdefault(service.ports[0].name, a.ports[0][1])
-        usable.append((a, ports, pod.meta.labels if pod else frozenset()))
+        pod_labels = pod.meta.labels if pod else frozenset()
+        # The pod's locality label, else the slice's zone (the region is on the Node).
+        locality = locality_of_labels(pod_labels) or (join("", a.zone) if a.zone else "")
+        usable.append((a, ports, pod_labels, locality))
     out = {}
     for sp in service.ports:
         by_target: dict[tuple[str, int], Endpoint] = {}
-        for a, ports, pod_labels in usable:
+        for a, ports, pod_labels, locality in usable:
             number = ports.get(sp.name)
             if number is not None and (a.ip, number) not in by_target:
                 by_target[(a.ip, number)] = Endpoint(ip=a.ip, port=number, labels=pod_labels,
-                                                     pod=a.pod, hostname=a.hostname)
+                                                     pod=a.pod, hostname=a.hostname,
+                                                     locality=locality)
         out[sp.port] = tuple(by_target[k] for k in sorted(by_target))
     return out
 
@@ -315,8 +322,13 @@ def _routing(mesh: Mesh, index: MeshIndex
     services = mesh.services
     problems: list[str] = []
     vs_by_host: dict[str, VirtualService] = {}
+    delegates = {(v.meta.namespace, v.meta.name): v for v in index.virtual_services.values()
+                 if v.is_delegate}
     for vs in _oldest_first(v for v in index.virtual_services.values()
-                            if v.applies_to_sidecars):
+                            if v.applies_to_sidecars and not v.is_delegate):
+        # Delegating routes replaced by their delegates' (model/delegate.py).
+        vs = merge_delegates(vs, delegates, mesh.resolve_host, problems,
+                             mesh.config.default_virtual_service_export_to)
         for host in vs.hosts:
             fqdn = mesh.resolve_host(host, vs.meta.namespace)
             if fqdn in vs_by_host:
@@ -357,6 +369,9 @@ def _routing(mesh: Mesh, index: MeshIndex
                 fqdn = mesh.resolve_host(dest.host, vs.meta.namespace)
                 where = (f"VirtualService {vs.meta.namespace}/{vs.meta.name}: "
                          f"spec.{section}[{i}].route[{j}].destination")
+                if section == "http" and vs.http[i].origin is not None:
+                    where = (f"VirtualService {vs.meta.namespace}/{vs.meta.name}, route "
+                             f"{i} (from {vs.http[i].origin}): route[{j}].destination")
                 if fqdn not in services:
                     problems.append(f"{where}.host: {dest.host!r} matches no service; "
                                     f"{outcome} until it exists")

@@ -10,7 +10,7 @@ from controlplane.model.errors import Errors
 from controlplane.model.fields import as_labels, as_map, as_str
 
 DEFAULT_NAMESPACE = "default"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -50,12 +50,12 @@ def object_ref(raw: dict[str, Any]) -> str:
 def parse_meta(raw: dict[str, Any], errs: Errors, *, dns_label: bool = False) -> Meta:
     meta = as_map(raw.get("metadata"), "metadata", errs)
     name = as_str(meta.get("name"), "metadata.name", errs, required=True)
-    pattern = _DNS_LABEL if dns_label else _DNS_SUBDOMAIN
+    pattern = DNS_LABEL if dns_label else _DNS_SUBDOMAIN
     if name and (len(name) > (63 if dns_label else 253) or not pattern.match(name)):
         errs.add("metadata.name", f"{name!r} is not a valid DNS "
                  f"{'label' if dns_label else 'subdomain'} name")
     namespace = as_str(meta.get("namespace"), "metadata.namespace", errs) or DEFAULT_NAMESPACE
-    if not _DNS_LABEL.match(namespace):
+    if not DNS_LABEL.match(namespace):
         errs.add("metadata.namespace", f"{namespace!r} is not a valid namespace name")
     return Meta(
         name=name,

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.model.locality import locality_of_labels
 from controlplane.model.meta import DEFAULT_NAMESPACE
 
 
@@ -25,6 +26,9 @@ class ProxyView:
     # The workload's labels (Istio's LABELS node metadata): what `sourceLabels` and
     # workload selectors match.
     labels: frozenset[tuple[str, str]] = frozenset()
+    # Where it runs, "region/zone/subzone" (model/locality.py): the node's locality, else
+    # its workload's locality label. Locality load balancing orders endpoints by it.
+    locality: str = ""
 
     @property
     def bind_ip(self) -> str:
@@ -49,15 +53,18 @@ def namespace_from_id(node_id: str) -> str | None:
 
 
 def proxy_view(node_id: str, cluster: str, metadata: dict[str, Any],
-               build_version: str = "") -> ProxyView:
+               build_version: str = "", locality: str = "") -> ProxyView:
     """A proxy's view from what its node says: INSTANCE_IPS (a list or a comma-separated
     string), NAMESPACE and LABELS (a map) from the metadata, else the namespace in an
-    Istio node id."""
+    Istio node id; the locality given (the node's), else its workload's locality label,
+    as Istio's agent does."""
     ips = metadata.get("INSTANCE_IPS", "")
     if isinstance(ips, list):
         ips = ",".join(str(i) for i in ips)
     namespace = metadata.get("NAMESPACE") or namespace_from_id(node_id) or DEFAULT_NAMESPACE
     labels = metadata.get("LABELS")
+    label_pairs = (frozenset((str(k), str(v)) for k, v in labels.items())
+                   if isinstance(labels, dict) else frozenset())
     return ProxyView(
         node_id=node_id,
         cluster=cluster,
@@ -65,6 +72,6 @@ def proxy_view(node_id: str, cluster: str, metadata: dict[str, Any],
         instance_ips=tuple(i.strip() for i in str(ips).split(",") if i.strip()),
         metadata=metadata,
         build_version=build_version,
-        labels=frozenset((str(k), str(v)) for k, v in labels.items())
-        if isinstance(labels, dict) else frozenset(),
+        labels=label_pairs,
+        locality=locality or locality_of_labels(label_pairs),
     )

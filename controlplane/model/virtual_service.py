@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controlplane.model.istio_common import StringMatch
-from controlplane.model.meta import Meta
+from controlplane.model.meta import Key, Meta
 
 # Istio's retryOn when a route's retries leave it out (Envoy policies, comma-separated).
 ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled," \
@@ -28,6 +28,7 @@ class HTTPMatch:
     query_params: tuple[tuple[str, StringMatch | None], ...] = ()
     ignore_uri_case: bool = False
     port: int | None = None
+    name: str = ""  # Istio appends it to the route's name: "<route>.<match>"
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,14 @@ class CorsPolicy:
 
 
 @dataclass(frozen=True)
+class Delegate:
+    """Where a root route hands its traffic: a VirtualService without hosts."""
+
+    name: str
+    namespace: str = ""  # "": the root VirtualService's namespace
+
+
+@dataclass(frozen=True)
 class HTTPRoute:
     name: str
     matches: tuple[HTTPMatch, ...]  # empty: matches everything
@@ -143,6 +152,10 @@ class HTTPRoute:
     direct_response: DirectResponse | None = None
     headers: Headers = Headers()
     cors: CorsPolicy | None = None
+    # A root route's delegate (before merging; the Mesh holds merged routes only).
+    delegate: Delegate | None = None
+    # The delegate VirtualService a merged route came from (None: the one holding it).
+    origin: Key | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +191,21 @@ class VirtualService:
     tcp: tuple[TCPRoute, ...] = ()
     tls: tuple[TLSRoute, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    export_to: tuple[str, ...] = ()  # as written: "*", "." or namespaces; () = "*"
 
     @property
     def applies_to_sidecars(self) -> bool:
         return not self.gateways or "mesh" in self.gateways
+
+    @property
+    def is_delegate(self) -> bool:
+        """A VirtualService without hosts is only ever reached through a root's
+        `delegate`, never on its own."""
+        return not self.hosts
+
+    def exported_to(self, namespace: str, default: tuple[str, ...] = ("*",)) -> bool:
+        """Whether proxies (or a root VirtualService) in `namespace` may see it; without
+        exportTo, `default` says (the mesh's defaultVirtualServiceExportTo)."""
+        export = self.export_to or default
+        return ("*" in export or namespace in export
+                or (namespace == self.meta.namespace and "." in export))

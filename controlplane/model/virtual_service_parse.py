@@ -10,7 +10,9 @@ not with redirect...) and adds what Envoy would otherwise reject (RE2 regexes, h
 names, status ranges), so an object either passes whole, or is rejected
 naming every bad field and never reaches a proxy. Fields that select by the *client*
 proxy (sourceLabels, sourceNamespace, gateways in a match) are accepted with a warning and
-ignored: routes here are shared by every sidecar.
+ignored: routes here are shared by every sidecar. A VirtualService without hosts is a
+delegate: HTTP routes only, reached through a root route's `delegate` (merged into the
+root by `delegate.py` when the Mesh is built).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from controlplane.model.istio_common import (
     parse_string_match,
     wildcard_domain_problem,
 )
-from controlplane.model.meta import parse_meta
+from controlplane.model.meta import DNS_LABEL, parse_meta
 from controlplane.model.route_policy_parse import (
     int_percent,
     parse_cors,
@@ -55,6 +57,7 @@ from controlplane.model.route_policy_parse import (
 )
 from controlplane.model.tls_route_parse import parse_tls_route
 from controlplane.model.virtual_service import (
+    Delegate,
     Destination,
     HTTPMatch,
     HTTPRoute,
@@ -157,6 +160,7 @@ def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str],
                                     null_ok=True),
         ignore_uri_case=as_bool(m.get("ignoreUriCase"), f"{path}.ignoreUriCase", errs),
         port=port or None,  # 0 is the proto's "unset"
+        name=as_str(m.get("name"), f"{path}.name", errs),
     )
 
 
@@ -266,18 +270,34 @@ def _conflicts(r: dict[str, Any], has_route: bool, path: str, errs: Errors) -> N
         errs.add(path, "needs one of route, redirect or directResponse")
 
 
+def _parse_delegate(raw: Any, path: str, errs: Errors) -> Delegate:
+    d = as_map(raw, path, errs)
+    reject_unknown_fields(d, {"name", "namespace"}, path, errs)
+    name = as_str(d.get("name"), f"{path}.name", errs, required=True)
+    namespace = as_str(d.get("namespace"), f"{path}.namespace", errs)
+    return Delegate(name=name, namespace=namespace)
+
+
 def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str],
-                      gateway_bound: bool) -> HTTPRoute | None:
+                      gateway_bound: bool, in_delegate: bool = False) -> HTTPRoute | None:
     if raw is None:
         errs.add(path, "must be a route, not null")
         return None
     r = as_map(raw, path, errs)
     reject_unknown_fields(r, _HTTP_ROUTE_FIELDS, path, errs)
+    delegate = None
     if "delegate" in r:
-        warnings.append(f"{path}.delegate: delegation is for gateways; this route is ignored")
-        return None
+        if in_delegate:
+            errs.add(f"{path}.delegate", "a delegate VirtualService (no hosts) cannot "
+                     "delegate again")
+        delegate = _parse_delegate(r["delegate"], f"{path}.delegate", errs)
+        # Istio's rule: a root route hands the destination to its delegate's routes.
+        for key in ("route", "redirect"):
+            if key in r:
+                errs.add(f"{path}.{key}", "cannot be used with delegate")
     dests = parse_weighted(r.get("route"), f"{path}.route", errs)
-    _conflicts(r, bool(dests), path, errs)
+    if delegate is None:
+        _conflicts(r, bool(dests), path, errs)
     matches = tuple(_parse_match(m, f"{path}.match[{i}]", errs, warnings, gateway_bound)
                     for i, m in enumerate(as_list(r.get("match"), f"{path}.match", errs)))
     timeout = as_istio_duration(r.get("timeout"), f"{path}.timeout", errs)
@@ -308,6 +328,7 @@ def _parse_http_route(raw: Any, path: str, errs: Errors, warnings: list[str],
         if "directResponse" in r else None,
         headers=headers,
         cors=parse_cors(r["corsPolicy"], f"{path}.corsPolicy", errs) if "corsPolicy" in r else None,
+        delegate=delegate,
     )
 
 
@@ -392,8 +413,7 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
                           "spec", errs)
     hosts = tuple(as_str(h, f"spec.hosts[{i}]", errs)
                   for i, h in enumerate(as_list(spec.get("hosts"), "spec.hosts", errs)))
-    if not hosts:
-        errs.add("spec.hosts", "needs at least one host")
+    in_delegate = not hosts  # Istio: no hosts makes it a delegate, reached via a root
     gateways = check_gateway_names(as_list(spec.get("gateways"), "spec.gateways", errs),
                                    "spec.gateways", errs, warnings)
     _check_hosts(hosts, gateways, errs)
@@ -401,10 +421,19 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
     raw_tls = as_list(spec.get("tls"), "spec.tls", errs)
     raw_http = as_list(spec.get("http"), "spec.http", errs)
     raw_tcp = as_list(spec.get("tcp"), "spec.tcp", errs)
-    if not raw_http and not raw_tcp and not raw_tls:
+    if in_delegate:
+        for key in ("gateways", "tcp", "tls"):
+            if spec.get(key):
+                errs.add(f"spec.{key}", "a delegate VirtualService (no hosts) has HTTP "
+                         f"routes only; {key} cannot be set")
+        if not raw_http:
+            errs.add("spec.hosts", "needs at least one host (or HTTP routes, for a "
+                     "delegate VirtualService)")
+    elif not raw_http and not raw_tcp and not raw_tls:
         errs.add("spec", "needs http, tcp or tls routes (without them the hosts would "
                  "answer nothing)")
-    http = [_parse_http_route(r, f"spec.http[{i}]", errs, warnings, gateway_bound)
+    http = [_parse_http_route(r, f"spec.http[{i}]", errs, warnings, gateway_bound,
+                              in_delegate)
             for i, r in enumerate(raw_http)]
     tcp = tuple(_parse_tcp_route(r, f"spec.tcp[{i}]", errs, warnings)
                 for i, r in enumerate(raw_tcp))
@@ -419,4 +448,20 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
         tcp=tcp,
         tls=tls,
         warnings=tuple(warnings),
+        export_to=_export_to(spec.get("exportTo"), errs),
     )
+
+
+def _export_to(raw: Any, errs: Errors) -> tuple[str, ...]:
+    """Istio's exportTo: "*", "." or namespace names, each once, "*" alone."""
+    out: list[str] = []
+    for i, e in enumerate(as_list(raw, "spec.exportTo", errs)):
+        value = as_str(e, f"spec.exportTo[{i}]", errs)
+        if value not in ("*", ".") and not DNS_LABEL.match(value):
+            errs.add(f"spec.exportTo[{i}]", f"{value!r} is not '*', '.' or a namespace")
+        elif value in out:
+            errs.add(f"spec.exportTo[{i}]", f"{value!r} is listed twice")
+        out.append(value)
+    if "*" in out and len(out) > 1:
+        errs.add("spec.exportTo", "'*' cannot be listed with other namespaces")
+    return tuple(out)

@@ -35,6 +35,7 @@ class EndpointAddress:
     ports: tuple[tuple[str, int], ...]  # (port name, number) reachable on this address
     hostname: str = ""
     pod: str = ""  # name of the Pod behind it, in the same namespace, when known
+    zone: str = ""  # an EndpointSlice endpoint's topology zone
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def parse_endpoint_slice(raw: dict[str, Any], errs: Errors) -> EndpointSlice:
                     ip=ip, ready=ready, ports=ports,
                     hostname=as_str(ep.get("hostname"), f"{path}.hostname", errs),
                     pod=_target_pod(ep.get("targetRef"), f"{path}.targetRef", errs),
+                    zone=as_str(ep.get("zone"), f"{path}.zone", errs),
                 ))
     return EndpointSlice(meta=meta, service=service, addresses=tuple(addresses))
 

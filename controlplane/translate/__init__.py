@@ -10,9 +10,15 @@ vocabulary in violations.py. Code outside this package imports what it needs fro
 
 from controlplane.translate.clusters import build_clusters, service_clusters
 from controlplane.translate.constraints import Violation, check
-from controlplane.translate.endpoints import build_load_assignments, service_assignments
+from controlplane.translate.endpoints import (
+    build_load_assignments,
+    depends_on_locality,
+    priority_labels,
+    service_assignments,
+)
 from controlplane.translate.guard import Failure, checked, route_suspects, service_suspects
 from controlplane.translate.listeners import build_listeners, route_names
+from controlplane.translate.locality import Place, place_of
 from controlplane.translate.routes import (
     RouteBase,
     RouteHost,
@@ -27,6 +33,7 @@ from controlplane.translate.routes import (
 
 __all__ = [
     "Failure",
+    "Place",
     "RouteBase",
     "RouteHost",
     "Violation",
@@ -36,8 +43,11 @@ __all__ = [
     "build_route_configs",
     "check",
     "checked",
+    "depends_on_locality",
     "namespace_hosts",
+    "place_of",
     "plain_routes",
+    "priority_labels",
     "route_bases",
     "route_config_shell",
     "route_configs",

@@ -21,9 +21,11 @@ from controlplane.model.destination_rule import (
 from controlplane.model.mesh import Mesh
 from controlplane.model.service import Protocol, Service, ServicePort
 from controlplane.translate.headless import pod_hosts
+from controlplane.translate.locality import apply_locality_config
 from controlplane.translate.names import cluster_name
 from controlplane.translate.policy import traffic_policy
 from controlplane.translate.protos import ads_source, duration
+from controlplane.translate.slow_start import apply_slow_start
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CONNECT_TIMEOUT_S = 10  # Istio's default
@@ -92,6 +94,7 @@ def _load_balancing(cluster: cluster_pb2.Cluster, lb: LoadBalancer | None) -> No
                 cluster.ring_hash_lb_config.minimum_ring_size.value = ch.minimum_ring_size
     elif lb.simple in _LB:
         cluster.lb_policy = _LB[lb.simple]
+        apply_slow_start(cluster, lb.warmup)
 
 
 def _outlier(od: OutlierDetection) -> outlier_detection_pb2.OutlierDetection:
@@ -151,6 +154,7 @@ def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLIC
         if policy.outlier_detection.min_health_percent is not None:
             cluster.common_lb_config.healthy_panic_threshold.value = (
                 policy.outlier_detection.min_health_percent)
+    apply_locality_config(cluster, policy)
     options = _protocol_options(port, pool) if port.l7.is_http else None
     if options is not None:
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options)

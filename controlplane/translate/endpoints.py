@@ -7,10 +7,19 @@ import functools
 from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
+from controlplane.model.destination_rule import TrafficPolicy
 from controlplane.model.mesh import Endpoint, Mesh
 from controlplane.model.service import Service
 from controlplane.translate.clusters import is_passthrough, proxied_ports
 from controlplane.translate.headless import pod_hosts
+from controlplane.translate.locality import (
+    Place,
+    depends_on_proxy,
+    locality_message,
+    priority_label_names,
+    proxy_groups,
+    weighs_localities,
+)
 from controlplane.translate.names import cluster_name
 from controlplane.translate.policy import traffic_policy
 
@@ -31,31 +40,48 @@ def _lb_endpoint(ip: str, port: int, hostname: str) -> endpoint_components_pb2.L
     )
 
 
-def load_assignment(name: str, endpoints: tuple[Endpoint, ...]
+def load_assignment(name: str, endpoints: tuple[Endpoint, ...],
+                    policy: TrafficPolicy | None = None, place: Place | None = None
                     ) -> endpoint_pb2.ClusterLoadAssignment:
+    """One group of endpoints per locality (translate/locality.py). With a proxy's
+    place, the groups are weighed or prioritized for that proxy as `policy` says."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    if endpoints:
-        cla.endpoints.add().lb_endpoints.extend(
-            [_lb_endpoint(ep.ip, ep.port, ep.hostname) for ep in endpoints])
+    weighted = policy is not None and weighs_localities(policy)
+    for g in proxy_groups(policy, endpoints, place):
+        group = cla.endpoints.add()
+        if not g.emptied:
+            group.lb_endpoints.extend(
+                [_lb_endpoint(ep.ip, ep.port, ep.hostname) for ep in g.members])
+        if g.locality:
+            group.locality.CopyFrom(locality_message(g.locality))
+        if g.locality or weighted:
+            group.load_balancing_weight.value = g.weight
+        if g.priority:
+            group.priority = g.priority
     return cla
 
 
-def service_assignments(mesh: Mesh, service: Service
+def service_assignments(mesh: Mesh, service: Service, place: Place | None = None
                         ) -> list[endpoint_pb2.ClusterLoadAssignment]:
-    """The load assignments of one service's clusters (see service_clusters)."""
+    """The load assignments of one service's clusters (see service_clusters); with a
+    proxy's place, as that proxy gets them (translate/locality.py)."""
     fqdn = service.fqdn
     rule = mesh.destination_rules.get(fqdn)
     out = []
     for port in proxied_ports(service):
         endpoints = mesh.endpoints.get((fqdn, port.port), ())
+        policy = traffic_policy(mesh, fqdn, port.port)
         # PASSTHROUGH clusters connect to the original destination: no assignment.
-        if not is_passthrough(traffic_policy(mesh, fqdn, port.port)):
-            out.append(load_assignment(cluster_name(port.port, fqdn), endpoints))
+        if not is_passthrough(policy):
+            out.append(load_assignment(cluster_name(port.port, fqdn), endpoints, policy,
+                                       place))
         for subset in rule.subsets if rule else ():
-            if is_passthrough(traffic_policy(mesh, fqdn, port.port, subset.name)):
+            policy = traffic_policy(mesh, fqdn, port.port, subset.name)
+            if is_passthrough(policy):
                 continue
             chosen = tuple(e for e in endpoints if subset.labels <= e.labels)
-            out.append(load_assignment(cluster_name(port.port, fqdn, subset.name), chosen))
+            out.append(load_assignment(cluster_name(port.port, fqdn, subset.name), chosen,
+                                       policy, place))
         for pod_fqdn, pod_endpoints in pod_hosts(mesh, service, port):
             out.append(load_assignment(cluster_name(port.port, pod_fqdn), pod_endpoints))
     return out
@@ -64,3 +90,35 @@ def service_assignments(mesh: Mesh, service: Service
 def build_load_assignments(mesh: Mesh) -> list[endpoint_pb2.ClusterLoadAssignment]:
     return [a for service in mesh.services.values()
             for a in service_assignments(mesh, service)]
+
+
+def depends_on_locality(mesh: Mesh, service: Service) -> bool:
+    """Whether some proxy's assignments for this service differ with where it runs
+    (translate/locality.py): then they are built per proxy locality."""
+    fqdn = service.fqdn
+    rule = mesh.destination_rules.get(fqdn)
+    if rule is None:  # locality load balancing needs a DestinationRule to apply
+        return False
+    for port in proxied_ports(service):
+        endpoints = mesh.endpoints.get((fqdn, port.port), ())
+        if depends_on_proxy(traffic_policy(mesh, fqdn, port.port), endpoints):
+            return True
+        for subset in rule.subsets:
+            chosen = [e for e in endpoints if subset.labels <= e.labels]
+            if depends_on_proxy(traffic_policy(mesh, fqdn, port.port, subset.name), chosen):
+                return True
+    return False
+
+
+def priority_labels(mesh: Mesh, service: Service) -> frozenset[str]:
+    """The proxy labels (failoverPriority) this service's assignments are ordered by."""
+    fqdn = service.fqdn
+    rule = mesh.destination_rules.get(fqdn)
+    if rule is None:
+        return frozenset()
+    names: set[str] = set()
+    for port in proxied_ports(service):
+        names |= priority_label_names(traffic_policy(mesh, fqdn, port.port))
+        for subset in rule.subsets:
+            names |= priority_label_names(traffic_policy(mesh, fqdn, port.port, subset.name))
+    return frozenset(names)

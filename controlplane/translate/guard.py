@@ -39,12 +39,14 @@ def service_suspects(mesh: Mesh, service: Service) -> tuple[Key, ...]:
 
 
 def route_suspects(mesh: Mesh, service: Service) -> tuple[Key, ...]:
-    """Behind a service's routes: its VirtualService, the DestinationRules whose hash
-    policies its destinations take, then the Service."""
+    """Behind a service's routes: its VirtualService, the delegates merged into it, the
+    DestinationRules whose hash policies its destinations take, then the Service."""
     keys: list[Key] = []
     vs = mesh.virtual_services.get(service.fqdn)
     if vs is not None:
         keys.append(_key(vs))
+        # The delegates whose routes were merged in (model/delegate.py).
+        keys.extend(route.origin for route in vs.http if route.origin is not None)
         for route in vs.http:
             for wd in route.route:
                 rule = mesh.destination_rules.get(

@@ -271,8 +271,10 @@ def _vs_routes(mesh: Mesh, vs: VirtualService, port: int) -> list[rc.Route]:
         matches: list[HTTPMatch | None] = (
             [m for m in http.matches if m.port in (None, port)] if http.matches else [None])
         for m in matches:
-            route = rc.Route(name=http.name or f"{vs.meta.namespace}.{vs.meta.name}.{i}",
-                             match=route_match(m))
+            name = http.name or f"{vs.meta.namespace}.{vs.meta.name}.{i}"
+            if m is not None and m.name:  # istiod's naming: "<route>.<match>"
+                name = f"{name}.{m.name}"
+            route = rc.Route(name=name, match=route_match(m))
             if http.redirect is not None:
                 route.redirect.CopyFrom(_redirect(http.redirect, port))
             elif http.direct_response is not None:

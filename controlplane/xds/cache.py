@@ -193,12 +193,18 @@ class Snapshot:
             old = self.previous._built.get((type_url, key)) if self.previous else None
             old_items = old.items if old is not None else {}
             src = self.source
+            # A group of a shared type (endpoints per proxy locality) holds mostly the
+            # shared set's very messages: their resources are taken, not made again.
+            shared = (self.for_key(type_url, None).items
+                      if key is not None and type_url in src.shared_types else {})
             resources = []
             for m in src.messages(type_url, key):
                 name = src.name_of(type_url, m)
                 prev = old_items.get(name)
                 if prev is None or prev.message is not m:  # else: the very same message
-                    prev = make_resource(type_url, name, m, src.deps_of(type_url, m), prev)
+                    same = shared.get(name)
+                    prev = same if same is not None and same.message is m else \
+                        make_resource(type_url, name, m, src.deps_of(type_url, m), prev)
                 resources.append(prev)
             built = TypeResources.build(type_url, resources, old)
             self._built[(type_url, key)] = built

@@ -8,6 +8,7 @@ import grpc
 import structlog
 from google.protobuf import json_format
 
+from controlplane.model.locality import join
 from controlplane.model.proxy import ProxyView, proxy_view
 from controlplane.xds.clientlog import clip
 
@@ -62,4 +63,6 @@ def proxy_from_node(node: Any) -> ProxyView:
     if node.HasField("user_agent_build_version"):
         v = node.user_agent_build_version.version
         version = f"{v.major_number}.{v.minor_number}.{v.patch}"
-    return proxy_view(node.id, node.cluster, metadata, version)
+    where = node.locality
+    return proxy_view(node.id, node.cluster, metadata, version,
+                      join(where.region, where.zone, where.sub_zone))

@@ -217,9 +217,12 @@ class Stream(Generic[StateT]):
         assert self.proxy is not None
         res = snap.resources(type_url, self.proxy)
         generation = self.states[type_url].generation
-        if type_url not in snap.source.shared_types or not generation:
+        if (type_url not in snap.source.shared_types or not generation
+                or snap.source.group_key(type_url, self.proxy) is not None):
             # A stream's first pass compares everything: a reconnecting Delta proxy may
-            # hold resources that no recent change names.
+            # hold resources that no recent change names. So does a proxy served a
+            # shared type's own group (endpoints by locality): the change log follows
+            # the shared set.
             return res, None
         return res, self.cache.changed_since(type_url, generation)
 
