@@ -13,6 +13,7 @@ from controlplane.translate.constraints import Violation, check
 from controlplane.translate.endpoints import build_load_assignments, service_assignments
 from controlplane.translate.guard import Failure, checked, route_suspects, service_suspects
 from controlplane.translate.listeners import build_listeners, route_names
+from controlplane.translate.outbound import global_clusters
 from controlplane.translate.routes import (
     RouteBase,
     RouteHost,
@@ -36,6 +37,7 @@ __all__ = [
     "build_route_configs",
     "check",
     "checked",
+    "global_clusters",
     "namespace_hosts",
     "plain_routes",
     "route_bases",
