@@ -222,7 +222,8 @@ def test_watches_recover_from_an_api_server_restart() -> None:
                        what="initial sync")
             watchers = plane.kube.watchers
             assert {w.collection.kind for w in watchers} == {
-                "Service", "EndpointSlice", "Pod", "VirtualService", "DestinationRule"}
+                "Service", "EndpointSlice", "Pod", "VirtualService", "DestinationRule",
+                "ConfigMap"}
             logsetup.configure("info", cache=False)
             with structlog.testing.capture_logs() as logs:
                 own.stop_apiserver()
@@ -243,7 +244,8 @@ def test_watches_recover_from_an_api_server_restart() -> None:
     assert max(retries) <= Backoff().cap, retries
     recovered = [e for e in logs if e["event"] == "watch_recovered"]
     assert {(e["kind"], e["namespace"]) for e in recovered} == {
-        (w.collection.kind, ns) for w in watchers}
+        (w.collection.kind, w.namespace) for w in watchers}
+    assert {w.namespace for w in watchers} == {ns, "istio-system"}  # the mesh config's
     assert all(e["log_level"] == "info" and e["attempts"] >= 6
                and e["outage_s"] > ready - starting for e in recovered), recovered
 
@@ -342,7 +344,7 @@ def test_serve_with_kubeconfig(cluster: Any, api: Any, ns: str, tmp_path: Path) 
     import sys
 
     from controlplane.xds import types
-    from tests.ads_client import AdsClient, names_of
+    from tests.ads_client import CATCH_ALL_CLUSTERS, AdsClient, names_of
     from tests.harness import free_port
 
     create(api, service("api", 8080, ns=ns))
@@ -364,7 +366,7 @@ def test_serve_with_kubeconfig(cluster: Any, api: Any, ns: str, tmp_path: Path) 
     try:
         names = wait_until(lambda: asyncio.run(fetch_clusters()), 30, interval=0.5,
                            what="CDS from controlplane serve --kubeconfig")
-        assert names == [f"outbound|8080||api.{ns}.svc.cluster.local"]
+        assert names == [f"outbound|8080||api.{ns}.svc.cluster.local", *CATCH_ALL_CLUSTERS]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
