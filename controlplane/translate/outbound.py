@@ -10,9 +10,11 @@ Here, unlike a sidecar behind iptables, every listener is bound to the proxy's o
 address and port, so the connection's destination is the listener itself: Envoy has no
 original destination to restore, and PassthroughCluster finds no host (503, response
 flag UH, `cluster.PassthroughCluster.upstream_cx_none_healthy`) rather than connecting
-back to its own listener. Applications reach unknown hosts directly, never through the
-sidecar. TCP ports keep their first service as the default chain (see listeners.py), so
-no TCP connection reaches a fallthrough chain; the clusters are there for it all the same.
+back to its own listener (Envoy's original_dst_cluster.cc takes the connection's local
+address only once a listener filter restored it; tests/test_outbound.py holds it).
+Applications reach unknown hosts directly, never through the sidecar. TCP ports keep
+their first service as the default chain (see listeners.py), so no TCP connection
+reaches a fallthrough chain; the clusters are there for it all the same.
 """
 
 from __future__ import annotations
