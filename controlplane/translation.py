@@ -31,6 +31,7 @@ from controlplane.translate import (
     build_listeners,
     checked,
     depends_on_locality,
+    global_clusters,
     namespace_hosts,
     place_of,
     plain_routes,
@@ -203,6 +204,8 @@ class MeshTranslation:
             units = [self._unit(s) for s in self.mesh.services.values()]
             part = 0 if type_url == types.CLUSTER else 1
             out = [m for unit in units for m in unit[part]]
+            if type_url == types.CLUSTER:  # the outbound traffic policy's, never changing
+                out.extend(global_clusters())
         elif not self.mesh.routes_changed and memo_key in self._last_memo:
             out = self._last_memo[memo_key]
         else:

@@ -97,6 +97,11 @@ def decode(resp: discovery_pb2.DiscoveryResponse) -> list[Any]:
     return [types.decode(a.type_url, a.value) for a in resp.resources]
 
 
+# The outbound traffic policy's clusters, in every CDS answer (controlplane.translate.outbound),
+# sorted as sorted() puts them before any `outbound|...` name.
+CATCH_ALL_CLUSTERS = ["BlackHoleCluster", "PassthroughCluster"]
+
+
 def names_of(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
     return [types.resource_name(resp.type_url, m) for m in decode(resp)]
 

@@ -247,6 +247,15 @@ def destination_rule(ns: str, name: str, p: tuple[int, ...]) -> dict[str, Any]:
     return {"apiVersion": ISTIO, "kind": "DestinationRule", "metadata": meta, "spec": spec}
 
 
+def mesh_config(p: tuple[int, ...]) -> dict[str, Any]:
+    """The mesh config (istio-system/istio): each outbound traffic policy, or a wrong
+    mode (refused: the last good one stays)."""
+    mode = ("ALLOW_ANY", "REGISTRY_ONLY", "DENY")[p[0]]
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta("istio", "istio-system"),
+            "data": {"mesh": f"outboundTrafficPolicy: {{mode: {mode}}}\n"}}
+
+
 def _ints(*sizes: int) -> st.SearchStrategy[tuple[int, ...]]:
     return st.tuples(*(st.integers(0, n - 1) for n in sizes))
 
@@ -299,6 +308,7 @@ def _slots() -> dict[str, Slot]:
                    lambda p, ns=ns, n=n: destination_rule(ns, n, p),
                    _ints(len(HOSTS), 4, 4, len(CREATED)))
               for ns, n in (("a", "dr1"), ("a", "dr2"), ("b", "dr3"))]
+    slots.append(Slot("ConfigMap", "istio-system", "istio", mesh_config, _ints(3)))
     return {str(s): s for s in slots}
 
 

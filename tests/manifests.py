@@ -71,3 +71,15 @@ def pods_yaml(count: int) -> str:
         f"  labels: {{app: a{i % 50}}}\nspec:\n  containers: [{{name: app, image: demo}}]\n"
         f"status:\n  phase: Running\n  podIP: 10.{i // 65536}.{i // 256 % 256}.{i % 256}\n"
         f"  conditions: [{{type: Ready, status: 'True'}}]\n" for i in range(count))
+
+
+def mesh_config(mesh: str | dict[str, Any] | None, *, name: str = "istio",
+                ns: str = "istio-system") -> dict[str, Any]:
+    """The ConfigMap istiod reads its MeshConfig from: `mesh` as YAML text (a dict is
+    dumped to it; None leaves the key out)."""
+    import yaml
+
+    data = {} if mesh is None else {
+        "mesh": mesh if isinstance(mesh, str) else yaml.safe_dump(mesh, sort_keys=False)}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns}, "data": data}

@@ -10,7 +10,7 @@ import pytest
 
 from controlplane.status.sync import Status
 from controlplane.xds import types
-from tests.ads_client import DeltaClient, delta_names
+from tests.ads_client import CATCH_ALL_CLUSTERS, DeltaClient, delta_names
 from tests.conftest import apply_docs, delete_docs
 from tests.harness import ControlPlane, wait_until
 from tests.manifests import destination_rule, pod, service
@@ -41,7 +41,8 @@ def connect(plane: ControlPlane, c: DeltaClient) -> dict[str, Any]:
     run = plane.call
     run(c.delta(types.CLUSTER))
     cds = run(c.recv())
-    assert sorted(delta_names(cds)) == [RATINGS, REVIEWS] and not cds.removed_resources
+    assert sorted(delta_names(cds)) == [*CATCH_ALL_CLUSTERS, RATINGS, REVIEWS]
+    assert not cds.removed_resources
     run(c.delta(types.ENDPOINT, [REVIEWS, RATINGS]))
     run(c.ack_delta(cds))
     eds = run(c.recv())
@@ -150,7 +151,7 @@ def test_reconnect_holding_a_resource_that_is_gone_gets_it_removed(
         gone = "outbound|9080||gone.default.svc.cluster.local"
         run(c.delta(types.CLUSTER, initial={gone: "0123456789abcdef"}))
         cds = run(c.recv())
-        assert sorted(delta_names(cds)) == [RATINGS, REVIEWS]
+        assert sorted(delta_names(cds)) == [*CATCH_ALL_CLUSTERS, RATINGS, REVIEWS]
         assert list(cds.removed_resources) == [gone]
     finally:
         run(c.close())

@@ -36,10 +36,12 @@ import yaml
 from controlplane import cli
 from controlplane.bootstrap import split_address
 from controlplane.demo.story import MANIFESTS, copy_tree
+from controlplane.model.mesh_config import MESH_CONFIG_MAP, ROOT_NAMESPACE
 from controlplane.model.meta import Key
 from controlplane.samples import traffic, workload
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import (
+    CONFIG_MAPS,
     ENDPOINT_SLICES,
     ENDPOINTS,
     ISTIO_VERSIONS,
@@ -517,22 +519,34 @@ def test_kubectl_kustomize_agrees_with_the_test_loader(directory: Path) -> None:
 
 
 def watched_resources() -> set[tuple[str, str]]:
-    """(API group, resource) of every collection the Kubernetes source may watch."""
+    """(API group, resource) of every collection the Kubernetes source may watch whole
+    (the mesh config's ConfigMap is asked for by name: NAMED_RESOURCES)."""
     collections = [SERVICES, PODS, ENDPOINTS, ENDPOINT_SLICES, NAMESPACES]
     for version in ISTIO_VERSIONS:
         collections += istio_collections(version)
     return {(c.api_version.rpartition("/")[0], c.plural) for c in collections}
 
 
+# Resources read by name only: (group, resource) -> the names.
+NAMED_RESOURCES = {("", CONFIG_MAPS.plural): [MESH_CONFIG_MAP]}
+
+
 def test_cluster_role_grants_get_list_watch_on_exactly_the_watched_kinds() -> None:
     docs = kustomize(KUBERNETES)
     role = find(docs, "ClusterRole")
     granted = set()
+    named = {}
     for rule in role["rules"]:
-        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no names, no URLs
         assert sorted(rule["verbs"]) == ["get", "list", "watch"], rule
-        granted |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
+        pairs = {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
+        if "resourceNames" in rule:
+            assert set(rule) == {"apiGroups", "resources", "resourceNames", "verbs"}, rule
+            named |= {pair: rule["resourceNames"] for pair in pairs}
+            continue
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no URLs
+        granted |= pairs
     assert granted == watched_resources()
+    assert named == NAMED_RESOURCES
     assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
     binding = find(docs, "ClusterRoleBinding")
     account = find(docs, "ServiceAccount")
@@ -760,18 +774,25 @@ def test_the_service_account_may_read_what_is_watched_and_nothing_else(
     user = f"system:serviceaccount:{account['namespace']}:{account['name']}"
     auth = client.AuthorizationV1Api(api)
 
-    def allowed(verb: str, group: str, resource: str, namespace: str = "") -> bool:
+    def allowed(verb: str, group: str, resource: str, namespace: str = "",
+                name: str = "") -> bool:
         return auth.create_subject_access_review({"spec": {"user": user, "groups": [
             "system:serviceaccounts", f"system:serviceaccounts:{account['namespace']}",
             "system:authenticated"], "resourceAttributes": {
                 "verb": verb, "group": group, "resource": resource,
-                "namespace": namespace}}}).status.allowed
+                "namespace": namespace, "name": name}}}).status.allowed
     for group, resource in sorted(watched_resources()):
         for verb in ("get", "list", "watch"):
             assert allowed(verb, group, resource), (verb, group, resource)
             assert allowed(verb, group, resource, "demo"), (verb, group, resource)
         for verb in ("create", "update", "patch", "delete"):
             assert not allowed(verb, group, resource), (verb, group, resource)
+    for (group, resource), names in NAMED_RESOURCES.items():
+        for name in names:
+            for verb in ("get", "list", "watch"):
+                assert allowed(verb, group, resource, ROOT_NAMESPACE, name), (verb, resource)
+            assert not allowed("update", group, resource, ROOT_NAMESPACE, name), resource
+        assert not allowed("get", group, resource, ROOT_NAMESPACE, "another"), resource
     for group, resource in [("", "secrets"), ("", "configmaps"), ("apps", "deployments"),
                             ("rbac.authorization.k8s.io", "clusterroles")]:
         assert not allowed("list", group, resource), (group, resource)

@@ -67,8 +67,10 @@ def test_requests_reach_the_service_named_by_host(file_cp: ControlPlane, mesh: d
     ]:
         status, body = get(sidecar, PORT, host)
         assert status == 200 and body["service"] == service_name, (host, status, body)
-    status, _ = get(sidecar, PORT, "nothing.default.svc.cluster.local")
-    assert status == 404
+    # A Host no service answers to: the outbound traffic policy's (tests/test_outbound.py);
+    # by default ALLOW_ANY, the PassthroughCluster, with no original destination here.
+    assert get(sidecar, PORT, "nothing.default.svc.cluster.local") == (
+        503, "no healthy upstream")
 
 
 def test_prefix_match_and_weighted_split(file_cp: ControlPlane, mesh: dict[str, str],

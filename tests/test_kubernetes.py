@@ -222,7 +222,8 @@ def test_watches_recover_from_an_api_server_restart() -> None:
                        what="initial sync")
             watchers = plane.kube.watchers
             assert {w.collection.kind for w in watchers} == {
-                "Service", "EndpointSlice", "Pod", "VirtualService", "DestinationRule"}
+                "Service", "EndpointSlice", "Pod", "VirtualService", "DestinationRule",
+                "ConfigMap"}
             logsetup.configure("info", cache=False)
             with structlog.testing.capture_logs() as logs:
                 own.stop_apiserver()
@@ -243,7 +244,8 @@ def test_watches_recover_from_an_api_server_restart() -> None:
     assert max(retries) <= Backoff().cap, retries
     recovered = [e for e in logs if e["event"] == "watch_recovered"]
     assert {(e["kind"], e["namespace"]) for e in recovered} == {
-        (w.collection.kind, ns) for w in watchers}
+        (w.collection.kind, w.namespace) for w in watchers}
+    assert {w.namespace for w in watchers} == {ns, "istio-system"}  # the mesh config's
     assert all(e["log_level"] == "info" and e["attempts"] >= 6
                and e["outage_s"] > ready - starting for e in recovered), recovered
 
@@ -342,7 +344,7 @@ def test_serve_with_kubeconfig(cluster: Any, api: Any, ns: str, tmp_path: Path) 
     import sys
 
     from controlplane.xds import types
-    from tests.ads_client import AdsClient, names_of
+    from tests.ads_client import CATCH_ALL_CLUSTERS, AdsClient, names_of
     from tests.harness import free_port
 
     create(api, service("api", 8080, ns=ns))
@@ -364,7 +366,7 @@ def test_serve_with_kubeconfig(cluster: Any, api: Any, ns: str, tmp_path: Path) 
     try:
         names = wait_until(lambda: asyncio.run(fetch_clusters()), 30, interval=0.5,
                            what="CDS from controlplane serve --kubeconfig")
-        assert names == [f"outbound|8080||api.{ns}.svc.cluster.local"]
+        assert names == [f"outbound|8080||api.{ns}.svc.cluster.local", *CATCH_ALL_CLUSTERS]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
@@ -402,7 +404,7 @@ def test_statefulset_pod_replacement_pushes_endpoints_only_and_never_404s(
     stop_polling = threading.Event()
     try:
         sidecar = ip()
-        envoy("sts-replace", plane.port, instance_ip=sidecar, namespace=ns)
+        proxy = envoy("sts-replace", plane.port, instance_ip=sidecar, namespace=ns)
         pod0 = f"web-0.web.{ns}.svc.cluster.local"
         for host in (pod0, f"web-1.web.{ns}.svc.cluster.local"):
             wait_until(lambda h=host: get(sidecar, STATEFULSET_PORT, h)[0] == 200, 60,
@@ -453,6 +455,10 @@ def test_statefulset_pod_replacement_pushes_endpoints_only_and_never_404s(
               f"{ {c: codes.count(c) for c in sorted(set(codes))} }; pushed: "
               f"{ {t: sent.count(t) for t in sorted(set(sent))} }")
         assert 404 not in codes, [b for s, b in statuses if s == 404][:3]
+        # Nor did the catch-all virtual host ever answer for it (ALLOW_ANY: the
+        # PassthroughCluster, whose 503 would look like the no-ready-pod one).
+        none_healthy = "cluster.PassthroughCluster.upstream_cx_none_healthy"
+        assert proxy.stats(none_healthy).get(none_healthy, 0) == 0
         assert 503 in codes  # it did go through a time with no ready pod
         assert [t for t in sent if t != "EDS"] == [], sent
         assert "EDS" in sent
@@ -461,3 +467,53 @@ def test_statefulset_pod_replacement_pushes_endpoints_only_and_never_404s(
         stop_polling.set()
         plane.stop()
         kubelet.stop()
+
+
+def test_the_mesh_config_map_is_watched_live_whatever_namespaces_are_served(
+        api: Any, ns: str) -> None:
+    """istio-system/istio: read although only `ns` is served, changes applied live, a
+    wrong value rejected naming the field (the last good one kept), deleted → defaults;
+    istio-system's other ConfigMaps never reach the store."""
+    from controlplane.model.mesh_config import ROOT_NAMESPACE
+    from tests.manifests import mesh_config
+
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+            name=ROOT_NAMESPACE)))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    core.create_namespaced_config_map(ROOT_NAMESPACE, mesh_config(
+        {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}))
+    core.create_namespaced_config_map(ROOT_NAMESPACE, mesh_config(
+        "outboundTrafficPolicy: {mode: nonsense}", name="istio-sidecar-injector"))
+
+    def mode(plane: ControlPlane) -> str:
+        return str(plane.run(lambda: plane.store.mesh().config.outbound_traffic_policy))
+
+    with structlog.testing.capture_logs() as logs:
+        plane = kube_plane(api, namespaces=frozenset({ns}))
+        try:
+            wait_until(lambda: plane.run(lambda: plane.store.synced), 30, what="synced")
+            wait_until(lambda: mode(plane) == "REGISTRY_ONLY", 10, what="mesh config read")
+            core.replace_namespaced_config_map("istio", ROOT_NAMESPACE, mesh_config(
+                {"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}))
+            wait_until(lambda: mode(plane) == "ALLOW_ANY", 10, what="the change applied")
+            core.replace_namespaced_config_map("istio", ROOT_NAMESPACE, mesh_config(
+                {"outboundTrafficPolicy": {"mode": "BLOCK"}}))
+            wait_until(lambda: [e for e in logs if e["event"] == "object_rejected"], 10,
+                       what="the wrong value rejected")
+            assert mode(plane) == "ALLOW_ANY"
+            core.replace_namespaced_config_map("istio", ROOT_NAMESPACE, mesh_config(
+                {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}))
+            wait_until(lambda: mode(plane) == "REGISTRY_ONLY", 10, what="a good one again")
+            core.delete_namespaced_config_map("istio", ROOT_NAMESPACE)
+            wait_until(lambda: mode(plane) == "ALLOW_ANY", 10, what="Istio's default again")
+            assert plane.run(lambda: plane.store.objects("ConfigMap")) == []
+        finally:
+            plane.stop()
+            core.delete_namespaced_config_map("istio-sidecar-injector", ROOT_NAMESPACE)
+    [entry] = [e for e in logs if e["event"] == "object_rejected"]
+    assert entry["object"] == f"ConfigMap {ROOT_NAMESPACE}/istio"
+    assert any("data.mesh.outboundTrafficPolicy.mode" in e for e in entry["errors"]), entry

@@ -24,7 +24,7 @@ from controlplane.xds.flow import Deadlines
 from controlplane.xds.server import AdsServer
 from controlplane.xds.sotw import SotwStream
 from controlplane.xds.state import TypeState
-from tests.ads_client import AdsClient, decode, names_of
+from tests.ads_client import CATCH_ALL_CLUSTERS, AdsClient, decode, names_of
 from tests.conftest import apply_docs
 from tests.harness import ControlPlane, metric, wait_until
 from tests.manifests import destination_rule, pod, service
@@ -61,7 +61,7 @@ def test_initial_push_in_order_and_ack_is_silent(plane: ControlPlane, client: Ad
     run(client.send(types.CLUSTER))
     cds = run(client.recv())
     assert cds.type_url == types.CLUSTER
-    assert sorted(names_of(cds)) == [RATINGS, REVIEWS]
+    assert sorted(names_of(cds)) == [*CATCH_ALL_CLUSTERS, RATINGS, REVIEWS]
     assert cds.version_info and cds.nonce
     run(client.send(types.ENDPOINT, [REVIEWS]))  # Envoy subscribes before it ACKs CDS
     run(client.ack(cds))
@@ -208,7 +208,7 @@ def test_nothing_served_before_initial_load() -> None:
     assert cp.silent(c)
     cp.run(lambda: cp.store.mark_synced("slow"))
     cds = cp.call(c.recv())
-    assert sorted(names_of(cds)) == [RATINGS, REVIEWS]
+    assert sorted(names_of(cds)) == [*CATCH_ALL_CLUSTERS, RATINGS, REVIEWS]
     cp.call(c.close())
     cp.stop()
 

@@ -21,6 +21,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from controlplane.admin.v1 import admin_pb2, admin_pb2_grpc
 from controlplane.translation import MeshTranslation
 from controlplane.xds import types
+from tests.ads_client import CATCH_ALL_CLUSTERS
 from tests.harness import ControlPlane, Envoy, get, metric, wait_until, write_yaml
 from tests.manifests import pod, service
 
@@ -192,7 +193,8 @@ def test_http_health_metrics_and_debug(file_cp: ControlPlane, sidecars: list[Env
                               "controlplane_convergence_seconds_count") > before, 10,
                what="the change's convergence observed")
     text = http(file_cp, "/metrics")[1]
-    assert metric(text, 'controlplane_resources{type="CDS"}') == 3
+    # Three services' clusters, and the outbound traffic policy's two.
+    assert metric(text, 'controlplane_resources{type="CDS"}') == 3 + 2
     assert metric(text, "controlplane_connected_proxies") == 3
     assert metric(text, 'controlplane_xds_pushes_total{type="CDS"}') >= 6
     assert metric(text, 'controlplane_xds_acks_total{type="CDS"}') >= 6
@@ -213,7 +215,7 @@ def test_http_health_metrics_and_debug(file_cp: ControlPlane, sidecars: list[Env
     assert {c["cluster"]["name"] for c in clusters} == {
         f"outbound|{PORT}||web.default.svc.cluster.local",
         f"outbound|{PORT}||more.default.svc.cluster.local",
-        "outbound|15432||db.default.svc.cluster.local"}
+        "outbound|15432||db.default.svc.cluster.local", *CATCH_ALL_CLUSTERS}
     assert http(file_cp, "/debug/config_dump?proxy=nobody")[0] == 404
 
 

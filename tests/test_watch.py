@@ -16,6 +16,7 @@ import structlog
 from controlplane import log as logsetup
 from controlplane.sources.kubernetes import load_api_client
 from controlplane.sources.watch import Backoff
+from tests.ads_client import CATCH_ALL_CLUSTERS
 from tests.harness import ControlPlane, wait_until
 from tests.kube.double import FakeApiServer
 from tests.manifests import service, virtual_service
@@ -134,7 +135,8 @@ def test_failing_list_is_retried_before_the_initial_sync(api_server: FakeApiServ
         assert converged(plane, api_server)
         # The first snapshot is the full one: nothing was served from a partial load.
         assert plane.run(lambda: plane.cache.snapshot.generation) == 1
-        assert plane.cluster_names() == {"outbound|80||a.default.svc.cluster.local"}
+        assert plane.cluster_names() == {"outbound|80||a.default.svc.cluster.local",
+                                         *CATCH_ALL_CLUSTERS}
     finally:
         plane.stop()
 

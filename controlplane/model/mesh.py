@@ -200,7 +200,9 @@ def _affected(index: MeshIndex, changes: Mapping[Key, object | None]
         if key.kind == "Service":
             affected.add((ns, key.name))
             routing = True
-        elif key.kind in ("VirtualService", "DestinationRule"):
+        elif key.kind in ("VirtualService", "DestinationRule", "ConfigMap"):
+            # The mesh config (outbound traffic policy, exportTo defaults) shapes listeners
+            # and routes; clusters and endpoints do not depend on it.
             routing = True
         elif key.kind == "Endpoints":
             affected.add((ns, key.name))
@@ -285,10 +287,10 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                     virtual_services=previous.virtual_services,
                     destination_rules=previous.destination_rules,
                     problems=previous.problems, dirty=frozenset(dirty), routes_changed=False,
-                    pod_hostnames=pod_hostnames)
+                    pod_hostnames=pod_hostnames, config=previous.config)
 
     mesh = Mesh(services=services, endpoints=endpoints, virtual_services={},
-                destination_rules={})
+                destination_rules={}, config=index.mesh_config)
     vs_by_host, dr_by_host, problems = _routing(mesh, index)
     if incremental:
         assert previous is not None
@@ -299,7 +301,7 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
     return Mesh(services=services, endpoints=endpoints, virtual_services=vs_by_host,
                 destination_rules=dr_by_host, problems=tuple(problems),
                 dirty=frozenset(dirty) if incremental else None, routes_changed=True,
-                pod_hostnames=pod_hostnames)
+                pod_hostnames=pod_hostnames, config=index.mesh_config)
 
 
 def _tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from controlplane.model.destination_rule import DestinationRule
+from controlplane.model.mesh_config import ConfigMap, MeshConfig
 from controlplane.model.meta import Key
 from controlplane.model.service import Service
 from controlplane.model.virtual_service import VirtualService
@@ -37,6 +38,8 @@ class MeshIndex:
         # the same state (a rejected object's retry) with the same result.
         self.pod_services: dict[ServiceId, set[ServiceId]] = defaultdict(set)
         self.service_pods: dict[ServiceId, set[str]] = {}
+        # The mesh config in force (istio-system/istio), else Istio's defaults.
+        self.mesh_config = MeshConfig()
 
     def update(self, key: Key, old: object | None, new: object | None) -> None:
         ident = (key.namespace, key.name)
@@ -62,6 +65,8 @@ class MeshIndex:
                 self.services_by_ns[key.namespace].pop(key.name, None)
             else:
                 self.services_by_ns[key.namespace][key.name] = new  # type: ignore[assignment]
+        elif key.kind == "ConfigMap":
+            self.mesh_config = new.config if isinstance(new, ConfigMap) else MeshConfig()
         elif key.kind == "Pod":
             if new is None:
                 self.pods_by_ns[key.namespace].pop(key.name, None)

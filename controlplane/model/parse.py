@@ -9,6 +9,7 @@ from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.destination_rule_parse import parse_destination_rule
 from controlplane.model.errors import Errors, FieldError, ValidationError
 from controlplane.model.istio_common import ISTIO_GROUP, ISTIO_VERSIONS
+from controlplane.model.mesh_config import ConfigMap, parse_config_map
 from controlplane.model.meta import Key, object_ref
 from controlplane.model.service import Service, parse_service
 from controlplane.model.virtual_service import VirtualService
@@ -22,7 +23,8 @@ from controlplane.model.workload import (
     parse_pod,
 )
 
-Object = Service | Pod | Endpoints | EndpointSlice | VirtualService | DestinationRule
+Object = (Service | Pod | Endpoints | EndpointSlice | VirtualService | DestinationRule
+          | ConfigMap)
 
 # kind -> (accepted apiVersions, parser)
 _KINDS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], Errors], Object]]] = {
@@ -34,6 +36,9 @@ _KINDS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], Errors], Obje
                        parse_virtual_service),
     "DestinationRule": (tuple(f"{ISTIO_GROUP}/{v}" for v in ISTIO_VERSIONS),
                         parse_destination_rule),
+    # Only istio-system/istio, the mesh config (mesh_config.is_mesh_config_map): sources
+    # pass other ConfigMaps by without a word.
+    "ConfigMap": (("v1",), parse_config_map),
 }
 KINDS = tuple(_KINDS)
 

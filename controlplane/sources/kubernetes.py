@@ -1,5 +1,6 @@
-"""Kubernetes as a source: Services, EndpointSlices (or Endpoints), Pods and Istio's
-VirtualServices and DestinationRules, mirrored into the store.
+"""Kubernetes as a source: Services, EndpointSlices (or Endpoints), Pods, Istio's
+VirtualServices and DestinationRules, and the mesh config (the `istio` ConfigMap of
+istio-system), mirrored into the store.
 
 One `Watcher` thread per collection (per namespace with --namespaces). Parsing happens
 in the watcher's thread; the store is only touched on the event loop. The source keeps
@@ -17,6 +18,7 @@ from typing import Any
 import structlog
 
 from controlplane.model.errors import ValidationError
+from controlplane.model.mesh_config import MESH_CONFIG_MAP, ROOT_NAMESPACE
 from controlplane.model.meta import DEFAULT_NAMESPACE, Key
 from controlplane.model.parse import Object, key_of, parse_object
 from controlplane.sources.watch import ApiError, Collection, Transport, Watcher, run_in_thread
@@ -33,6 +35,7 @@ PODS = Collection("v1", "Pod", "pods")
 ENDPOINTS = Collection("v1", "Endpoints", "endpoints")
 ENDPOINT_SLICES = Collection("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 NAMESPACES = Collection("v1", "Namespace", "namespaces", namespaced=False)
+CONFIG_MAPS = Collection("v1", "ConfigMap", "configmaps")
 
 
 def istio_collections(version: str) -> list[Collection]:
@@ -71,7 +74,9 @@ class KubernetesSource:
         store.register_source(self.NAME)
 
     # -- which namespaces are served --------------------------------------------------------
-    def served(self, namespace: str) -> bool:
+    def served(self, namespace: str, kind: str = "") -> bool:
+        if kind == "ConfigMap":
+            return True  # the mesh config holds whatever namespaces are served
         if self.namespaces is not None and namespace not in self.namespaces:
             return False
         if self.revision is not None:
@@ -83,7 +88,7 @@ class KubernetesSource:
     def _apply(self, obj: Object) -> None:
         key = key_of(obj)
         self.mirror[key] = obj
-        if self.served(key.namespace):
+        if self.served(key.namespace, key.kind):
             self.store.apply(obj)
 
     def _delete(self, key: Key) -> None:
@@ -167,6 +172,8 @@ class KubernetesSource:
         for ns in sorted(before - names):
             log.info("namespace_unserved", namespace=ns, revision=self.revision)
         for key, obj in self.mirror.items():
+            if key.kind == "ConfigMap":
+                continue  # served whatever the namespace
             if key.namespace in names - before:
                 self.store.apply(obj)
             elif key.namespace in before - names:
@@ -181,14 +188,15 @@ class KubernetesSource:
 
     # -- running ---------------------------------------------------------------------------
     def _start(self, collection: Collection, namespace: str | None = None,
-               label_selector: str = "") -> None:
+               label_selector: str = "", field_selector: str = "") -> None:
         watcher_id = f"{collection.api_version}/{collection.kind}/{namespace or '*'}"
         if collection is NAMESPACES:
             on_list, on_event = self._namespace_callbacks(watcher_id)
         else:
             on_list, on_event = self._object_callbacks(watcher_id, collection, namespace)
         watcher = Watcher(self.transport, collection, namespace=namespace,
-                          label_selector=label_selector, on_list=on_list, on_event=on_event,
+                          label_selector=label_selector, field_selector=field_selector,
+                          on_list=on_list, on_event=on_event,
                           stop=self.stop, watch_timeout=self.watch_timeout,
                           read_timeout=self.read_timeout)
         self._pending.add(watcher_id)
@@ -246,6 +254,10 @@ class KubernetesSource:
         if self.revision is not None:
             self._start(NAMESPACES, label_selector=f"{REVISION_LABEL}={self.revision}")
         self._start_all([SERVICES, self.endpoints, PODS])
+        # The mesh config: one ConfigMap, asked for by name (a namespace's other
+        # ConfigMaps are none of ours, and can be large).
+        self._start(CONFIG_MAPS, ROOT_NAMESPACE,
+                    field_selector=f"metadata.name={MESH_CONFIG_MAP}")
         istio = asyncio.create_task(self._watch_istio())
         try:
             await asyncio.Event().wait()  # the watchers run in their threads

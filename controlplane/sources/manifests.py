@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from controlplane.model.errors import ValidationError
+from controlplane.model.mesh_config import is_mesh_config_map
 from controlplane.model.meta import DEFAULT_NAMESPACE, Key
 from controlplane.model.parse import Object, is_known_kind, key_of, parse_object
 
@@ -37,7 +38,7 @@ NOT_SERVED_KINDS = frozenset({
     "ReferenceGrant", "BackendTLSPolicy",
     # Kubernetes
     "Namespace", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet",
-    "ReplicationController", "Job", "CronJob", "ConfigMap", "Secret", "ServiceAccount",
+    "ReplicationController", "Job", "CronJob", "Secret", "ServiceAccount",
     "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Ingress", "IngressClass",
     "NetworkPolicy", "PersistentVolume", "PersistentVolumeClaim", "StorageClass",
     "HorizontalPodAutoscaler", "PodDisruptionBudget", "LimitRange", "ResourceQuota",
@@ -129,6 +130,8 @@ def parse_manifest(text: str) -> Manifest:
         if not isinstance(kind, str) or not kind:
             out.malformed.append(f"document {index}: no kind")
             continue
+        if kind == "ConfigMap" and not is_mesh_config_map(raw):
+            continue  # an application's ConfigMap: only istio-system/istio is ours
         if not is_known_kind(raw):
             out.ignored.append(Ignored(raw_key(raw), kind in NOT_SERVED_KINDS))
             continue

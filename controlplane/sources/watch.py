@@ -136,7 +136,7 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 class Watcher:
     def __init__(self, transport: Transport, collection: Collection, *,
                  namespace: str | None = None, label_selector: str = "",
-                 on_list: ListCallback, on_event: EventCallback,
+                 field_selector: str = "", on_list: ListCallback, on_event: EventCallback,
                  stop: threading.Event, watch_timeout: int = 300,
                  read_timeout: float | None = None, connect_timeout: float = 10.0,
                  backoff: Backoff | None = None) -> None:
@@ -144,6 +144,7 @@ class Watcher:
         self.collection = collection
         self.namespace = namespace
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.on_list = on_list
         self.on_event = on_event
         self.stop = stop
@@ -166,7 +167,9 @@ class Watcher:
         self.recovered_at: float | None = None  # monotonic time of the last recovery
 
     def _query(self) -> list[tuple[str, str]]:
-        return [("labelSelector", self.label_selector)] if self.label_selector else []
+        return [(name, value) for name, value in (("labelSelector", self.label_selector),
+                                                  ("fieldSelector", self.field_selector))
+                if value]
 
     def list(self) -> None:
         doc = self.transport.get_json(self.collection.path(self.namespace), self._query(),

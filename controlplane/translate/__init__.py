@@ -19,6 +19,7 @@ from controlplane.translate.endpoints import (
 from controlplane.translate.guard import Failure, checked, route_suspects, service_suspects
 from controlplane.translate.listeners import build_listeners, route_names
 from controlplane.translate.locality import Place, place_of
+from controlplane.translate.outbound import global_clusters
 from controlplane.translate.routes import (
     RouteBase,
     RouteHost,
@@ -44,6 +45,7 @@ __all__ = [
     "check",
     "checked",
     "depends_on_locality",
+    "global_clusters",
     "namespace_hosts",
     "place_of",
     "plain_routes",

@@ -42,7 +42,7 @@ def _u32(value: int | None) -> wrappers_pb2.UInt32Value:
     return wrappers_pb2.UInt32Value(value=_UNLIMITED if value is None else value)
 
 
-def _thresholds(pool: ConnectionPool | None) -> circuit_breaker_pb2.CircuitBreakers:
+def thresholds(pool: ConnectionPool | None) -> circuit_breaker_pb2.CircuitBreakers:
     pool = pool or ConnectionPool()
     return circuit_breaker_pb2.CircuitBreakers(thresholds=[
         circuit_breaker_pb2.CircuitBreakers.Thresholds(
@@ -128,7 +128,7 @@ def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLIC
         connect_timeout=duration(pool.connect_timeout if pool and pool.connect_timeout
                                   else CONNECT_TIMEOUT_S),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        circuit_breakers=_thresholds(pool),
+        circuit_breakers=thresholds(pool),
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
             # Istio's choice: no panic mode, so unhealthy hosts are never used.
             healthy_panic_threshold=percent_pb2.Percent(value=0),
@@ -182,4 +182,5 @@ def service_clusters(mesh: Mesh, service: Service) -> list[cluster_pb2.Cluster]:
 
 
 def build_clusters(mesh: Mesh) -> list[cluster_pb2.Cluster]:
+    """The services' clusters (the catch-all ones are outbound.global_clusters)."""
     return [c for service in mesh.services.values() for c in service_clusters(mesh, service)]

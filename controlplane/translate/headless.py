@@ -31,7 +31,7 @@ def pod_hosts(mesh: Mesh, service: Service, port: ServicePort
 def pod_aliases(pod_fqdn: str, service: Service) -> list[str]:
     hostname = pod_fqdn.split(".", 1)[0]
     name, ns = service.meta.name, service.meta.namespace
-    return [pod_fqdn, f"{hostname}.{name}.{ns}.svc", f"{hostname}.{name}.{ns}"]
+    return [pod_fqdn, f"{pod_fqdn}.", f"{hostname}.{name}.{ns}.svc", f"{hostname}.{name}.{ns}"]
 
 
 def pod_short_alias(pod_fqdn: str, service: Service) -> str:

@@ -42,6 +42,7 @@ from controlplane.translate.names import (
     short_alias,
     virtual_host_name,
 )
+from controlplane.translate.outbound import CATCH_ALL_DOMAIN, catch_all_virtual_host
 from controlplane.translate.policy import traffic_policy
 from controlplane.translate.ports import port_groups
 from controlplane.translate.protos import duration
@@ -375,6 +376,10 @@ def route_bases(mesh: Mesh, guard: RouteGuard | None = None) -> list[RouteBase]:
                 base.add(ns, pod_fqdn, pod_aliases(pod_fqdn, service),
                          pod_short_alias(pod_fqdn, service),
                          [_default_route(cluster_name(port.port, pod_fqdn))])
+        if CATCH_ALL_DOMAIN not in base.used:  # any other Host: the outbound traffic policy
+            base.used.add(CATCH_ALL_DOMAIN)
+            base.hosts.append(RouteHost("", "", catch_all_virtual_host(
+                mesh.config.outbound_traffic_policy)))
         bases.append(base)
     return bases
 

@@ -67,6 +67,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "Pod", "pods", short_names=("po",)),
     Resource("", "Endpoints", "endpoints", short_names=("ep",)),
     Resource("", "Namespace", "namespaces", namespaced=False, short_names=("ns",)),
+    Resource("", "ConfigMap", "configmaps", short_names=("cm",)),
     Resource("discovery.k8s.io", "EndpointSlice", "endpointslices"),
     Resource("networking.istio.io", "VirtualService", "virtualservices", short_names=("vs",)),
     Resource("networking.istio.io", "DestinationRule", "destinationrules", short_names=("dr",)),
