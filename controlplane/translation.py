@@ -10,6 +10,7 @@ one that fails is withheld and listed in `failures` for the push loop to act on.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -18,7 +19,9 @@ from envoy.config.route.v3 import route_pb2
 
 from controlplane.model.mesh import Mesh
 from controlplane.model.proxy import ProxyView
+from controlplane.model.scoping import NO_CHOICES, RouteView, VsKey, vs_key
 from controlplane.model.service import Service, ServicePort
+from controlplane.model.virtual_service import HTTPMatch, VirtualService
 from controlplane.translate import (
     Failure,
     RouteBase,
@@ -33,8 +36,10 @@ from controlplane.translate import (
     route_suspects,
     service_assignments,
     service_clusters,
+    service_routes,
     service_suspects,
     with_domains,
+    with_routes,
 )
 from controlplane.xds import types
 from controlplane.xds.cache import Serialized
@@ -62,6 +67,10 @@ class MeshTranslation:
         self._route_bases: list[RouteBase] | None = None
         # Each virtual host's `virtual_hosts` entry, serialized once per set of bases.
         self._route_entries: dict[RouteHost, bytes] = {}
+        # Virtual hosts some proxies' views route otherwise (another VirtualService, a
+        # subset of its matches): (base host, VirtualService, matches taken) -> host.
+        self._variants: dict[tuple[RouteHost, VsKey | None, tuple[bool, ...]], RouteHost] = {}
+        self._views: dict[tuple[str, frozenset[tuple[str, str]]], RouteView] = {}
         # Units whose translation raised or broke Envoy's constraints: withheld (see
         # translate/guard.py), for the push loop to trace to an object and reject.
         self.failures: list[Failure] = []
@@ -78,12 +87,19 @@ class MeshTranslation:
         if previous is not None and not mesh.routes_changed:
             self._route_bases = previous._route_bases
             self._route_entries = previous._route_entries
+            self._variants = previous._variants
 
     def group_key(self, type_url: str, proxy: ProxyView) -> Hashable:
         if type_url == types.LISTENER:
             return proxy.bind_ip
         if type_url == types.ROUTE:
-            return proxy.namespace
+            # The proxy's namespace plus only what the mesh's rules tell apart
+            # (model/scoping.py): proxies with equal views share the bytes.
+            memo = (proxy.namespace, proxy.labels)
+            view = self._views.get(memo)
+            if view is None:
+                view = self._views[memo] = self.mesh.scoping().view(*memo)
+            return view
         return None
 
     def _unit(self, service: Service) -> tuple[list[Any], list[Any]]:
@@ -109,9 +125,10 @@ class MeshTranslation:
         return self._units[fqdn]
 
     def _guard_routes(self, service: Service, port: ServicePort, number: int,
-                      build: Callable[[], list[Any]]) -> list[Any]:
+                      build: Callable[[], list[Any]], vs: VirtualService | None = None
+                      ) -> list[Any]:
         routes, failure = checked(f"virtual host {service.fqdn}:{number}",
-                                  route_suspects(self.mesh, service), build)
+                                  route_suspects(self.mesh, service, vs), build)
         if failure is None:
             return routes
         self.failures.append(failure)
@@ -130,6 +147,8 @@ class MeshTranslation:
                 self._unit(services[fqdn])
         self.messages(types.LISTENER, self.group_key(types.LISTENER, probe))
         self.messages(types.ROUTE, self.group_key(types.ROUTE, probe))
+        if self.mesh.routes_changed:
+            self._check_alternates()
 
     def messages(self, type_url: str, key: Hashable) -> list[Any]:
         memo_key = (type_url, key)
@@ -163,7 +182,74 @@ class MeshTranslation:
             return self._last_memo.get((type_url, key), [])
         if self._route_bases is None:  # shared by every namespace's configurations
             self._route_bases = route_bases(self.mesh, self._guard_routes)
-        return route_config_bodies(self._route_bases, str(key), self._route_entries)
+        assert isinstance(key, RouteView)
+        return route_config_bodies(self._route_bases, key.namespace, self._route_entries,
+                                   self._picker(key))
+
+    def _picker(self, view: RouteView) -> Callable[[RouteBase, RouteHost], RouteHost | None
+                                                   ] | None:
+        """What `view` makes of each shared virtual host: itself, a variant, or None
+        (hidden). None for a view that changes nothing."""
+        scopes = self.mesh.scoping()
+        choices = scopes.choices(view)
+        if choices is NO_CHOICES and not scopes.selects_clients:
+            return None
+        shared = self.mesh.virtual_services
+
+        def pick(base: RouteBase, host: RouteHost) -> RouteHost | None:
+            service = host.service
+            if service is None:
+                return host
+            fqdn = service.fqdn
+            if fqdn in choices.hidden:
+                return None
+            if host.pod:
+                return host
+            if fqdn in choices.overrides:
+                vs = choices.overrides[fqdn]
+            else:
+                vs = shared.get(fqdn)
+                if vs is None or not vs.selects_clients:
+                    return host
+            mask = tuple(scopes.takes(m, view) for r in vs.http for m in r.matches
+                         if m.selects_client) if vs is not None else ()
+            memo = (host, vs_key(vs) if vs is not None else None, mask)
+            variant = self._variants.get(memo)
+            if variant is None:
+                variant = self._variants[memo] = self._variant(base, host, vs, view)
+            return variant
+        return pick
+
+    def _variant(self, base: RouteBase, host: RouteHost, vs: VirtualService | None,
+                 view: RouteView) -> RouteHost:
+        """`host` routed by `vs` (None: straight to the service), with the matches
+        proxies of `view` take. Checked like the shared hosts; a failure falls back to
+        the plain route."""
+        assert host.service is not None and host.port is not None
+        service, port, scopes = host.service, host.port, self.mesh.scoping()
+
+        def keep(m: HTTPMatch) -> bool:
+            return not m.selects_client or scopes.takes(m, view)
+
+        routes = self._guard_routes(
+            service, port, base.port,
+            lambda: service_routes(self.mesh, service, port, base.port, vs, keep), vs)
+        vhost = with_routes(host.vhost, routes)
+        return RouteHost(host.namespace, host.short, vhost, service, port)
+
+    def _check_alternates(self) -> None:
+        """Build and check, once per set of bases, every VirtualService some view
+        routes by besides the shared ones (exportTo, Sidecars), with all its matches: a
+        view's variant is a subset of those routes, so failures surface here, where the
+        push loop can reject the object behind them."""
+        mesh = self.mesh
+        for fqdn, vs in mesh.scoping().alternates():
+            service = mesh.services[fqdn]
+            for port in service.ports:
+                if port.l7.is_http:
+                    self._guard_routes(service, port, port.port,
+                                       partial(service_routes, mesh, service, port,
+                                               port.port, vs), vs)
 
     def delta(self, type_url: str) -> tuple[list[Any], set[str]] | None:
         """For a shared type, what differs from the previous translation: the messages of
@@ -204,11 +290,14 @@ class MeshTranslation:
 
 
 def route_config_bodies(bases: list[RouteBase], namespace: str,
-                        entries: dict[RouteHost, bytes] | None = None) -> list[Serialized]:
+                        entries: dict[RouteHost, bytes] | None = None,
+                        pick: Callable[[RouteBase, RouteHost], RouteHost | None] | None = None
+                        ) -> list[Serialized]:
     """`route_configs(bases, namespace)` in wire form, byte for byte what serializing
     those messages gives (a test holds the two equal for every golden case): each
     virtual host is serialized once per set of bases (`entries` keeps them) and joined,
-    rather than copied into ten namespaces' messages and serialized ten times."""
+    rather than copied into ten namespaces' messages and serialized ten times. `pick`:
+    what a proxy's view makes of each host (a variant, or None to leave it out)."""
     if entries is None:
         entries = {}
     out = []
@@ -220,7 +309,10 @@ def route_config_bodies(bases: list[RouteBase], namespace: str,
         head = route_pb2.RouteConfiguration(name=name).SerializeToString()
         config.ClearField("name")
         parts = [head]
-        for host, extra in namespace_hosts(base, namespace):
+        for shared, extra in namespace_hosts(base, namespace):
+            host = pick(base, shared) if pick is not None else shared
+            if host is None:
+                continue
             if extra:
                 parts.append(_vhost_entry(with_domains(host.vhost, extra)))
             else:

@@ -25,6 +25,7 @@ from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
 from controlplane.model.meta import Key
+from controlplane.model.scoping import Scopes, vs_key
 from controlplane.model.service import DOMAIN_SUFFIX, Service
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import EndpointAddress, EndpointSlice, Pod
@@ -56,6 +57,20 @@ class Mesh:
     pod_hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Mesh-wide settings (Istio's MeshConfig); defaults when none is configured.
     config: MeshConfig = field(default_factory=MeshConfig)
+    # Who sees which VirtualService and Service (exportTo, Sidecars): per-proxy views
+    # of the routes. `virtual_services` holds the VirtualService every namespace gets
+    # unless its view says otherwise (model/scoping.py).
+    scopes: Scopes | None = None
+
+    def scoping(self) -> Scopes:
+        if self.scopes is None:  # a Mesh made by hand: everything public
+            object.__setattr__(self, "scopes", Scopes(
+                self.services, {h: [vs] for h, vs in self.virtual_services.items()}, (),
+                self.config, {vs_key(vs): tuple(self.resolve_host(h, vs.meta.namespace)
+                                                for h in vs.hosts)
+                              for vs in self.virtual_services.values()}))
+        assert self.scopes is not None
+        return self.scopes
 
     def resolve_host(self, host: str, namespace: str) -> str:
         """The FQDN a VirtualService/DestinationRule host means, Istio's way: a name
@@ -193,7 +208,7 @@ def _affected(index: MeshIndex, changes: Mapping[Key, object | None]
         if key.kind == "Service":
             affected.add((ns, key.name))
             routing = True
-        elif key.kind in ("VirtualService", "DestinationRule"):
+        elif key.kind in ("VirtualService", "DestinationRule", "Sidecar"):
             routing = True
         elif key.kind == "Endpoints":
             affected.add((ns, key.name))
@@ -212,10 +227,13 @@ def _affected(index: MeshIndex, changes: Mapping[Key, object | None]
 
 
 def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None = None,
-               changes: Mapping[Key, object | None] | None = None) -> Mesh:
+               changes: Mapping[Key, object | None] | None = None,
+               config: MeshConfig | None = None) -> Mesh:
     """The Mesh of `objects` (or of an index kept up to date). With the previous Mesh
     and the changes since it (key -> the object before), only what they can affect is
-    recomputed."""
+    recomputed. `config`: the mesh-wide settings (the previous Mesh's, else defaults)."""
+    if config is None:
+        config = previous.config if previous is not None else MeshConfig()
     index = objects if isinstance(objects, MeshIndex) else MeshIndex.of(objects)
     if previous is not None and changes is not None and not any(
             k.kind == "Service" for k in changes):
@@ -278,11 +296,11 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                     virtual_services=previous.virtual_services,
                     destination_rules=previous.destination_rules,
                     problems=previous.problems, dirty=frozenset(dirty), routes_changed=False,
-                    pod_hostnames=pod_hostnames)
+                    pod_hostnames=pod_hostnames, config=config, scopes=previous.scopes)
 
     mesh = Mesh(services=services, endpoints=endpoints, virtual_services={},
-                destination_rules={})
-    vs_by_host, dr_by_host, problems = _routing(mesh, index)
+                destination_rules={}, config=config)
+    vs_by_host, dr_by_host, problems, scopes = _routing(mesh, index)
     if incremental:
         assert previous is not None
         # A rule appearing, going or changing touches the clusters of its hosts.
@@ -292,18 +310,44 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
     return Mesh(services=services, endpoints=endpoints, virtual_services=vs_by_host,
                 destination_rules=dr_by_host, problems=tuple(problems),
                 dirty=frozenset(dirty) if incremental else None, routes_changed=True,
-                pod_hostnames=pod_hostnames)
+                pod_hostnames=pod_hostnames, config=config, scopes=scopes)
 
 
 def _routing(mesh: Mesh, index: MeshIndex
-             ) -> tuple[dict[str, VirtualService], dict[str, DestinationRule], list[str]]:
+             ) -> tuple[dict[str, VirtualService], dict[str, DestinationRule], list[str],
+                        Scopes]:
     services = mesh.services
     problems: list[str] = []
+    # Every VirtualService naming each host, oldest first: which one a proxy gets
+    # depends on its namespace (exportTo) and Sidecar (model/scoping.py).
+    candidates: dict[str, list[VirtualService]] = defaultdict(list)
+    resolved: dict[tuple[str, str], tuple[str, ...]] = {}
+    for vs in _oldest_first(v for v in index.virtual_services.values()
+                            if v.applies_to_sidecars):
+        resolved[vs_key(vs)] = tuple(mesh.resolve_host(h, vs.meta.namespace)
+                                     for h in vs.hosts)
+        for fqdn in resolved[vs_key(vs)]:
+            if fqdn in services and vs not in candidates[fqdn]:
+                candidates[fqdn].append(vs)
+    scopes = Scopes(services, dict(candidates), index.sidecars.values(), mesh.config,
+                    resolved)
     vs_by_host: dict[str, VirtualService] = {}
+    exports = scopes.vs_export
     for vs in _oldest_first(v for v in index.virtual_services.values()
                             if v.applies_to_sidecars):
         for host in vs.hosts:
             fqdn = mesh.resolve_host(host, vs.meta.namespace)
+            if fqdn in services and scopes.default.get(fqdn) is not vs:
+                # Not the host's shared VirtualService: some namespaces may still get it
+                # (exportTo); an older one visible to the same namespaces shadows it.
+                shadow = next((w for w in candidates[fqdn]
+                               if exports[vs_key(w)] == exports[vs_key(vs)]), vs)
+                if shadow is not vs:
+                    problems.append(
+                        f"VirtualService {vs.meta.namespace}/{vs.meta.name}: host {fqdn} is "
+                        f"already routed by the older VirtualService {shadow.meta.namespace}/"
+                        f"{shadow.meta.name}; this one is ignored for that host")
+                continue
             if fqdn in vs_by_host:
                 winner = vs_by_host[fqdn]
                 problems.append(
@@ -330,7 +374,8 @@ def _routing(mesh: Mesh, index: MeshIndex
             problems.append(f"DestinationRule {dr.meta.namespace}/{dr.meta.name}: host "
                             f"{dr.host!r} matches no service")
         dr_by_host[fqdn] = dr
-    for vs in dict.fromkeys(vs_by_host.values()):
+    in_force = [*vs_by_host.values(), *(vs for _, vs in scopes.alternates())]
+    for vs in dict.fromkeys(in_force):
         for i, route in enumerate(vs.http):
             for j, wd in enumerate(route.route):
                 dest = wd.destination
@@ -345,4 +390,4 @@ def _routing(mesh: Mesh, index: MeshIndex
                     problems.append(f"{where}.subset: subset {dest.subset!r} of {fqdn} is not "
                                     "defined by a DestinationRule; requests to it answer 503 "
                                     "until it is")
-    return vs_by_host, dr_by_host, problems
+    return vs_by_host, dr_by_host, problems, scopes

@@ -7,8 +7,8 @@ Validation follows Istio's own where Istio has it (weights add up to 100, one ac
 route, rewrite not with redirect...) and adds what Envoy would otherwise reject (RE2
 regexes, header names, status ranges), so an object either passes whole, or is rejected
 naming every bad field and never reaches a proxy. Fields that select by the *client*
-proxy (sourceLabels, sourceNamespace, gateways in a match) are accepted with a warning and
-ignored: routes here are shared by every sidecar.
+proxy (sourceLabels, sourceNamespace, gateways in a match) are kept for the translator,
+which gives proxies whose view differs route configurations of their own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from controlplane.model.fields import (
     as_bool,
     as_int,
     as_istio_duration,
+    as_labels,
     as_list,
     as_map,
     as_str,
@@ -55,6 +56,12 @@ from controlplane.model.virtual_service import (
     VirtualService,
     WeightedDestination,
 )
+from controlplane.model.visibility import (
+    check_gateway_names,
+    check_labels,
+    is_dns1123_label,
+    parse_export_to,
+)
 
 
 def _named_matches(raw: Any, path: str, errs: Errors) -> tuple[tuple[str, StringMatch | None],
@@ -70,9 +77,10 @@ def _named_matches(raw: Any, path: str, errs: Errors) -> tuple[tuple[str, String
 
 
 _MATCH_FIELDS = {"name", "uri", "scheme", "method", "authority", "headers", "port",
-                 "queryParams", "ignoreUriCase", "withoutHeaders"}
-# Accepted with a warning: they select by the client proxy, and routes here are shared.
-_MATCH_IGNORED = {"sourceLabels", "gateways", "sourceNamespace", "statPrefix"}
+                 "queryParams", "ignoreUriCase", "withoutHeaders", "sourceLabels",
+                 "sourceNamespace", "gateways"}
+# Accepted with a warning: not translated.
+_MATCH_IGNORED = {"statPrefix"}
 
 
 def _optional_match(m: dict[str, Any], key: str, path: str, errs: Errors
@@ -84,8 +92,12 @@ def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str]) -> HTTP
     m = as_map(raw, path, errs)
     reject_unknown_fields(m, _MATCH_FIELDS | _MATCH_IGNORED, path, errs)
     for key in sorted(set(m) & _MATCH_IGNORED, key=str):
-        warnings.append(f"{path}.{key}: selects by the client proxy; not supported, "
-                        "the match ignores it")
+        warnings.append(f"{path}.{key}: not supported, the match ignores it")
+    source_labels = as_labels(m.get("sourceLabels"), f"{path}.sourceLabels", errs)
+    check_labels(source_labels, f"{path}.sourceLabels", errs)
+    source_namespace = as_str(m.get("sourceNamespace"), f"{path}.sourceNamespace", errs)
+    if source_namespace and not is_dns1123_label(source_namespace):
+        errs.add(f"{path}.sourceNamespace", f"{source_namespace!r} is not a valid namespace")
     if "scheme" in m:
         warnings.append(f"{path}.scheme: not supported, the match ignores it")
     headers = _named_matches(m.get("headers"), f"{path}.headers", errs)
@@ -100,6 +112,9 @@ def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str]) -> HTTP
         query_params=_named_matches(m.get("queryParams"), f"{path}.queryParams", errs),
         ignore_uri_case=as_bool(m.get("ignoreUriCase"), f"{path}.ignoreUriCase", errs),
         port=as_int(m.get("port"), f"{path}.port", errs, lo=1, hi=65535),
+        source_labels=source_labels,
+        source_namespace=source_namespace,
+        gateways=check_gateway_names(m.get("gateways"), f"{path}.gateways", errs),
     )
 
 
@@ -250,8 +265,9 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
     return VirtualService(
         meta=meta,
         hosts=hosts,
-        gateways=tuple(str(g) for g in as_list(spec.get("gateways"), "spec.gateways", errs)),
+        gateways=check_gateway_names(spec.get("gateways"), "spec.gateways", errs),
         http=tuple(r for r in http if r is not None),
         tcp=tcp,
         warnings=tuple(warnings),
+        export_to=parse_export_to(spec.get("exportTo"), meta.namespace, "spec.exportTo", errs),
     )

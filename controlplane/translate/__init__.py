@@ -22,7 +22,9 @@ from controlplane.translate.routes import (
     route_bases,
     route_config_shell,
     route_configs,
+    service_routes,
     with_domains,
+    with_routes,
 )
 
 __all__ = [
@@ -45,6 +47,8 @@ __all__ = [
     "route_suspects",
     "service_assignments",
     "service_clusters",
+    "service_routes",
     "service_suspects",
     "with_domains",
+    "with_routes",
 ]
