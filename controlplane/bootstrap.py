@@ -30,7 +30,8 @@ def split_address(address: str, default_port: int) -> tuple[str, int]:
 
 def bootstrap(*, node_id: str, cluster: str = "", xds_address: str = "127.0.0.1:15010",
               admin_address: str = "127.0.0.1:15000", instance_ip: str = "",
-              namespace: str = "", delta: bool = False) -> dict[str, Any]:
+              namespace: str = "", delta: bool = False,
+              labels: dict[str, str] | None = None) -> dict[str, Any]:
     xds_host, xds_port = split_address(xds_address, 15010)
     admin_host, admin_port = split_address(admin_address, 15000)
     metadata: dict[str, Any] = {}
@@ -38,6 +39,9 @@ def bootstrap(*, node_id: str, cluster: str = "", xds_address: str = "127.0.0.1:
         metadata["INSTANCE_IPS"] = instance_ip
     if namespace:
         metadata["NAMESPACE"] = namespace
+    if labels:
+        # Istio's node metadata: what sourceLabels and Sidecar selectors match.
+        metadata["LABELS"] = dict(labels)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": cluster or node_id, "metadata": metadata},

@@ -110,6 +110,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "that object's previous version is served again)")
 
 
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
 def _bootstrap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-id", required=True,
                    help="the proxy's name, as proxy-status shows it (required; a pod "
@@ -126,6 +133,9 @@ def _bootstrap_args(p: argparse.ArgumentParser) -> None:
                         "/stats) (default %(default)s)")
     p.add_argument("--instance-ip", default="", metavar="IP",
                    help="the proxy's IP: outbound listeners bind to it (default 0.0.0.0)")
+    p.add_argument("--label", action="append", default=[], type=_label, metavar="KEY=VALUE",
+                   help="a label of the workload (repeatable): what VirtualService "
+                        "sourceLabels and Sidecar workloadSelectors match (default: none)")
     p.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
     p.add_argument("-o", "--output", default="-", metavar="FILE",
                    help="file to write (default: stdout)")
@@ -216,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = yaml.safe_dump(bootstrap(
             node_id=args.node_id, cluster=args.cluster, xds_address=args.xds_address,
             admin_address=args.admin_address, instance_ip=args.instance_ip,
-            namespace=args.namespace, delta=args.delta), sort_keys=False)
+            namespace=args.namespace, delta=args.delta, labels=dict(args.label)),
+            sort_keys=False)
         if args.output == "-":
             sys.stdout.write(text)
         else:

@@ -68,7 +68,8 @@ class Envoy:
     """A real Envoy sidecar with a bootstrap from `controlplane bootstrap`."""
 
     def __init__(self, node_id: str, xds_port: int, instance_ip: str = "",
-                 namespace: str = "", delta: bool = False, owned: bool = False) -> None:
+                 namespace: str = "", delta: bool = False, owned: bool = False,
+                 labels: dict[str, str] | None = None) -> None:
         """owned: the process gets a process group of its own (a Ctrl-C at the terminal
         reaches only its owner, which stops it in order) and dies with its owner
         (`owned_process`). For a process the main thread starts and stops (the demo)."""
@@ -81,7 +82,7 @@ class Envoy:
         self.config.write_text(yaml.safe_dump(bootstrap(
             node_id=node_id, xds_address=f"127.0.0.1:{xds_port}",
             admin_address=f"127.0.0.1:{self.admin_port}", instance_ip=instance_ip,
-            namespace=namespace, delta=delta)))
+            namespace=namespace, delta=delta, labels=labels)))
         self.log = self.dir / "envoy.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
