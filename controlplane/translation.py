@@ -131,7 +131,8 @@ class MeshTranslation:
                                   route_suspects(self.mesh, service, vs), build)
         if failure is None:
             return routes
-        self.failures.append(failure)
+        if failure not in self.failures:  # a view's variant and the check of its rule
+            self.failures.append(failure)
         # Straight to the service's own cluster, which needs no object's help.
         fallback, _ = checked(failure.what, failure.suspects,
                               lambda: plain_routes(service, port))

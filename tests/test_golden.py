@@ -47,7 +47,8 @@ def translate_case(case: str) -> tuple[dict[str, list[Any]], list[str]]:
     proxy_file = GOLDEN / case / "proxy.yaml"
     p = yaml.safe_load(proxy_file.read_text()) if proxy_file.exists() else {}
     proxy = ProxyView(node_id="golden", namespace=p.get("namespace", "default"),
-                      instance_ips=(p["instance_ip"],) if p.get("instance_ip") else ())
+                      instance_ips=(p["instance_ip"],) if p.get("instance_ip") else (),
+                      labels=frozenset((p.get("labels") or {}).items()))
     translation = MeshTranslation(mesh)
     # Through the bytes the cache publishes (route configurations arrive serialized).
     out = {t: [types.decode(t, serialize(m))

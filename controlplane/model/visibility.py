@@ -38,12 +38,12 @@ def parse_export_to(raw: Any, namespace: str, path: str, errs: Errors) -> tuple[
     ".", "*" or namespace names, no duplicates ("." counts as the own namespace), "*"
     alone, and never "~" (only a Service may be exported to nobody)."""
     out: list[str] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # namespace -> the entry that named it
     for i, entry in enumerate(as_list(raw, path, errs)):
         value = as_str(entry, f"{path}[{i}]", errs)
         key = namespace if value == PRIVATE else value
         if key in seen:
-            errs.add(f"{path}[{i}]", f"{value!r} is listed twice" if key == value else
+            errs.add(f"{path}[{i}]", f"{value!r} is listed twice" if seen[key] == value else
                      f"'.' and {namespace!r} are the same namespace, listed twice")
             continue
         if value == NONE:
@@ -52,7 +52,7 @@ def parse_export_to(raw: Any, namespace: str, path: str, errs: Errors) -> tuple[
         if value not in (PRIVATE, PUBLIC) and not is_dns1123_label(value):
             errs.add(f"{path}[{i}]", f"{value!r} is not '.', '*' or a namespace name")
             continue
-        seen.add(key)
+        seen[key] = value
         out.append(value)
     if PUBLIC in out and len(out) > 1:
         errs.add(path, "'*' (every namespace) cannot be combined with other entries")
