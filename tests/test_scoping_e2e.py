@@ -1,0 +1,83 @@
+"""Per-proxy route views end to end: real Envoy sidecars with their namespace and labels
+in the node metadata, real upstreams on loopback, real requests (both xDS protocols)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import get, wait_until, write_yaml
+from tests.manifests import ISTIO, virtual_service, weighted
+from tests.test_e2e import PORT, mesh  # the end-to-end tests' reviews/ratings mesh
+
+__all__ = ["mesh"]  # a fixture: pytest finds it here by name
+
+pytestmark = pytest.mark.e2e
+
+
+def pod_of(sidecar: str, host: str) -> str:
+    status, body = get(sidecar, PORT, host)
+    return body["pod"] if status == 200 and isinstance(body, dict) else f"HTTP {status}"
+
+
+def settles(sidecar: str, host: str, pod: str) -> None:
+    """Every one of 20 requests in a row reaches `pod` (by chance with two pods: 2^-20)."""
+    wait_until(lambda: all(pod_of(sidecar, host) == pod for _ in range(20)), 10,
+               what=f"{host} through {sidecar} settled on {pod}")
+
+
+def test_source_labels_and_namespace_route_two_clients_differently(
+        file_cp: Any, mesh: dict[str, str], envoy: Any, ip: Any, config_dir: Path) -> None:
+    """One VirtualService, two client sidecars asking for the same host: the one in
+    team-a labelled app=web takes the sourceLabels+sourceNamespace match (v2), the one in
+    team-b labelled app=batch falls through to v1."""
+    write_yaml(config_dir / "vs.yaml", virtual_service("reviews", ["reviews"], [
+        {"match": [{"sourceLabels": {"app": "web"}, "sourceNamespace": "team-a"}],
+         "route": weighted("reviews", {"v2": 100})},
+        {"route": weighted("reviews", {"v1": 100})}]))
+    web, batch = ip(), ip()
+    envoy("web-1", file_cp.port, instance_ip=web, namespace="team-a", labels={"app": "web"})
+    envoy("batch-1", file_cp.port, instance_ip=batch, namespace="team-b",
+          labels={"app": "batch"})
+    host = "reviews.default.svc.cluster.local"
+    settles(web, host, "reviews-v2")
+    settles(batch, host, "reviews-v1")
+
+
+def test_export_to_dot_hides_a_virtual_service_from_another_namespace(
+        file_cp: Any, mesh: dict[str, str], envoy: Any, ip: Any, config_dir: Path) -> None:
+    """A VirtualService exported only to its own namespace sends reviews to ratings
+    there; a sidecar in team-b never sees it and gets the plain route to reviews."""
+    vs = virtual_service("reviews", ["reviews"], [
+        {"route": [{"destination": {"host": "ratings"}}]}])
+    vs["spec"]["exportTo"] = ["."]
+    write_yaml(config_dir / "vs.yaml", vs)
+    inside, outside = ip(), ip()
+    envoy("in-default", file_cp.port, instance_ip=inside, namespace="default")
+    envoy("in-team-b", file_cp.port, instance_ip=outside, namespace="team-b")
+    host = "reviews.default.svc.cluster.local"
+    settles(inside, host, "ratings-1")
+    wait_until(lambda: {pod_of(outside, host) for _ in range(40)} == {"reviews-v1",
+                                                                      "reviews-v2"},
+               10, what="team-b's sidecar on the plain route to both reviews pods")
+
+
+def test_sidecar_egress_hosts_hide_a_host(file_cp: Any, mesh: dict[str, str], envoy: Any,
+                                          ip: Any, config_dir: Path) -> None:
+    """A Sidecar selecting app=narrow imports reviews only: ratings answers 404 there
+    (no virtual host), while a sidecar it does not select still reaches ratings."""
+    write_yaml(config_dir / "sidecar.yaml", {
+        "apiVersion": ISTIO, "kind": "Sidecar",
+        "metadata": {"name": "narrow", "namespace": "default"},
+        "spec": {"workloadSelector": {"labels": {"app": "narrow"}},
+                 "egress": [{"hosts": ["default/reviews.default.svc.cluster.local"]}]}})
+    narrow, wide = ip(), ip()
+    envoy("narrow-1", file_cp.port, instance_ip=narrow, labels={"app": "narrow"})
+    envoy("wide-1", file_cp.port, instance_ip=wide, labels={"app": "wide"})
+    host = "ratings.default.svc.cluster.local"
+    settles(wide, host, "ratings-1")
+    wait_until(lambda: pod_of(narrow, "reviews").startswith("reviews-"), 10,
+               what="the narrow sidecar has its routes")
+    assert get(narrow, PORT, host)[0] == 404
