@@ -88,6 +88,7 @@ class MeshTranslation:
             self._route_bases = previous._route_bases
             self._route_entries = previous._route_entries
             self._variants = previous._variants
+            self._views = previous._views  # the same Scopes: the same views
 
     def group_key(self, type_url: str, proxy: ProxyView) -> Hashable:
         if type_url == types.LISTENER:
