@@ -106,6 +106,12 @@ def test_no_route_left_for_a_proxy_means_the_plain_route() -> None:
     assert routes_for(t, proxy())[REVIEWS] == [PLAIN]
 
 
+def test_no_route_left_on_a_port_means_the_plain_route_too() -> None:
+    t = MeshTranslation(mesh_of(*reviews_with_subsets(), virtual_service("reviews", ["reviews"], [
+        {"match": [{"port": 1234}], "route": to("v2")}])))
+    assert routes_for(t, proxy())[REVIEWS] == [PLAIN]
+
+
 def test_labels_and_namespace_come_from_node_metadata() -> None:
     p = proxy_view("sidecar-1", "", {"NAMESPACE": "team-a", "LABELS": {"app": "web"}})
     assert p.namespace == "team-a" and p.labels == frozenset({("app", "web")})

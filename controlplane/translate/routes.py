@@ -346,7 +346,7 @@ def service_routes(mesh: Mesh, service: Service, port: ServicePort, number: int,
     chosen = mesh.virtual_services.get(service.fqdn) if vs is _SHARED else vs
     if isinstance(chosen, VirtualService):
         routes = _vs_routes(mesh, chosen, number, keep)
-        if routes or keep is None:
+        if routes:
             return routes
     return [_default_route(cluster_name(port.port, service.fqdn),
                            _service_hash(mesh, service.fqdn, port.port))]
