@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.model.meta import Key
 from tests.harness import get, wait_until, write_yaml
 from tests.manifests import ISTIO, virtual_service, weighted
 from tests.test_e2e import PORT, mesh  # the end-to-end tests' reviews/ratings mesh
@@ -81,3 +82,23 @@ def test_sidecar_egress_hosts_hide_a_host(file_cp: Any, mesh: dict[str, str], en
     wait_until(lambda: pod_of(narrow, "reviews").startswith("reviews-"), 10,
                what="the narrow sidecar has its routes")
     assert get(narrow, PORT, host)[0] == 404
+
+
+def test_a_bad_rule_only_one_namespace_sees_is_rejected_before_any_proxy_gets_it(
+        file_cp: Any, mesh: dict[str, str], envoy: Any, ip: Any, config_dir: Path) -> None:
+    """A VirtualService exported to team-b only, with a header value Envoy refuses
+    (tests/test_isolation.py): the shared routes never hold it, yet it is checked and
+    rejected at publish time, and team-b's sidecar never receives it (the envoy fixture
+    fails the test on any rejected update)."""
+    bad = virtual_service("ratings-b", ["ratings.default.svc.cluster.local"], [
+        {"headers": {"response": {"set": {"x-served": "%NO_SUCH_VARIABLE%"}}},
+         "route": [{"destination": {"host": "reviews.default.svc.cluster.local"}}]}],
+        ns="team-b")
+    bad["spec"]["exportTo"] = ["."]
+    write_yaml(config_dir / "bad.yaml", bad)
+    key = Key("VirtualService", "team-b", "ratings-b")
+    wait_until(lambda: file_cp.run(lambda: key in file_cp.store.rejections), 10,
+               what="the team-b-only VirtualService rejected")
+    sidecar = ip()
+    envoy("in-team-b", file_cp.port, instance_ip=sidecar, namespace="team-b")
+    settles(sidecar, "ratings.default.svc.cluster.local", "ratings-1")
