@@ -10,6 +10,7 @@ one that fails is withheld and listed in `failures` for the push loop to act on.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -49,6 +50,15 @@ log = structlog.get_logger("controlplane.pipeline")
 
 # Checks the listener/route pairing at publish time on behalf of every proxy.
 PROBE = ProxyView(node_id="consistency-probe")
+
+
+@dataclass(frozen=True)
+class ListenerKey:
+    """The listener group key when views differ in their listeners: the bind address
+    and the view's namespace and Sidecar (labels matter to routes only)."""
+
+    bind_ip: str
+    view: RouteView
 
 
 class MeshTranslation:
@@ -92,16 +102,22 @@ class MeshTranslation:
 
     def group_key(self, type_url: str, proxy: ProxyView) -> Hashable:
         if type_url == types.LISTENER:
-            return proxy.bind_ip
+            if not self.mesh.scoping().scoped_listeners:
+                return proxy.bind_ip
+            view = self._view(proxy)  # TCP routes and chains differ by namespace, Sidecar
+            return ListenerKey(proxy.bind_ip, RouteView(view.namespace, sidecar=view.sidecar))
         if type_url == types.ROUTE:
             # The proxy's namespace plus only what the mesh's rules tell apart
             # (model/scoping.py): proxies with equal views share the bytes.
-            memo = (proxy.namespace, proxy.labels)
-            view = self._views.get(memo)
-            if view is None:
-                view = self._views[memo] = self.mesh.scoping().view(*memo)
-            return view
+            return self._view(proxy)
         return None
+
+    def _view(self, proxy: ProxyView) -> RouteView:
+        memo = (proxy.namespace, proxy.labels)
+        view = self._views.get(memo)
+        if view is None:
+            view = self._views[memo] = self.mesh.scoping().view(*memo)
+        return view
 
     def _unit(self, service: Service) -> tuple[list[Any], list[Any]]:
         fqdn = service.fqdn
@@ -173,8 +189,12 @@ class MeshTranslation:
 
     def _per_proxy(self, type_url: str, key: Hashable) -> list[Any]:
         if type_url == types.LISTENER:
+            if isinstance(key, ListenerKey):
+                bind_ip, choices = key.bind_ip, self.mesh.scoping().choices(key.view)
+            else:
+                bind_ip, choices = str(key), NO_CHOICES
             listeners, failure = checked(f"listeners for {key}", (),
-                                         lambda: build_listeners(self.mesh, str(key)))
+                                         lambda: build_listeners(self.mesh, bind_ip, choices))
             if failure is None:
                 return listeners
             # No object to blame (listeners come from Services alone): the group's last

@@ -263,3 +263,45 @@ def test_without_client_selecting_rules_every_namespace_is_one_view() -> None:
     a, b = (t.messages(types.ROUTE, t.group_key(types.ROUTE, proxy(ns)))[0].body
             for ns in ("team-a", "team-b"))
     assert a == b
+
+
+# -- TCP: listeners ----------------------------------------------------------------------
+
+def tcp_clusters(t: MeshTranslation, p: ProxyView) -> dict[int, list[str]]:
+    """Per listener port, the cluster of each TCP chain (default chain first)."""
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+    out: dict[int, list[str]] = {}
+    for listener in t.messages(types.LISTENER, t.group_key(types.LISTENER, p)):
+        chains = [listener.default_filter_chain, *listener.filter_chains]
+        for chain in chains:
+            for f in chain.filters:
+                if f.name == "envoy.filters.network.tcp_proxy":
+                    proxy_ = tcp_proxy_pb2.TcpProxy()
+                    f.typed_config.Unpack(proxy_)
+                    out.setdefault(listener.address.socket_address.port_value, []).append(
+                        proxy_.cluster)
+    return out
+
+
+def test_tcp_routes_follow_export_to_and_services_their_visibility() -> None:
+    db = service("db", 5432, port_name="tcp", cluster_ip="10.0.0.5")
+    replica = service("replica", 5432, port_name="tcp", cluster_ip="10.0.0.6")
+    replica["metadata"]["annotations"] = {"networking.istio.io/exportTo": "."}
+    vs = exported({"apiVersion": ISTIO, "kind": "VirtualService",
+                   "metadata": {"name": "db", "namespace": "default"},
+                   "spec": {"hosts": ["db"], "tcp": [{"route": [
+                       {"destination": {"host": "replica"}}]}]}}, ".")
+    t = MeshTranslation(mesh_of(db, replica, vs))
+    replica_cluster = "outbound|5432||replica.default.svc.cluster.local"
+    db_cluster = "outbound|5432||db.default.svc.cluster.local"
+    assert tcp_clusters(t, proxy("default")) == {5432: [replica_cluster, replica_cluster]}
+    assert tcp_clusters(t, proxy("team-b")) == {5432: [db_cluster]}
+    # Labels do not split listeners; namespaces do, as routes.
+    assert t.group_key(types.LISTENER, proxy("team-b", app="x")) == t.group_key(
+        types.LISTENER, proxy("team-b"))
+
+
+def test_listeners_stay_one_set_per_bind_address_without_scoping() -> None:
+    t = MeshTranslation(mesh_of(service("db", 5432, port_name="tcp"), service("web", 80)))
+    assert t.group_key(types.LISTENER, proxy("a")) == t.group_key(types.LISTENER, proxy("b"))
+    assert t.group_key(types.LISTENER, proxy("a")) == "0.0.0.0"
