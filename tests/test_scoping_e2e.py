@@ -10,7 +10,7 @@ import pytest
 
 from controlplane.model.meta import Key
 from tests.harness import get, wait_until, write_yaml
-from tests.manifests import ISTIO, virtual_service, weighted
+from tests.manifests import ISTIO, pod, service, virtual_service, weighted
 from tests.test_e2e import PORT, mesh  # the end-to-end tests' reviews/ratings mesh
 
 __all__ = ["mesh"]  # a fixture: pytest finds it here by name
@@ -114,3 +114,33 @@ def test_a_bad_rule_only_one_namespace_sees_is_rejected_before_any_proxy_gets_it
     sidecar = ip()
     envoy("in-team-b", file_cp.port, instance_ip=sidecar, namespace="team-b")
     settles(sidecar, "ratings.default.svc.cluster.local", "ratings-1")
+
+
+def test_a_private_tcp_route_applies_in_its_namespace_only(
+        file_cp: Any, config_dir: Path, ip: Any, upstream: Any, envoy: Any) -> None:
+    """A VirtualService exported to its own namespace sends db's connections to
+    db-next there; a sidecar in team-b keeps connecting to db (listeners follow the
+    view as routes do)."""
+    db, db_next = ip(), ip()
+    upstream(db, 18080, "db", "db-1")
+    upstream(db_next, 18080, "db-next", "db-next-1")
+    vs = {"apiVersion": ISTIO, "kind": "VirtualService",
+          "metadata": {"name": "db", "namespace": "default"},
+          "spec": {"hosts": ["db"], "exportTo": ["."], "tcp": [{"route": [
+              {"destination": {"host": "db-next", "port": {"number": 19433}}}]}]}}
+    write_yaml(config_dir / "mesh.yaml",
+               service("db", 19432, target=18080, port_name="tcp"),
+               service("db-next", 19433, target=18080, port_name="tcp"),
+               pod("db-1", db, {"app": "db"}), pod("db-next-1", db_next, {"app": "db-next"}),
+               vs)
+    inside, outside = ip(), ip()
+    envoy("tcp-default", file_cp.port, instance_ip=inside, namespace="default")
+    envoy("tcp-team-b", file_cp.port, instance_ip=outside, namespace="team-b")
+
+    def pod_at(sidecar: str) -> str:  # HTTP over the TCP proxy: the body says who answered
+        status, body = get(sidecar, 19432, "db")
+        return body["pod"] if isinstance(body, dict) else f"HTTP {status}"
+    wait_until(lambda: all(pod_at(inside) == "db-next-1" for _ in range(10)), 10,
+               what="default's sidecar sends db's connections to db-next")
+    wait_until(lambda: all(pod_at(outside) == "db-1" for _ in range(10)), 10,
+               what="team-b's sidecar keeps db's connections on db")
