@@ -31,8 +31,8 @@ def split_address(address: str, default_port: int) -> tuple[str, int]:
 
 def bootstrap(*, node_id: str, cluster: str = "", xds_address: str = "127.0.0.1:15010",
               admin_address: str = "127.0.0.1:15000", instance_ip: str = "",
-              namespace: str = "", delta: bool = False, locality: str = ""
-              ) -> dict[str, Any]:
+              namespace: str = "", delta: bool = False, locality: str = "",
+              labels: dict[str, str] | None = None) -> dict[str, Any]:
     xds_host, xds_port = split_address(xds_address, 15010)
     admin_host, admin_port = split_address(admin_address, 15000)
     metadata: dict[str, Any] = {}
@@ -40,6 +40,9 @@ def bootstrap(*, node_id: str, cluster: str = "", xds_address: str = "127.0.0.1:
         metadata["INSTANCE_IPS"] = instance_ip
     if namespace:
         metadata["NAMESPACE"] = namespace
+    if labels:
+        # Istio's node metadata: what sourceLabels and Sidecar selectors match.
+        metadata["LABELS"] = dict(labels)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     node: dict[str, Any] = {"id": node_id, "cluster": cluster or node_id, "metadata": metadata}
     if locality:  # "region/zone/subzone": what locality load balancing prefers

@@ -110,6 +110,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "that object's previous version is served again)")
 
 
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
 def _bootstrap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-id", required=True,
                    help="the proxy's name, as proxy-status shows it (required; a pod "
@@ -129,6 +136,9 @@ def _bootstrap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--locality", default="", metavar="REGION/ZONE/SUBZONE",
                    help="where the proxy runs (the node's locality): locality load "
                         "balancing prefers endpoints there (default: none)")
+    p.add_argument("--label", action="append", default=[], type=_label, metavar="KEY=VALUE",
+                   help="a label of the workload (repeatable): what VirtualService "
+                        "sourceLabels and Sidecar workloadSelectors match (default: none)")
     p.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
     p.add_argument("-o", "--output", default="-", metavar="FILE",
                    help="file to write (default: stdout)")
@@ -219,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = yaml.safe_dump(bootstrap(
             node_id=args.node_id, cluster=args.cluster, xds_address=args.xds_address,
             admin_address=args.admin_address, instance_ip=args.instance_ip,
-            namespace=args.namespace, delta=args.delta, locality=args.locality),
+            namespace=args.namespace, delta=args.delta, locality=args.locality,
+            labels=dict(args.label)),
             sort_keys=False)
         if args.output == "-":
             sys.stdout.write(text)

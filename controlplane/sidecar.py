@@ -69,7 +69,8 @@ class Envoy:
 
     def __init__(self, node_id: str, xds_port: int, instance_ip: str = "",
                  namespace: str = "", delta: bool = False, owned: bool = False,
-                 concurrency: int = 0, locality: str = "") -> None:
+                 concurrency: int = 0, locality: str = "",
+                 labels: dict[str, str] | None = None) -> None:
         """concurrency: worker threads (0: Envoy's default, one per core).
         owned: the process gets a process group of its own (a Ctrl-C at the terminal
         reaches only its owner, which stops it in order) and dies with its owner
@@ -84,7 +85,7 @@ class Envoy:
         self.config.write_text(yaml.safe_dump(bootstrap(
             node_id=node_id, xds_address=f"127.0.0.1:{xds_port}",
             admin_address=f"127.0.0.1:{self.admin_port}", instance_ip=instance_ip,
-            namespace=namespace, delta=delta, locality=locality)))
+            namespace=namespace, delta=delta, locality=locality, labels=labels)))
         self.log = self.dir / "envoy.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()

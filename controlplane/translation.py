@@ -14,6 +14,8 @@ those services (`locality_services`, translate/locality.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import structlog
@@ -22,7 +24,9 @@ from envoy.config.route.v3 import route_pb2
 
 from controlplane.model.mesh import Mesh
 from controlplane.model.proxy import ProxyView
+from controlplane.model.scoping import NO_CHOICES, RouteView, VsKey, vs_key
 from controlplane.model.service import Service, ServicePort
+from controlplane.model.virtual_service import HTTPMatch, VirtualService
 from controlplane.translate import (
     Failure,
     Place,
@@ -42,8 +46,10 @@ from controlplane.translate import (
     route_suspects,
     service_assignments,
     service_clusters,
+    service_routes,
     service_suspects,
     with_domains,
+    with_routes,
 )
 from controlplane.xds import types
 from controlplane.xds.cache import Serialized
@@ -53,6 +59,15 @@ log = structlog.get_logger("controlplane.pipeline")
 
 # Checks the listener/route pairing at publish time on behalf of every proxy.
 PROBE = ProxyView(node_id="consistency-probe")
+
+
+@dataclass(frozen=True)
+class ListenerKey:
+    """The listener group key when views differ in their listeners: the bind address
+    and the view's namespace and Sidecar (labels matter to routes only)."""
+
+    bind_ip: str
+    view: RouteView
 
 
 class MeshTranslation:
@@ -71,6 +86,10 @@ class MeshTranslation:
         self._route_bases: list[RouteBase] | None = None
         # Each virtual host's `virtual_hosts` entry, serialized once per set of bases.
         self._route_entries: dict[RouteHost, bytes] = {}
+        # Virtual hosts some proxies' views route otherwise (another VirtualService, a
+        # subset of its matches): (base host, VirtualService, matches taken) -> host.
+        self._variants: dict[tuple[RouteHost, VsKey | None, tuple[bool, ...]], RouteHost] = {}
+        self._views: dict[tuple[str, frozenset[tuple[str, str]]], RouteView] = {}
         # Units whose translation raised or broke Envoy's constraints: withheld (see
         # translate/guard.py), for the push loop to trace to an object and reject.
         self.failures: list[Failure] = []
@@ -87,6 +106,8 @@ class MeshTranslation:
         if previous is not None and not mesh.routes_changed:
             self._route_bases = previous._route_bases
             self._route_entries = previous._route_entries
+            self._variants = previous._variants
+            self._views = previous._views  # the same Scopes: the same views
         # Services whose load assignments depend on the proxy's locality (see
         # translate/locality.py), and their assignments per locality, built on demand;
         # both carried over for clean services like the units.
@@ -118,14 +139,26 @@ class MeshTranslation:
 
     def group_key(self, type_url: str, proxy: ProxyView) -> Hashable:
         if type_url == types.LISTENER:
-            return proxy.bind_ip
+            if not self.mesh.scoping().scoped_listeners:
+                return proxy.bind_ip
+            view = self._view(proxy)  # TCP routes and chains differ by namespace, Sidecar
+            return ListenerKey(proxy.bind_ip, RouteView(view.namespace, sidecar=view.sidecar))
         if type_url == types.ROUTE:
-            return proxy.namespace
+            # The proxy's namespace plus only what the mesh's rules tell apart
+            # (model/scoping.py): proxies with equal views share the bytes.
+            return self._view(proxy)
         if type_url == types.ENDPOINT and self.locality_services:
             # Only then do endpoints differ by where the proxy runs: each other
             # service's assignments stay the shared messages (and bytes).
             return place_of(proxy.locality, proxy.labels, self._priority_labels)
         return None
+
+    def _view(self, proxy: ProxyView) -> RouteView:
+        memo = (proxy.namespace, proxy.labels)
+        view = self._views.get(memo)
+        if view is None:
+            view = self._views[memo] = self.mesh.scoping().view(*memo)
+        return view
 
     def _unit(self, service: Service) -> tuple[list[Any], list[Any]]:
         fqdn = service.fqdn
@@ -168,12 +201,14 @@ class MeshTranslation:
         return self._local_units[key]
 
     def _guard_routes(self, service: Service, port: ServicePort, number: int,
-                      build: Callable[[], list[Any]]) -> list[Any]:
+                      build: Callable[[], list[Any]], vs: VirtualService | None = None
+                      ) -> list[Any]:
         routes, failure = checked(f"virtual host {service.fqdn}:{number}",
-                                  route_suspects(self.mesh, service), build)
+                                  route_suspects(self.mesh, service, vs), build)
         if failure is None:
             return routes
-        self.failures.append(failure)
+        if failure not in self.failures:  # a view's variant and the check of its rule
+            self.failures.append(failure)
         # Straight to the service's own cluster, which needs no object's help.
         fallback, _ = checked(failure.what, failure.suspects,
                               lambda: plain_routes(service, port))
@@ -189,6 +224,8 @@ class MeshTranslation:
                 self._unit(services[fqdn])
         self.messages(types.LISTENER, self.group_key(types.LISTENER, probe))
         self.messages(types.ROUTE, self.group_key(types.ROUTE, probe))
+        if self.mesh.routes_changed:
+            self._check_alternates()
 
     def messages(self, type_url: str, key: Hashable) -> list[Any]:
         memo_key = (type_url, key)
@@ -219,8 +256,12 @@ class MeshTranslation:
 
     def _per_proxy(self, type_url: str, key: Hashable) -> list[Any]:
         if type_url == types.LISTENER:
+            if isinstance(key, ListenerKey):
+                bind_ip, choices = key.bind_ip, self.mesh.scoping().choices(key.view)
+            else:
+                bind_ip, choices = str(key), NO_CHOICES
             listeners, failure = checked(f"listeners for {key}", (),
-                                         lambda: build_listeners(self.mesh, str(key)))
+                                         lambda: build_listeners(self.mesh, bind_ip, choices))
             if failure is None:
                 return listeners
             # No object to blame (listeners come from Services alone): the group's last
@@ -230,7 +271,74 @@ class MeshTranslation:
             return self._last_memo.get((type_url, key), [])
         if self._route_bases is None:  # shared by every namespace's configurations
             self._route_bases = route_bases(self.mesh, self._guard_routes)
-        return route_config_bodies(self._route_bases, str(key), self._route_entries)
+        assert isinstance(key, RouteView)
+        return route_config_bodies(self._route_bases, key.namespace, self._route_entries,
+                                   self._picker(key))
+
+    def _picker(self, view: RouteView) -> Callable[[RouteBase, RouteHost], RouteHost | None
+                                                   ] | None:
+        """What `view` makes of each shared virtual host: itself, a variant, or None
+        (hidden). None for a view that changes nothing."""
+        scopes = self.mesh.scoping()
+        choices = scopes.choices(view)
+        if choices is NO_CHOICES and not scopes.selects_clients:
+            return None
+        shared = self.mesh.virtual_services
+
+        def pick(base: RouteBase, host: RouteHost) -> RouteHost | None:
+            service = host.service
+            if service is None:
+                return host
+            fqdn = service.fqdn
+            if fqdn in choices.hidden:
+                return None
+            if host.pod:
+                return host
+            if fqdn in choices.overrides:
+                vs = choices.overrides[fqdn]
+            else:
+                vs = shared.get(fqdn)
+                if vs is None or not vs.selects_clients:
+                    return host
+            mask = tuple(scopes.takes(m, view) for r in vs.http for m in r.matches
+                         if m.selects_client) if vs is not None else ()
+            memo = (host, vs_key(vs) if vs is not None else None, mask)
+            variant = self._variants.get(memo)
+            if variant is None:
+                variant = self._variants[memo] = self._variant(base, host, vs, view)
+            return variant
+        return pick
+
+    def _variant(self, base: RouteBase, host: RouteHost, vs: VirtualService | None,
+                 view: RouteView) -> RouteHost:
+        """`host` routed by `vs` (None: straight to the service), with the matches
+        proxies of `view` take. Checked like the shared hosts; a failure falls back to
+        the plain route."""
+        assert host.service is not None and host.port is not None
+        service, port, scopes = host.service, host.port, self.mesh.scoping()
+
+        def keep(m: HTTPMatch) -> bool:
+            return not m.selects_client or scopes.takes(m, view)
+
+        routes = self._guard_routes(
+            service, port, base.port,
+            lambda: service_routes(self.mesh, service, port, base.port, vs, keep), vs)
+        vhost = with_routes(host.vhost, routes)
+        return RouteHost(host.namespace, host.short, vhost, service, port)
+
+    def _check_alternates(self) -> None:
+        """Build and check, once per set of bases, every VirtualService some view
+        routes by besides the shared ones (exportTo, Sidecars), with all its matches: a
+        view's variant is a subset of those routes, so failures surface here, where the
+        push loop can reject the object behind them."""
+        mesh = self.mesh
+        for fqdn, vs in mesh.scoping().alternates():
+            service = mesh.services[fqdn]
+            for port in service.ports:
+                if port.l7.is_http:
+                    self._guard_routes(service, port, port.port,
+                                       partial(service_routes, mesh, service, port,
+                                               port.port, vs), vs)
 
     def delta(self, type_url: str) -> tuple[list[Any], set[str]] | None:
         """For a shared type, what differs from the previous translation: the messages of
@@ -271,11 +379,14 @@ class MeshTranslation:
 
 
 def route_config_bodies(bases: list[RouteBase], namespace: str,
-                        entries: dict[RouteHost, bytes] | None = None) -> list[Serialized]:
+                        entries: dict[RouteHost, bytes] | None = None,
+                        pick: Callable[[RouteBase, RouteHost], RouteHost | None] | None = None
+                        ) -> list[Serialized]:
     """`route_configs(bases, namespace)` in wire form, byte for byte what serializing
     those messages gives (a test holds the two equal for every golden case): each
     virtual host is serialized once per set of bases (`entries` keeps them) and joined,
-    rather than copied into ten namespaces' messages and serialized ten times."""
+    rather than copied into ten namespaces' messages and serialized ten times. `pick`:
+    what a proxy's view makes of each host (a variant, or None to leave it out)."""
     if entries is None:
         entries = {}
     out = []
@@ -287,7 +398,10 @@ def route_config_bodies(bases: list[RouteBase], namespace: str,
         head = route_pb2.RouteConfiguration(name=name).SerializeToString()
         config.ClearField("name")
         parts = [head]
-        for host, extra in namespace_hosts(base, namespace):
+        for shared, extra in namespace_hosts(base, namespace):
+            host = pick(base, shared) if pick is not None else shared
+            if host is None:
+                continue
             if extra:
                 parts.append(_vhost_entry(with_domains(host.vhost, extra)))
             else:

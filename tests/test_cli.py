@@ -22,7 +22,7 @@ CLI = [sys.executable, "-m", "controlplane.cli"]
 
 
 @pytest.mark.parametrize("extra", [[], ["--instance-ip", "127.0.0.5", "--namespace", "prod"],
-                                   ["--delta"]])
+                                   ["--delta"], ["--label", "app=web", "--label", "v=2"]])
 def test_bootstrap_passes_envoy_validation(tmp_path: Path, extra: list[str]) -> None:
     out = tmp_path / "bootstrap.yaml"
     subprocess.run([*CLI, "bootstrap", "--node-id", "web-1", "--cluster", "web",
@@ -31,6 +31,8 @@ def test_bootstrap_passes_envoy_validation(tmp_path: Path, extra: list[str]) -> 
     assert doc["node"]["id"] == "web-1" and doc["node"]["cluster"] == "web"
     if "--instance-ip" in extra:
         assert doc["node"]["metadata"] == {"INSTANCE_IPS": "127.0.0.5", "NAMESPACE": "prod"}
+    if "--label" in extra:  # Istio's LABELS node metadata, a map
+        assert doc["node"]["metadata"] == {"LABELS": {"app": "web", "v": "2"}}
     result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(out)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -132,10 +132,10 @@ def test_an_object_that_makes_translation_raise_is_rejected_and_the_rest_served(
     gets its config, and the object is rejected by name."""
     real = routes._vs_routes
 
-    def buggy(mesh_: Any, vs: Any, port: int) -> Any:
+    def buggy(mesh_: Any, vs: Any, port: int, *rest: Any) -> Any:
         if vs.meta.name == "ratings":
             raise OverflowError("int too large to convert")  # what a 400-digit value did
-        return real(mesh_, vs, port)
+        return real(mesh_, vs, port, *rest)
 
     monkeypatch.setattr(routes, "_vs_routes", buggy)
     write_yaml(config_dir / "ratings.yaml", ratings_vs("good"))

@@ -109,9 +109,25 @@ def test_istio_api_versions_accepted() -> None:
 
 def test_unsupported_fields_are_warnings_not_silence() -> None:
     vs = parse_object(_vs([{"route": [{"destination": {"host": "a"}}],
-                            "match": [{"sourceLabels": {"app": "x"}}]}]))
-    assert vs.warnings == ("spec.http[0].match[0].sourceLabels: selects by the client proxy; "
-                           "not supported, the match ignores it",)
+                            "match": [{"statPrefix": "x"}]}]))
+    assert vs.warnings == ("spec.http[0].match[0].statPrefix: not supported, the match "
+                           "ignores it",)
+
+
+def test_client_selecting_match_fields_are_kept() -> None:
+    vs = parse_object({**_vs([{"route": [{"destination": {"host": "a"}}],
+                               "match": [{"sourceLabels": {"app": "x"},
+                                          "sourceNamespace": "team-a"},
+                                         {"gateways": ["mesh"]}]}]),
+                       })
+    first, second = vs.http[0].matches
+    assert first.source_labels == frozenset({("app", "x")})
+    assert first.source_namespace == "team-a" and first.selects_client
+    assert first.applies_to(frozenset({("app", "x"), ("v", "1")}), "team-a")
+    assert not first.applies_to(frozenset({("app", "x")}), "team-b")
+    assert not first.applies_to(frozenset(), "team-a")
+    assert second.gateways == ("mesh",) and second.applies_to(frozenset(), "any")
+    assert vs.warnings == ()
 
 
 def _tls_vs(hosts: list[str], match: dict[str, Any], gateways: list[str] | None = None

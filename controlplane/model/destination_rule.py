@@ -136,6 +136,7 @@ class DestinationRule:
     subsets: tuple[Subset, ...]
     traffic_policy: TrafficPolicy = TrafficPolicy()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    export_to: tuple[str, ...] = ()  # validated; not scoped (clusters are shared)
 
     def subset(self, name: str) -> Subset | None:
         return next((s for s in self.subsets if s.name == name), None)

@@ -41,6 +41,7 @@ from controlplane.model.istio_common import (
 )
 from controlplane.model.load_balancer_parse import parse_locality_lb, parse_warmup
 from controlplane.model.meta import parse_meta
+from controlplane.model.visibility import parse_export_to
 
 # Istio's simple load balancers, by the Envoy policy each becomes.
 SIMPLE_LB = {"UNSPECIFIED": "ROUND_ROBIN", "ROUND_ROBIN": "ROUND_ROBIN",
@@ -412,6 +413,11 @@ def parse_destination_rule(raw: dict[str, Any], errs: Errors) -> DestinationRule
     if "workloadSelector" in spec:
         warnings.append("spec.workloadSelector: not supported; the rule applies to every "
                         "sidecar")
+    export_to = parse_export_to(spec.get("exportTo"), meta.namespace, "spec.exportTo", errs)
+    if export_to and export_to != ("*",):
+        # Clusters are one set shared by every proxy: a rule cannot differ by namespace.
+        warnings.append("spec.exportTo: not scoped; clusters are shared by every proxy, so "
+                        "the rule applies in every namespace")
     subsets = []
     seen: set[str] = set()
     for i, s in enumerate(as_list(spec.get("subsets"), "spec.subsets", errs)):
@@ -437,4 +443,4 @@ def parse_destination_rule(raw: dict[str, Any], errs: Errors) -> DestinationRule
         meta=meta, host=host, subsets=tuple(subsets),
         traffic_policy=parse_traffic_policy(spec.get("trafficPolicy"), "spec.trafficPolicy",
                                             errs, warnings),
-        warnings=tuple(warnings))
+        warnings=tuple(warnings), export_to=export_to)

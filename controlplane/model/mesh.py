@@ -27,6 +27,7 @@ from controlplane.model.locality import join, locality_of_labels
 from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
 from controlplane.model.meta import Key
+from controlplane.model.scoping import Scopes, vs_key
 from controlplane.model.service import DOMAIN_SUFFIX, Protocol, Service
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import EndpointAddress, EndpointSlice, Pod
@@ -59,6 +60,20 @@ class Mesh:
     pod_hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Mesh-wide settings (Istio's MeshConfig); defaults when none is configured.
     config: MeshConfig = field(default_factory=MeshConfig)
+    # Who sees which VirtualService and Service (exportTo, Sidecars): per-proxy views
+    # of the routes. `virtual_services` holds the VirtualService every namespace gets
+    # unless its view says otherwise (model/scoping.py).
+    scopes: Scopes | None = None
+
+    def scoping(self) -> Scopes:
+        if self.scopes is None:  # a Mesh made by hand: everything public
+            object.__setattr__(self, "scopes", Scopes(
+                self.services, {h: [vs] for h, vs in self.virtual_services.items()}, (),
+                self.config, {vs_key(vs): tuple(self.resolve_host(h, vs.meta.namespace)
+                                                for h in vs.hosts)
+                              for vs in self.virtual_services.values()}))
+        assert self.scopes is not None
+        return self.scopes
 
     def resolve_host(self, host: str, namespace: str) -> str:
         """The FQDN a VirtualService/DestinationRule host means, Istio's way: a name
@@ -200,7 +215,7 @@ def _affected(index: MeshIndex, changes: Mapping[Key, object | None]
         if key.kind == "Service":
             affected.add((ns, key.name))
             routing = True
-        elif key.kind in ("VirtualService", "DestinationRule", "ConfigMap"):
+        elif key.kind in ("VirtualService", "DestinationRule", "Sidecar", "ConfigMap"):
             # The mesh config (outbound traffic policy, exportTo defaults) shapes listeners
             # and routes; clusters and endpoints do not depend on it.
             routing = True
@@ -221,11 +236,15 @@ def _affected(index: MeshIndex, changes: Mapping[Key, object | None]
 
 
 def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None = None,
-               changes: Mapping[Key, object | None] | None = None) -> Mesh:
+               changes: Mapping[Key, object | None] | None = None,
+               config: MeshConfig | None = None) -> Mesh:
     """The Mesh of `objects` (or of an index kept up to date). With the previous Mesh
     and the changes since it (key -> the object before), only what they can affect is
-    recomputed."""
+    recomputed. `config`: the mesh-wide settings, when not the index's (the `istio`
+    ConfigMap's, else defaults): for tests that build a Mesh directly."""
     index = objects if isinstance(objects, MeshIndex) else MeshIndex.of(objects)
+    if config is None:
+        config = index.mesh_config
     if previous is not None and changes is not None and not any(
             k.kind == "Service" for k in changes):
         services = previous.services  # the same services, in the same order
@@ -287,11 +306,12 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                     virtual_services=previous.virtual_services,
                     destination_rules=previous.destination_rules,
                     problems=previous.problems, dirty=frozenset(dirty), routes_changed=False,
-                    pod_hostnames=pod_hostnames, config=previous.config)
+                    pod_hostnames=pod_hostnames, config=config,
+                    scopes=previous.scopes)
 
     mesh = Mesh(services=services, endpoints=endpoints, virtual_services={},
-                destination_rules={}, config=index.mesh_config)
-    vs_by_host, dr_by_host, problems = _routing(mesh, index)
+                destination_rules={}, config=config)
+    vs_by_host, dr_by_host, problems, scopes = _routing(mesh, index)
     if incremental:
         assert previous is not None
         # A rule appearing, going or changing touches the clusters of its hosts.
@@ -301,7 +321,7 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
     return Mesh(services=services, endpoints=endpoints, virtual_services=vs_by_host,
                 destination_rules=dr_by_host, problems=tuple(problems),
                 dirty=frozenset(dirty) if incremental else None, routes_changed=True,
-                pod_hostnames=pod_hostnames, config=index.mesh_config)
+                pod_hostnames=pod_hostnames, config=config, scopes=scopes)
 
 
 def _tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[str]:
@@ -320,19 +340,46 @@ def _tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[str]:
 
 
 def _routing(mesh: Mesh, index: MeshIndex
-             ) -> tuple[dict[str, VirtualService], dict[str, DestinationRule], list[str]]:
+             ) -> tuple[dict[str, VirtualService], dict[str, DestinationRule], list[str],
+                        Scopes]:
     services = mesh.services
     problems: list[str] = []
-    vs_by_host: dict[str, VirtualService] = {}
+    # Every VirtualService naming each host, oldest first: which one a proxy gets
+    # depends on its namespace (exportTo) and Sidecar (model/scoping.py).
+    # Delegating routes replaced by their delegates' (model/delegate.py), once per root,
+    # before anything looks at a root's routes.
     delegates = {(v.meta.namespace, v.meta.name): v for v in index.virtual_services.values()
                  if v.is_delegate}
-    for vs in _oldest_first(v for v in index.virtual_services.values()
-                            if v.applies_to_sidecars and not v.is_delegate):
-        # Delegating routes replaced by their delegates' (model/delegate.py).
-        vs = merge_delegates(vs, delegates, mesh.resolve_host, problems,
+    roots = [merge_delegates(v, delegates, mesh.resolve_host, problems,
                              mesh.config.default_virtual_service_export_to)
+             for v in _oldest_first(v for v in index.virtual_services.values()
+                                    if v.applies_to_sidecars and not v.is_delegate)]
+    candidates: dict[str, list[VirtualService]] = defaultdict(list)
+    resolved: dict[tuple[str, str], tuple[str, ...]] = {}
+    for vs in roots:
+        resolved[vs_key(vs)] = tuple(mesh.resolve_host(h, vs.meta.namespace)
+                                     for h in vs.hosts)
+        for fqdn in resolved[vs_key(vs)]:
+            if fqdn in services and vs not in candidates[fqdn]:
+                candidates[fqdn].append(vs)
+    scopes = Scopes(services, dict(candidates), index.sidecars.values(), mesh.config,
+                    resolved)
+    vs_by_host: dict[str, VirtualService] = {}
+    exports = scopes.vs_export
+    for vs in roots:
         for host in vs.hosts:
             fqdn = mesh.resolve_host(host, vs.meta.namespace)
+            if fqdn in services and scopes.default.get(fqdn) is not vs:
+                # Not the host's shared VirtualService: some namespaces may still get it
+                # (exportTo); an older one visible to the same namespaces shadows it.
+                shadow = next((w for w in candidates[fqdn]
+                               if exports[vs_key(w)] == exports[vs_key(vs)]), vs)
+                if shadow is not vs:
+                    problems.append(
+                        f"VirtualService {vs.meta.namespace}/{vs.meta.name}: host {fqdn} is "
+                        f"already routed by the older VirtualService {shadow.meta.namespace}/"
+                        f"{shadow.meta.name}; this one is ignored for that host")
+                continue
             if fqdn in vs_by_host:
                 winner = vs_by_host[fqdn]
                 problems.append(
@@ -360,7 +407,8 @@ def _routing(mesh: Mesh, index: MeshIndex
             problems.append(f"DestinationRule {dr.meta.namespace}/{dr.meta.name}: host "
                             f"{dr.host!r} matches no service")
         dr_by_host[fqdn] = dr
-    for vs in dict.fromkeys(vs_by_host.values()):
+    in_force = [*vs_by_host.values(), *(vs for _, vs in scopes.alternates())]
+    for vs in dict.fromkeys(in_force):
         routes = [("http", i, r.route, "requests to it answer 503")
                   for i, r in enumerate(vs.http)]
         routes += [("tls", i, r.route, "connections to it are closed")
@@ -381,4 +429,4 @@ def _routing(mesh: Mesh, index: MeshIndex
                                       or not dr_by_host[fqdn].subset(dest.subset)):
                     problems.append(f"{where}.subset: subset {dest.subset!r} of {fqdn} is not "
                                     f"defined by a DestinationRule; {outcome} until it is")
-    return vs_by_host, dr_by_host, problems
+    return vs_by_host, dr_by_host, problems, scopes

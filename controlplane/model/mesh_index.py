@@ -14,6 +14,7 @@ from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.mesh_config import ConfigMap, MeshConfig
 from controlplane.model.meta import Key
 from controlplane.model.service import Service
+from controlplane.model.sidecar import Sidecar
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import Endpoints, EndpointSlice, Pod
 
@@ -31,6 +32,7 @@ class MeshIndex:
         self.endpoints: dict[ServiceId, Endpoints] = {}
         self.virtual_services: dict[ServiceId, VirtualService] = {}
         self.destination_rules: dict[ServiceId, DestinationRule] = {}
+        self.sidecars: dict[ServiceId, Sidecar] = {}
         self.slice_by_name: dict[ServiceId, EndpointSlice] = {}
         # Which services' slices or Endpoints name a pod (targetRef): a pod's labels feed
         # those services' subsets. Kept here, as objects change, and only here: building
@@ -53,6 +55,7 @@ class MeshIndex:
             "Service": self.services, "Endpoints": self.endpoints,
             "VirtualService": self.virtual_services,
             "DestinationRule": self.destination_rules,
+            "Sidecar": self.sidecars,
         }
         table = tables.get(key.kind)
         if table is not None:

@@ -12,6 +12,7 @@ from controlplane.model.istio_common import ISTIO_GROUP, ISTIO_VERSIONS
 from controlplane.model.mesh_config import ConfigMap, parse_config_map
 from controlplane.model.meta import Key, object_ref
 from controlplane.model.service import Service, parse_service
+from controlplane.model.sidecar import Sidecar, parse_sidecar
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.virtual_service_parse import parse_virtual_service
 from controlplane.model.workload import (
@@ -24,7 +25,7 @@ from controlplane.model.workload import (
 )
 
 Object = (Service | Pod | Endpoints | EndpointSlice | VirtualService | DestinationRule
-          | ConfigMap)
+          | ConfigMap | Sidecar)
 
 # kind -> (accepted apiVersions, parser)
 _KINDS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], Errors], Object]]] = {
@@ -39,6 +40,7 @@ _KINDS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], Errors], Obje
     # Only istio-system/istio, the mesh config (mesh_config.is_mesh_config_map): sources
     # pass other ConfigMaps by without a word.
     "ConfigMap": (("v1",), parse_config_map),
+    "Sidecar": (tuple(f"{ISTIO_GROUP}/{v}" for v in ISTIO_VERSIONS), parse_sidecar),
 }
 KINDS = tuple(_KINDS)
 

@@ -10,8 +10,10 @@ from typing import Any
 from controlplane.model.errors import Errors
 from controlplane.model.fields import as_int, as_labels, as_list, as_map, as_str
 from controlplane.model.meta import Meta, parse_meta
+from controlplane.model.visibility import service_export_to
 
 DOMAIN_SUFFIX = "svc.cluster.local"
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 
 
 class Protocol(enum.Enum):
@@ -83,6 +85,9 @@ class Service:
     headless: bool = False
     selector: frozenset[tuple[str, str]] | None = None  # None: endpoints are managed by hand
     publish_not_ready: bool = False
+    # The networking.istio.io/exportTo annotation's entries ("." "*" "~" or namespaces);
+    # empty: the mesh's default.
+    export_to: tuple[str, ...] = ()
 
     @property
     def fqdn(self) -> str:
@@ -138,6 +143,9 @@ def parse_service(raw: dict[str, Any], errs: Errors) -> Service:
     selector = None
     if selector_raw is not None and svc_type != "ExternalName":
         selector = as_labels(selector_raw, "spec.selector", errs) or None
+    annotations = as_map(as_map(raw.get("metadata"), "metadata", errs).get("annotations"),
+                         "metadata.annotations", errs)
+    export_to = annotations.get(EXPORT_TO_ANNOTATION)
     return Service(
         meta=meta,
         ports=tuple(ports),
@@ -145,4 +153,5 @@ def parse_service(raw: dict[str, Any], errs: Errors) -> Service:
         headless=headless,
         selector=selector,
         publish_not_ready=bool(spec.get("publishNotReadyAddresses", False)),
+        export_to=service_export_to(export_to) if isinstance(export_to, str) else (),
     )

@@ -9,11 +9,14 @@ what is validated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from controlplane.model.istio_common import StringMatch
 from controlplane.model.meta import Key, Meta
 
 # Istio's retryOn when a route's retries leave it out (Envoy policies, comma-separated).
+MESH_GATEWAY = "mesh"  # the gateway every sidecar belongs to
+
 ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled," \
                          "retriable-status-codes"
 
@@ -29,6 +32,23 @@ class HTTPMatch:
     ignore_uri_case: bool = False
     port: int | None = None
     name: str = ""  # Istio appends it to the route's name: "<route>.<match>"
+    # Who may take this match (Istio's sourceMatchHTTP): a proxy carrying these labels,
+    # in this namespace ("" any); `gateways`, when given, decide alone ("mesh" for a
+    # sidecar).
+    source_labels: frozenset[tuple[str, str]] = frozenset()
+    source_namespace: str = ""
+    gateways: tuple[str, ...] = ()
+
+    @property
+    def selects_client(self) -> bool:
+        """Whether the match depends on the proxy asking."""
+        return bool(self.source_labels or self.source_namespace or self.gateways)
+
+    def applies_to(self, labels: frozenset[tuple[str, str]], namespace: str) -> bool:
+        """Whether a sidecar with these labels in this namespace takes the match."""
+        if self.gateways:
+            return MESH_GATEWAY in self.gateways
+        return self.source_labels <= labels and self.source_namespace in ("", namespace)
 
 
 @dataclass(frozen=True)
@@ -209,3 +229,8 @@ class VirtualService:
         export = self.export_to or default
         return ("*" in export or namespace in export
                 or (namespace == self.meta.namespace and "." in export))
+
+    @cached_property
+    def selects_clients(self) -> bool:
+        """Whether some HTTP match depends on the proxy asking."""
+        return any(m.selects_client for route in self.http for m in route.matches)

@@ -9,10 +9,10 @@ gateway references, non-negative relative weights, one action per route, rewrite
 not with redirect...) and adds what Envoy would otherwise reject (RE2 regexes, header
 names, status ranges), so an object either passes whole, or is rejected
 naming every bad field and never reaches a proxy. Fields that select by the *client*
-proxy (sourceLabels, sourceNamespace, gateways in a match) are accepted with a warning and
-ignored: routes here are shared by every sidecar. A VirtualService without hosts is a
-delegate: HTTP routes only, reached through a root route's `delegate` (merged into the
-root by `delegate.py` when the Mesh is built).
+proxy (sourceLabels, sourceNamespace, gateways in a match) are kept for the translator,
+which gives proxies whose view differs route configurations of their own. A VirtualService
+without hosts is a delegate: HTTP routes only, reached through a root route's `delegate`
+(merged into the root by `delegate.py` when the Mesh is built).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from controlplane.model.fields import (
     as_bool,
     as_int,
     as_istio_duration,
+    as_labels,
     as_list,
     as_map,
     as_str,
@@ -45,7 +46,7 @@ from controlplane.model.istio_common import (
     parse_string_match,
     wildcard_domain_problem,
 )
-from controlplane.model.meta import DNS_LABEL, parse_meta
+from controlplane.model.meta import parse_meta
 from controlplane.model.route_policy_parse import (
     int_percent,
     parse_cors,
@@ -66,6 +67,11 @@ from controlplane.model.virtual_service import (
     TCPRoute,
     VirtualService,
     WeightedDestination,
+)
+from controlplane.model.visibility import (
+    check_labels,
+    is_dns1123_label,
+    parse_export_to,
 )
 
 
@@ -116,9 +122,10 @@ def _check_match_header(name: str, path: str, errs: Errors, gateway_bound: bool)
 
 
 _MATCH_FIELDS = {"name", "uri", "scheme", "method", "authority", "headers", "port",
-                 "queryParams", "ignoreUriCase", "withoutHeaders"}
-# Accepted with a warning: they select by the client proxy, and routes here are shared.
-_MATCH_IGNORED = {"sourceLabels", "gateways", "sourceNamespace", "statPrefix"}
+                 "queryParams", "ignoreUriCase", "withoutHeaders", "sourceLabels",
+                 "sourceNamespace", "gateways"}
+# Accepted with a warning: not translated.
+_MATCH_IGNORED = {"statPrefix"}
 
 
 def _optional_match(m: dict[str, Any], key: str, path: str, errs: Errors
@@ -135,11 +142,12 @@ def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str],
     m = as_map(raw, path, errs)
     reject_unknown_fields(m, _MATCH_FIELDS | _MATCH_IGNORED, path, errs)
     for key in sorted(set(m) & _MATCH_IGNORED, key=str):
-        warnings.append(f"{path}.{key}: selects by the client proxy; not supported, "
-                        "the match ignores it")
-    if "gateways" in m:
-        check_gateway_names(as_list(m["gateways"], f"{path}.gateways", errs),
-                            f"{path}.gateways", errs, warnings)
+        warnings.append(f"{path}.{key}: not supported, the match ignores it")
+    source_labels = as_labels(m.get("sourceLabels"), f"{path}.sourceLabels", errs)
+    check_labels(source_labels, f"{path}.sourceLabels", errs)
+    source_namespace = as_str(m.get("sourceNamespace"), f"{path}.sourceNamespace", errs)
+    if source_namespace and not is_dns1123_label(source_namespace):
+        errs.add(f"{path}.sourceNamespace", f"{source_namespace!r} is not a valid namespace")
     if "scheme" in m:
         _optional_match(m, "scheme", path, errs)
         warnings.append(f"{path}.scheme: not supported, the match ignores it")
@@ -161,6 +169,11 @@ def _parse_match(raw: Any, path: str, errs: Errors, warnings: list[str],
         ignore_uri_case=as_bool(m.get("ignoreUriCase"), f"{path}.ignoreUriCase", errs),
         port=port or None,  # 0 is the proto's "unset"
         name=as_str(m.get("name"), f"{path}.name", errs),
+        source_labels=source_labels,
+        source_namespace=source_namespace,
+        gateways=check_gateway_names(as_list(m["gateways"], f"{path}.gateways", errs),
+                                     f"{path}.gateways", errs, warnings)
+        if "gateways" in m else (),
     )
 
 
@@ -448,20 +461,6 @@ def parse_virtual_service(raw: dict[str, Any], errs: Errors) -> VirtualService:
         tcp=tcp,
         tls=tls,
         warnings=tuple(warnings),
-        export_to=_export_to(spec.get("exportTo"), errs),
+        export_to=parse_export_to(spec.get("exportTo"), meta.namespace, "spec.exportTo", errs),
     )
 
-
-def _export_to(raw: Any, errs: Errors) -> tuple[str, ...]:
-    """Istio's exportTo: "*", "." or namespace names, each once, "*" alone."""
-    out: list[str] = []
-    for i, e in enumerate(as_list(raw, "spec.exportTo", errs)):
-        value = as_str(e, f"spec.exportTo[{i}]", errs)
-        if value not in ("*", ".") and not DNS_LABEL.match(value):
-            errs.add(f"spec.exportTo[{i}]", f"{value!r} is not '*', '.' or a namespace")
-        elif value in out:
-            errs.add(f"spec.exportTo[{i}]", f"{value!r} is listed twice")
-        out.append(value)
-    if "*" in out and len(out) > 1:
-        errs.add("spec.exportTo", "'*' cannot be listed with other namespaces")
-    return tuple(out)

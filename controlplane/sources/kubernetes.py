@@ -1,6 +1,6 @@
 """Kubernetes as a source: Services, EndpointSlices (or Endpoints), Pods, Istio's
-VirtualServices and DestinationRules, and the mesh config (the `istio` ConfigMap of
-istio-system), mirrored into the store.
+VirtualServices, DestinationRules and Sidecars, and the mesh config (the `istio`
+ConfigMap of istio-system), mirrored into the store.
 
 One `Watcher` thread per collection (per namespace with --namespaces). Parsing happens
 in the watcher's thread; the store is only touched on the event loop. The source keeps
@@ -38,10 +38,17 @@ NAMESPACES = Collection("v1", "Namespace", "namespaces", namespaced=False)
 CONFIG_MAPS = Collection("v1", "ConfigMap", "configmaps")
 
 
-def istio_collections(version: str) -> list[Collection]:
+def istio_collections(version: str, served: frozenset[str] = frozenset({"sidecars"})
+                      ) -> list[Collection]:
+    """The Istio kinds to watch. Sidecars only where their CRD is served: a cluster
+    with this project's older CRDs has none, and a watcher that can never list would
+    hold up the initial sync."""
     api = f"{ISTIO_GROUP}/{version}"
-    return [Collection(api, "VirtualService", "virtualservices"),
-            Collection(api, "DestinationRule", "destinationrules")]
+    out = [Collection(api, "VirtualService", "virtualservices"),
+           Collection(api, "DestinationRule", "destinationrules")]
+    if "sidecars" in served:
+        out.append(Collection(api, "Sidecar", "sidecars"))
+    return out
 
 
 def _meta_key(kind: str, raw: dict[str, Any]) -> Key:
@@ -221,6 +228,11 @@ class KubernetesSource:
         served = {v.get("version") for v in group.get("versions", [])}
         return next((v for v in ISTIO_VERSIONS if v in served), None)
 
+    def istio_resources(self, version: str) -> frozenset[str]:
+        """The resources (plural names) the Istio group serves at `version`."""
+        listing = self.transport.get_json(f"/apis/{ISTIO_GROUP}/{version}")
+        return frozenset(str(r.get("name")) for r in listing.get("resources", []))
+
     async def _watch_istio(self) -> None:
         """A missing CRD is a condition, not a crash: the rest of the mesh is served and
         discovery is retried until the CRDs appear."""
@@ -228,21 +240,24 @@ class KubernetesSource:
         while not self.stop.is_set():
             try:
                 version = await asyncio.to_thread(self.istio_version)
+                served = (await asyncio.to_thread(self.istio_resources, version)
+                          if version is not None else frozenset())
             except Exception as exc:
                 log.warning("istio_discovery_failed", error=str(exc)[:300],
                             retry_in_s=self.crd_retry)
                 version = None
             else:
                 if version is not None:
-                    log.info("istio_api", group=ISTIO_GROUP, version=version)
-                    self._start_all(istio_collections(version))
+                    log.info("istio_api", group=ISTIO_GROUP, version=version,
+                             sidecars="sidecars" in served)
+                    self._start_all(istio_collections(version, served))
                     self._synced("istio")  # its watchers now stand for it
                     return
                 # Said once at warning level; the retries after it are routine.
                 (log.debug if reported else log.warning)(
                     "istio_crds_missing", group=ISTIO_GROUP, retry_in_s=self.crd_retry,
-                    effect="VirtualServices and DestinationRules are not watched until the "
-                           "CRDs are installed")
+                    effect="VirtualServices, DestinationRules and Sidecars are not watched "
+                           "until the CRDs are installed")
                 reported = True
             # Serve what there is meanwhile: the Istio kinds count as listed (empty).
             self._synced("istio")

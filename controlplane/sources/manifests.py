@@ -30,7 +30,7 @@ DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024  # ~35,000 objects of a typical size; a
 # not serve (yet): worth a warning that says so, not one that suggests a typo.
 NOT_SERVED_KINDS = frozenset({
     # Istio
-    "Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter",
+    "Gateway", "ServiceEntry", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter",
     "PeerAuthentication", "RequestAuthentication", "AuthorizationPolicy", "Telemetry",
     "ProxyConfig", "WasmPlugin",
     # Gateway API

@@ -29,7 +29,9 @@ from controlplane.translate.routes import (
     route_bases,
     route_config_shell,
     route_configs,
+    service_routes,
     with_domains,
+    with_routes,
 )
 
 __all__ = [
@@ -57,6 +59,8 @@ __all__ = [
     "route_suspects",
     "service_assignments",
     "service_clusters",
+    "service_routes",
     "service_suspects",
     "with_domains",
+    "with_routes",
 ]

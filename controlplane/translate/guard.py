@@ -17,6 +17,7 @@ from typing import Any
 from controlplane.model.mesh import Mesh
 from controlplane.model.meta import Key
 from controlplane.model.service import Service
+from controlplane.model.virtual_service import VirtualService
 from controlplane.translate.constraints import check
 
 
@@ -38,11 +39,14 @@ def service_suspects(mesh: Mesh, service: Service) -> tuple[Key, ...]:
     return tuple(dict.fromkeys([*([_key(rule)] if rule else []), _key(service)]))
 
 
-def route_suspects(mesh: Mesh, service: Service) -> tuple[Key, ...]:
-    """Behind a service's routes: its VirtualService, the delegates merged into it, the
-    DestinationRules whose hash policies its destinations take, then the Service."""
+def route_suspects(mesh: Mesh, service: Service, vs: VirtualService | None = None
+                   ) -> tuple[Key, ...]:
+    """Behind a service's routes: its VirtualService (the shared one unless given), the
+    delegates merged into it, the DestinationRules whose hash policies its destinations
+    take, then the Service."""
     keys: list[Key] = []
-    vs = mesh.virtual_services.get(service.fqdn)
+    if vs is None:
+        vs = mesh.virtual_services.get(service.fqdn)
     if vs is not None:
         keys.append(_key(vs))
         # The delegates whose routes were merged in (model/delegate.py).

@@ -15,6 +15,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import wrappers_pb2
 
 from controlplane.model.mesh import Mesh
+from controlplane.model.scoping import NO_CHOICES, HostChoices
 from controlplane.model.service import Protocol, Service, ServicePort
 from controlplane.translate.destinations import resolve_destination
 from controlplane.translate.names import cluster_name, listener_name, route_name
@@ -58,11 +59,14 @@ def _http_chain(bind_ip: str, port: int) -> listener_components_pb2.FilterChain:
     return listener_components_pb2.FilterChain(filters=[_filter(HCM_FILTER, hcm)])
 
 
-def _tcp_proxy(mesh: Mesh, service: Service, port: ServicePort) -> tcp_proxy_pb2.TcpProxy:
+def _tcp_proxy(mesh: Mesh, service: Service, port: ServicePort,
+               choices: HostChoices = NO_CHOICES) -> tcp_proxy_pb2.TcpProxy:
     """To the service's cluster, or where its VirtualService's first `tcp` route that
-    matches the port sends it."""
+    matches the port sends it (the one every namespace sees, unless the proxy's view
+    chose another: exportTo, Sidecar)."""
     default = cluster_name(port.port, service.fqdn)
-    vs = mesh.virtual_services.get(service.fqdn)
+    vs = (choices.overrides[service.fqdn] if service.fqdn in choices.overrides
+          else mesh.virtual_services.get(service.fqdn))
     route = next((r for r in vs.tcp if not r.ports or port.port in r.ports), None) if vs \
         else None
     dests = [d for d in route.route if d.weight > 0] if route else []
@@ -87,14 +91,18 @@ def _tcp_chain(proxy: tcp_proxy_pb2.TcpProxy, cluster_ip: str = ""
     return chain
 
 
-def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.Listener:
+def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str,
+                   choices: HostChoices = NO_CHOICES) -> listener_pb2.Listener | None:
+    """The port's listener; None when the view hides every service on it."""
+    tcp = [(s, p) for s, p in group.tcp if s.fqdn not in choices.hidden]
+    if not group.is_http and not tcp:
+        return None
     listener = listener_pb2.Listener(
         name=listener_name(bind_ip, group.port),
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
             address=bind_ip, port_value=group.port)),
         traffic_direction=2,  # OUTBOUND
     )
-    tcp = list(group.tcp)
     # TLS services are told apart by SNI (tls_routes.py), the others by cluster IP.
     tls = [(s, p) for s, p in tcp if p.l7 is Protocol.TLS]
     if group.is_http:
@@ -105,7 +113,8 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.L
         # (iptables-redirected traffic).
         service, port = tcp.pop(0)
         if port.l7 is not Protocol.TLS:
-            listener.default_filter_chain.CopyFrom(_tcp_chain(_tcp_proxy(mesh, service, port)))
+            listener.default_filter_chain.CopyFrom(_tcp_chain(_tcp_proxy(mesh, service, port,
+                                                                         choices)))
         elif (chain := default_chain(mesh, service, port)) is not None:
             listener.default_filter_chain.CopyFrom(chain)
     seen_ips: set[str] = set()
@@ -114,7 +123,7 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.L
                 service.cluster_ip not in seen_ips:
             seen_ips.add(service.cluster_ip)
             listener.filter_chains.append(
-                _tcp_chain(_tcp_proxy(mesh, service, port), service.cluster_ip))
+                _tcp_chain(_tcp_proxy(mesh, service, port, choices), service.cluster_ip))
     if tls:
         listener.listener_filters.append(tls_inspector())
         # As Istio: a client that sends nothing first (a server-first protocol on a TCP
@@ -124,8 +133,12 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str) -> listener_pb2.L
     return listener
 
 
-def build_listeners(mesh: Mesh, bind_ip: str) -> list[listener_pb2.Listener]:
-    return [build_listener(mesh, g, bind_ip) for g in port_groups(mesh).values()]
+def build_listeners(mesh: Mesh, bind_ip: str, choices: HostChoices = NO_CHOICES
+                    ) -> list[listener_pb2.Listener]:
+    """Every port's listener, for proxies binding `bind_ip` whose view makes `choices`
+    (which services' TCP chains they lose, which VirtualService routes their TCP)."""
+    listeners = (build_listener(mesh, g, bind_ip, choices) for g in port_groups(mesh).values())
+    return [listener for listener in listeners if listener is not None]
 
 
 def route_names(listener: listener_pb2.Listener) -> list[str]:

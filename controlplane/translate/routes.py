@@ -266,11 +266,18 @@ def _route_action(mesh: Mesh, vs: VirtualService, route: HTTPRoute, port: int,
     return action
 
 
-def _vs_routes(mesh: Mesh, vs: VirtualService, port: int) -> list[rc.Route]:
+# Which matches the asking proxy takes (sourceLabels, sourceNamespace, gateways);
+# None: all of them.
+MatchFilter = Callable[[HTTPMatch], bool] | None
+
+
+def _vs_routes(mesh: Mesh, vs: VirtualService, port: int, keep: MatchFilter = None
+               ) -> list[rc.Route]:
     routes = []
     for i, http in enumerate(vs.http):
         matches: list[HTTPMatch | None] = (
-            [m for m in http.matches if m.port in (None, port)] if http.matches else [None])
+            [m for m in http.matches if m.port in (None, port) and (keep is None or keep(m))]
+            if http.matches else [None])
         for m in matches:
             name = http.name or f"{vs.meta.namespace}.{vs.meta.name}.{i}"
             if m is not None and m.name:  # istiod's naming: "<route>.<match>"
@@ -314,6 +321,10 @@ class RouteHost:
     namespace: str
     short: str  # the alias only proxies of `namespace` get ("" for none)
     vhost: rc.VirtualHost  # without it: shared by every namespace
+    # What it routes for: a proxy's view may hide it or route it otherwise.
+    service: Service | None = None
+    port: ServicePort | None = None
+    pod: bool = False  # a headless service's per-pod host (straight to the pod)
 
 
 @dataclass
@@ -326,7 +337,8 @@ class RouteBase:
     used: set[str] = field(default_factory=set)  # the domains the base already holds
 
     def add(self, namespace: str, fqdn: str, aliases: list[str], short: str,
-            routes: list[rc.Route]) -> None:
+            routes: list[rc.Route], service: Service | None = None,
+            port: ServicePort | None = None, pod: bool = False) -> None:
         vhost = rc.VirtualHost(name=virtual_host_name(fqdn, self.port))
         for alias in aliases:
             # A domain twice in one route configuration makes Envoy reject all of it:
@@ -336,15 +348,24 @@ class RouteBase:
                     self.used.add(domain)
                     vhost.domains.append(domain)
         vhost.routes.extend(routes)
-        self.hosts.append(RouteHost(namespace, short, vhost))
+        self.hosts.append(RouteHost(namespace, short, vhost, service, port, pod))
 
 
-def service_routes(mesh: Mesh, service: Service, port: ServicePort, number: int
+_SHARED = object()  # service_routes: the VirtualService every namespace shares
+
+
+def service_routes(mesh: Mesh, service: Service, port: ServicePort, number: int,
+                   vs: VirtualService | object | None = _SHARED, keep: MatchFilter = None
                    ) -> list[rc.Route]:
-    """A service port's routes: its VirtualService's, else straight to its cluster."""
-    vs = mesh.virtual_services.get(service.fqdn)
-    if vs is not None:
-        return _vs_routes(mesh, vs, number)
+    """A service port's routes: its VirtualService's (the shared one unless `vs` says
+    which, or None for none; only the matches `keep` takes), else straight to its
+    cluster — also when no route of the VirtualService is left for the proxy, as in
+    Istio."""
+    chosen = mesh.virtual_services.get(service.fqdn) if vs is _SHARED else vs
+    if isinstance(chosen, VirtualService):
+        routes = _vs_routes(mesh, chosen, number, keep)
+        if routes:
+            return routes
     return [_default_route(cluster_name(port.port, service.fqdn),
                            _service_hash(mesh, service.fqdn, port.port))]
 
@@ -371,11 +392,13 @@ def route_bases(mesh: Mesh, guard: RouteGuard | None = None) -> list[RouteBase]:
             build = partial(service_routes, mesh, service, port, number)
             routes = guard(service, port, number, build) if guard is not None else build()
             ns = service.meta.namespace
-            base.add(ns, service.fqdn, host_aliases(service), short_alias(service), routes)
+            base.add(ns, service.fqdn, host_aliases(service), short_alias(service), routes,
+                     service, port)
             for pod_fqdn, _ in pod_hosts(mesh, service, port):
                 base.add(ns, pod_fqdn, pod_aliases(pod_fqdn, service),
                          pod_short_alias(pod_fqdn, service),
-                         [_default_route(cluster_name(port.port, pod_fqdn))])
+                         [_default_route(cluster_name(port.port, pod_fqdn))], service, port,
+                         pod=True)
         if CATCH_ALL_DOMAIN not in base.used:  # any other Host: the outbound traffic policy
             base.used.add(CATCH_ALL_DOMAIN)
             base.hosts.append(RouteHost("", "", catch_all_virtual_host(
@@ -402,6 +425,13 @@ def with_domains(vhost: rc.VirtualHost, extra: list[str]) -> rc.VirtualHost:
     out = rc.VirtualHost()
     out.CopyFrom(vhost)
     out.domains.extend(extra)
+    return out
+
+
+def with_routes(vhost: rc.VirtualHost, routes: list[rc.Route]) -> rc.VirtualHost:
+    """A copy of `vhost` (name, domains) with these routes instead of its own."""
+    out = rc.VirtualHost(name=vhost.name, domains=vhost.domains)
+    out.routes.extend(routes)
     return out
 
 
