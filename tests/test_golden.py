@@ -107,7 +107,8 @@ def validation_bootstrap(out: dict[str, list[Any]]) -> dict[str, Any]:
 def envoy_rejections() -> dict[int, str]:
     """Case index -> Envoy's message, for each case Envoy rejects (one run if none)."""
     statics = [to_static(i, translate_case(case)[0]) for i, case in enumerate(CASES)]
-    return Validator(envoy_binary()).rejected(statics)
+    # From the checkout's root, where the cases' certificate paths are relative to.
+    return Validator(envoy_binary(), cwd=GOLDEN.parent.parent).rejected(statics)
 
 
 @pytest.mark.e2e

@@ -1,13 +1,15 @@
 """From a Kubernetes-shaped dict to a DestinationRule, or errors naming every bad field:
 subsets and traffic policies, checked as Istio checks them (durations in whole
 milliseconds, prime Maglev table sizes, one hash key...). Fields this control plane does
-not translate (TLS, locality, tunnels...) are accepted with a warning.
+not translate (locality, tunnels...) are accepted with a warning; client TLS is translated,
+except ISTIO_MUTUAL, which is refused (it needs the mesh's own certificates).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from controlplane.model.client_tls_parse import parse_client_tls
 from controlplane.model.destination_rule import (
     ConnectionPool,
     ConsistentHash,
@@ -205,7 +207,7 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
     known = {"loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings",
              "tunnel", "proxyProtocol", "retryBudget"}
     reject_unknown_fields(tp, known, path, errs)
-    for key in ("tls", "tunnel", "proxyProtocol", "retryBudget"):
+    for key in ("tunnel", "proxyProtocol", "retryBudget"):
         if key in tp:
             warnings.append(f"{path}.{key}: not supported; ignored")
     ports = []
@@ -223,7 +225,7 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
             inner = parse_traffic_policy({k: v for k, v in p.items() if k != "port"}, ppath,
                                          errs, warnings, port_level=False)
             ports.append(PortPolicy(number or 0, inner.load_balancer, inner.connection_pool,
-                                    inner.outlier_detection))
+                                    inner.outlier_detection, inner.tls))
     elif "portLevelSettings" in tp:
         errs.add(f"{path}.portLevelSettings", "cannot be nested")
     return TrafficPolicy(
@@ -233,6 +235,7 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
                                          warnings) if "connectionPool" in tp else None,
         outlier_detection=_outlier(tp["outlierDetection"], f"{path}.outlierDetection", errs,
                                    warnings) if "outlierDetection" in tp else None,
+        tls=parse_client_tls(tp["tls"], f"{path}.tls", errs) if "tls" in tp else None,
         port_level=tuple(ports),
     )
 

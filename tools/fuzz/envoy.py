@@ -106,8 +106,10 @@ _ERROR = re.compile(r"error initializing configuration '[^']*': (.*)", re.S)
 class Validator:
     """Runs `envoy --mode validate`; counts runs so the report can say what it cost."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, cwd: Path | None = None) -> None:
         self.binary = binary or envoy_binary()
+        # Where relative file names in the config (certificates) are found.
+        self.cwd = cwd
         self.runs = 0
         self._dir = Path(tempfile.mkdtemp(prefix="fuzz-envoy-"))
 
@@ -118,7 +120,7 @@ class Validator:
         config.write_text(json.dumps(bootstrap(batch)))
         result = subprocess.run([self.binary, "--mode", "validate", "-l", "critical",
                                  "-c", str(config)],
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120, cwd=self.cwd)
         if result.returncode == 0:
             return None
         out = result.stdout + result.stderr
