@@ -42,7 +42,7 @@ def test_mode_defaults_to_disable_as_in_istio() -> None:
     {"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem",
      "insecureSkipVerify": True},
     # DISABLE ignores the rest, as Istio does.
-    {"mode": "DISABLE", "clientCertificate": "/c.pem"},
+    {"mode": "DISABLE", "clientCertificate": "/c.pem", "credentialName": "c"},
 ])
 def test_what_istio_accepts(tls: dict[str, Any]) -> None:
     assert rule({"trafficPolicy": {"tls": tls}}).traffic_policy.tls is not None

@@ -390,6 +390,18 @@ def _maglev(size: int) -> Callable[[dict[str, list[Any]]], None]:
     return edit
 
 
+def _tls(sans: tuple[str, ...]) -> Callable[[dict[str, list[Any]]], None]:
+    def edit(out: dict[str, list[Any]]) -> None:
+        from controlplane.model.destination_rule import ClientTls
+        from controlplane.model.service import ServicePort
+        from controlplane.translate.upstream_tls import transport_socket
+        socket = transport_socket(ClientTls("SIMPLE", sni="a", subject_alt_names=sans),
+                                  ServicePort(name="http", port=80, target_port=80))
+        assert socket is not None
+        out[types.CLUSTER][0].transport_socket.CopyFrom(socket)
+    return edit
+
+
 # (name, the edit Envoy rejects, the same edit fixed)
 AGREEMENT = [
     ("regex-extended-flag", _set_regex("(?x)/a b"), _set_regex("/ab")),
@@ -413,6 +425,7 @@ AGREEMENT = [
     ("connect-timeout-zero", _connect_timeout(0), _connect_timeout(1)),
     ("direct-response-over-4KiB", _body(4097), _body(4096)),
     ("maglev-not-prime", _maglev(65536), _maglev(65537)),
+    ("san-check-with-system-roots", _tls(("a",)), _tls(())),
 ]
 
 

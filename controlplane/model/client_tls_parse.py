@@ -6,7 +6,6 @@ and accepting it would send plaintext where the user asked for mutual TLS.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from controlplane.model.destination_rule import ClientTls
@@ -23,11 +22,6 @@ from controlplane.model.fields import (
 MODES = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
 _FIELDS = {"mode", "clientCertificate", "privateKey", "caCertificates", "credentialName",
            "subjectAltNames", "sni", "insecureSkipVerify", "caCrl"}
-# credentialName forms we serve: `name` or `kubernetes://name`, a Secret in the proxy's
-# namespace, and `kubernetes://namespace/name` (served only to proxies in that namespace,
-# as Istio's SDS does for sidecars).
-KUBERNETES_SCHEME = "kubernetes://"
-_OTHER_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
 def parse_client_tls(raw: Any, path: str, errs: Errors) -> ClientTls:
@@ -39,7 +33,7 @@ def parse_client_tls(raw: Any, path: str, errs: Errors) -> ClientTls:
     if mode == "ISTIO_MUTUAL":
         errs.add(f"{path}.mode", "ISTIO_MUTUAL needs workload certificates from the mesh's "
                  "own CA, which this control plane does not issue yet; use SIMPLE or "
-                 "MUTUAL with your own certificates (files or credentialName)")
+                 "MUTUAL with your own certificate files")
     files = {key: as_str(tls.get(key), f"{path}.{key}", errs)
              for key in ("clientCertificate", "privateKey", "caCertificates", "caCrl")}
     credential = as_str(tls.get("credentialName"), f"{path}.credentialName", errs)
@@ -51,9 +45,11 @@ def parse_client_tls(raw: Any, path: str, errs: Errors) -> ClientTls:
         else:
             sans.append(san)
     skip = as_bool(tls.get("insecureSkipVerify"), f"{path}.insecureSkipVerify", errs)
-    if credential:
-        _check_credential_name(credential, f"{path}.credentialName", errs)
-        errs.add(f"{path}.credentialName", "not supported yet; use certificate files")
+    if credential and mode in ("SIMPLE", "MUTUAL"):
+        # Refused rather than ignored: ignoring it would send plaintext or present no
+        # client certificate where the user asked for one.
+        errs.add(f"{path}.credentialName", "certificates from a Kubernetes Secret are not "
+                 "served yet; use clientCertificate, privateKey and caCertificates files")
     # Istio's rules, in its order.
     if skip and mode == "SIMPLE" and (files["caCertificates"] or credential
                                       or "subjectAltNames" in tls):
@@ -79,19 +75,3 @@ def parse_client_tls(raw: Any, path: str, errs: Errors) -> ClientTls:
         credential_name=credential, subject_alt_names=tuple(sans),
         sni=as_str(tls.get("sni"), f"{path}.sni", errs), insecure_skip_verify=skip)
 
-
-def sds_name(credential_name: str) -> str:
-    """The SDS resource name for a credentialName, as Istio names it."""
-    if credential_name.startswith(KUBERNETES_SCHEME):
-        return credential_name
-    return KUBERNETES_SCHEME + credential_name
-
-
-def _check_credential_name(name: str, path: str, errs: Errors) -> None:
-    if _OTHER_SCHEME.match(name) and not name.startswith(KUBERNETES_SCHEME):
-        errs.add(path, f"{name!r}: only Kubernetes Secrets (name or kubernetes://...) are "
-                 "served; ConfigMap, external SDS and gateway credentials are not")
-        return
-    rest = sds_name(name).removeprefix(KUBERNETES_SCHEME)
-    if not rest or rest.count("/") > 1 or "" in rest.split("/"):
-        errs.add(path, f"{name!r} is not name, namespace/name or kubernetes://name")

@@ -60,8 +60,9 @@ class OutlierDetection:
 @dataclass(frozen=True)
 class ClientTls:
     """Istio's ClientTLSSettings, as validated: how the proxy originates TLS upstream.
-    File paths are read by each Envoy on its own host; `credential_name` names a
-    Kubernetes Secret in the proxy's namespace, delivered over SDS."""
+    File paths are read by each Envoy on its own host. `credential_name` (a Kubernetes
+    Secret) is refused at validation until SDS serves Secrets; it is kept for Istio's
+    combination rules."""
 
     mode: str  # DISABLE, SIMPLE or MUTUAL (ISTIO_MUTUAL is rejected at parse time)
     client_certificate: str = ""
