@@ -27,6 +27,7 @@ from controlplane.translate import (
     checked,
     namespace_hosts,
     plain_routes,
+    proxy_secrets,
     route_bases,
     route_config_shell,
     route_names,
@@ -82,7 +83,7 @@ class MeshTranslation:
     def group_key(self, type_url: str, proxy: ProxyView) -> Hashable:
         if type_url == types.LISTENER:
             return proxy.bind_ip
-        if type_url == types.ROUTE:
+        if type_url in (types.ROUTE, types.SECRET):
             return proxy.namespace
         return None
 
@@ -139,6 +140,9 @@ class MeshTranslation:
             units = [self._unit(s) for s in self.mesh.services.values()]
             part = 0 if type_url == types.CLUSTER else 1
             out: list[Any] = [m for unit in units for m in unit[part]]
+        elif type_url == types.SECRET:
+            # Few, and cheap to assemble (their messages are memoized): built afresh.
+            out = self._secrets(str(key))
         elif not self.mesh.routes_changed and memo_key in self._last_memo:
             out = self._last_memo[memo_key]
         else:
@@ -149,6 +153,16 @@ class MeshTranslation:
                 out = self._last_memo.get(memo_key, [])
         self._memo[memo_key] = out
         return out
+
+    def _secrets(self, namespace: str) -> list[Any]:
+        secrets, failure = checked(f"secrets for namespace {namespace}", (),
+                                   lambda: proxy_secrets(self.mesh, namespace))
+        if failure is None:
+            return secrets
+        # Secrets come from Kubernetes, not from an object a rejection could fix: the
+        # namespace's last good set, reported.
+        log.error("unit_withheld", unit=failure.what, by=failure.by, reason=failure.reason)
+        return self._last_memo.get((types.SECRET, namespace), [])
 
     def _per_proxy(self, type_url: str, key: Hashable) -> list[Any]:
         if type_url == types.LISTENER:

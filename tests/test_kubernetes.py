@@ -182,6 +182,35 @@ def test_mirror_follows_creates_updates_deletes_and_rejects_bad_objects(
         plane.stop()
 
 
+def test_secrets_are_mirrored_with_their_certificate_keys_only(api: Any, ns: str) -> None:
+    """For DestinationRule credentialName: Secrets are watched (every type but
+    service-account tokens) and only the keys Istio reads are kept."""
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(ns, {
+        "metadata": {"name": "bank-client"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA",
+                       "password": "not for us"}})
+    plane = kube_plane(api, namespaces=frozenset({ns}))
+    try:
+        wait_until(lambda: plane.run(lambda: plane.store.synced), 30, what="initial sync")
+        listed = stored(plane, "Secret", ns, "bank-client")
+        assert listed is not None and listed.type == "kubernetes.io/tls"
+        assert dict(listed.data) == {"tls.crt": b"CERT", "tls.key": b"KEY", "ca.crt": b"CA"}
+        assert "KEY" not in repr(listed)
+        core.create_namespaced_secret(ns, {"metadata": {"name": "shop-ca-cacert"},
+                                           "type": "Opaque", "stringData": {"cacert": "CA2"}})
+        wait_until(lambda: stored(plane, "Secret", ns, "shop-ca-cacert"), 10,
+                   what="a created Opaque Secret mirrored")
+        core.patch_namespaced_secret("bank-client", ns, {"stringData": {"tls.key": "KEY2"}})
+        wait_until(lambda: stored(plane, "Secret", ns, "bank-client").get("tls.key")
+                   == b"KEY2", 10, what="update mirrored")
+        core.delete_namespaced_secret("bank-client", ns)
+        wait_until(lambda: stored(plane, "Secret", ns, "bank-client") is None, 10,
+                   what="delete mirrored")
+    finally:
+        plane.stop()
+
+
 def test_revision_serves_only_labelled_namespaces(api: Any) -> None:
     core = client.CoreV1Api(api)
     blue, green = (f"t-{c}-{uuid.uuid4().hex[:6]}" for c in ("blue", "green"))

@@ -5,6 +5,7 @@ client certificate, a wrong SAN refused, no `sni` taking the request's host, DIS
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,50 @@ def test_simple_mutual_and_disable_with_real_tls_upstreams(
     write_yaml(config_dir / "mesh.yaml", *docs, wrong_rule)
     wait_until(lambda: get(sidecar, PORT, "wrongsan")[0] == 200, 15,
                what="wrongsan accepted with the right SAN")
+
+
+def secret(name: str, data: dict[str, Path], ns: str = "default") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": ns},
+            "data": {k: base64.b64encode(p.read_bytes()).decode() for k, p in data.items()}}
+
+
+def test_credential_name_certificates_arrive_over_sds(
+        file_cp: ControlPlane, config_dir: Path, envoy: Any, ip: Any, ca: TestCa,
+        tls_upstream: Callable[..., TlsUpstream]) -> None:
+    ips = {name: ip() for name in ("bank", "shop")}
+    client = ca.issue("sds-client", client=True)
+    tls_upstream(ips["bank"], TARGET, ca.issue("bank", dns=("bank.example.com",)),
+                 client_ca=ca.path)
+    tls_upstream(ips["shop"], TARGET, ca.issue("shop", dns=("shop.example.com",)))
+    other_ca = TestCa(ca.directory / "other", "other-ca")
+    docs = [doc for name, addr in ips.items() for doc in backend(name, addr)]
+    docs += [
+        # MUTUAL: certificate, key and CA in one kubernetes.io/tls Secret.
+        secret("bank-client", {"tls.crt": client.cert, "tls.key": client.key,
+                               "ca.crt": ca.path}),
+        rule("bank", {"mode": "MUTUAL", "credentialName": "bank-client",
+                      "sni": "bank.example.com", "subjectAltNames": ["bank.example.com"]}),
+        # SIMPLE: the CA alone, from the `-cacert` Secret, Istio's generic key.
+        secret("shop-ca-cacert", {"cacert": ca.path}),
+        rule("shop", {"mode": "SIMPLE", "credentialName": "kubernetes://shop-ca",
+                      "sni": "shop.example.com"}),
+        # The same name in another namespace, with a CA that would refuse the server:
+        # a proxy in `default` is never sent it.
+        secret("shop-ca-cacert", {"cacert": other_ca.path}, ns="elsewhere"),
+    ]
+    write_yaml(config_dir / "mesh.yaml", *docs)
+    sidecar = ip()
+    envoy("tls-sds", file_cp.port, instance_ip=sidecar)
+    wait_until(lambda: get(sidecar, PORT, "bank")[0] == 200, 15, what="bank over SDS mTLS")
+    status, body = get(sidecar, PORT, "bank")
+    assert status == 200 and body["client"] == "sds-client", body
+    status, body = get(sidecar, PORT, "shop")
+    assert status == 200 and body["client"] is None, (status, body)
+
+    # A rotated CA Secret reaches Envoy over SDS alone: the server is no longer trusted.
+    docs[-2] = secret("shop-ca-cacert", {"cacert": other_ca.path})
+    write_yaml(config_dir / "mesh.yaml", *docs)
+    wait_until(lambda: get(sidecar, PORT, "shop")[0] == 503, 15,
+               what="shop refused once its CA Secret changed")
+    assert get(sidecar, PORT, "bank")[0] == 200

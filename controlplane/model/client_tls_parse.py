@@ -6,6 +6,7 @@ and accepting it would send plaintext where the user asked for mutual TLS.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from controlplane.model.destination_rule import ClientTls
@@ -22,6 +23,11 @@ from controlplane.model.fields import (
 MODES = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
 _FIELDS = {"mode", "clientCertificate", "privateKey", "caCertificates", "credentialName",
            "subjectAltNames", "sni", "insecureSkipVerify", "caCrl"}
+# credentialName forms served: `name` or `kubernetes://name` (a Secret in the proxy's
+# namespace), and `ns/name` or `kubernetes://ns/name` (served only to proxies in `ns`,
+# as Istio's SDS does for sidecars).
+KUBERNETES_SCHEME = "kubernetes://"
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
 def parse_client_tls(raw: Any, path: str, errs: Errors) -> ClientTls:
@@ -33,7 +39,7 @@ def parse_client_tls(raw: Any, path: str, errs: Errors) -> ClientTls:
     if mode == "ISTIO_MUTUAL":
         errs.add(f"{path}.mode", "ISTIO_MUTUAL needs workload certificates from the mesh's "
                  "own CA, which this control plane does not issue yet; use SIMPLE or "
-                 "MUTUAL with your own certificate files")
+                 "MUTUAL with your own certificates (files or credentialName)")
     files = {key: as_str(tls.get(key), f"{path}.{key}", errs)
              for key in ("clientCertificate", "privateKey", "caCertificates", "caCrl")}
     credential = as_str(tls.get("credentialName"), f"{path}.credentialName", errs)
@@ -46,10 +52,7 @@ def parse_client_tls(raw: Any, path: str, errs: Errors) -> ClientTls:
             sans.append(san)
     skip = as_bool(tls.get("insecureSkipVerify"), f"{path}.insecureSkipVerify", errs)
     if credential and mode in ("SIMPLE", "MUTUAL"):
-        # Refused rather than ignored: ignoring it would send plaintext or present no
-        # client certificate where the user asked for one.
-        errs.add(f"{path}.credentialName", "certificates from a Kubernetes Secret are not "
-                 "served yet; use clientCertificate, privateKey and caCertificates files")
+        _check_credential_name(credential, f"{path}.credentialName", errs)
     # Istio's rules, in its order.
     if skip and mode == "SIMPLE" and (files["caCertificates"] or credential
                                       or "subjectAltNames" in tls):
@@ -75,3 +78,22 @@ def parse_client_tls(raw: Any, path: str, errs: Errors) -> ClientTls:
         credential_name=credential, subject_alt_names=tuple(sans),
         sni=as_str(tls.get("sni"), f"{path}.sni", errs), insecure_skip_verify=skip)
 
+
+
+def sds_name(credential_name: str) -> str:
+    """The SDS resource name of a credentialName, as Istio names it."""
+    if credential_name.startswith(KUBERNETES_SCHEME):
+        return credential_name
+    return KUBERNETES_SCHEME + credential_name
+
+
+def _check_credential_name(name: str, path: str, errs: Errors) -> None:
+    # Refused rather than ignored: ignoring it would send plaintext, or present no client
+    # certificate, where the user asked for one.
+    if _SCHEME.match(name) and not name.startswith(KUBERNETES_SCHEME):
+        errs.add(path, f"{name!r}: only Kubernetes Secrets (name or kubernetes://name) are "
+                 "served; ConfigMap, external SDS and gateway credentials are not")
+        return
+    parts = sds_name(name).removeprefix(KUBERNETES_SCHEME).split("/")
+    if len(parts) > 2 or "" in parts:
+        errs.add(path, f"{name!r} is not name, namespace/name or kubernetes://name")

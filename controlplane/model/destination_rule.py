@@ -60,9 +60,8 @@ class OutlierDetection:
 @dataclass(frozen=True)
 class ClientTls:
     """Istio's ClientTLSSettings, as validated: how the proxy originates TLS upstream.
-    File paths are read by each Envoy on its own host. `credential_name` (a Kubernetes
-    Secret) is refused at validation until SDS serves Secrets; it is kept for Istio's
-    combination rules."""
+    File paths are read by each Envoy on its own host; `credential_name` names a
+    Kubernetes Secret, sent to proxies in its namespace over SDS."""
 
     mode: str  # DISABLE, SIMPLE or MUTUAL (ISTIO_MUTUAL is rejected at parse time)
     client_certificate: str = ""

@@ -25,6 +25,7 @@ from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
 from controlplane.model.meta import Key
+from controlplane.model.secret import Secret
 from controlplane.model.service import DOMAIN_SUFFIX, Service
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import EndpointAddress, EndpointSlice, Pod
@@ -56,6 +57,10 @@ class Mesh:
     pod_hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Mesh-wide settings (Istio's MeshConfig); defaults when none is configured.
     config: MeshConfig = field(default_factory=MeshConfig)
+    # Secrets by (namespace, name), for credentialName; and whether they may differ
+    # from the previous Mesh's (the translator then rebuilds the SDS resources).
+    secrets: Mapping[ServiceId, Secret] = field(default_factory=dict)
+    secrets_changed: bool = True
 
     def resolve_host(self, host: str, namespace: str) -> str:
         """The FQDN a VirtualService/DestinationRule host means, Istio's way: a name
@@ -231,6 +236,8 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
         return labels[ns]
 
     incremental = previous is not None and changes is not None
+    secrets_changed = not incremental or any(k.kind == "Secret" for k in changes or ())
+    secrets = dict(index.secrets) if secrets_changed or previous is None else previous.secrets
     if incremental:
         assert previous is not None and changes is not None
         affected, routing = _affected(index, changes)
@@ -278,7 +285,8 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                     virtual_services=previous.virtual_services,
                     destination_rules=previous.destination_rules,
                     problems=previous.problems, dirty=frozenset(dirty), routes_changed=False,
-                    pod_hostnames=pod_hostnames)
+                    pod_hostnames=pod_hostnames, secrets=secrets,
+                    secrets_changed=secrets_changed)
 
     mesh = Mesh(services=services, endpoints=endpoints, virtual_services={},
                 destination_rules={})
@@ -292,7 +300,7 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
     return Mesh(services=services, endpoints=endpoints, virtual_services=vs_by_host,
                 destination_rules=dr_by_host, problems=tuple(problems),
                 dirty=frozenset(dirty) if incremental else None, routes_changed=True,
-                pod_hostnames=pod_hostnames)
+                pod_hostnames=pod_hostnames, secrets=secrets, secrets_changed=secrets_changed)
 
 
 def _routing(mesh: Mesh, index: MeshIndex

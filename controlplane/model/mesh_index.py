@@ -12,6 +12,7 @@ from typing import Any
 
 from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.meta import Key
+from controlplane.model.secret import Secret
 from controlplane.model.service import Service
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import Endpoints, EndpointSlice, Pod
@@ -30,6 +31,7 @@ class MeshIndex:
         self.endpoints: dict[ServiceId, Endpoints] = {}
         self.virtual_services: dict[ServiceId, VirtualService] = {}
         self.destination_rules: dict[ServiceId, DestinationRule] = {}
+        self.secrets: dict[ServiceId, Secret] = {}
         self.slice_by_name: dict[ServiceId, EndpointSlice] = {}
         # Which services' slices or Endpoints name a pod (targetRef): a pod's labels feed
         # those services' subsets. Kept here, as objects change, and only here: building
@@ -49,7 +51,7 @@ class MeshIndex:
         tables: dict[str, dict[ServiceId, Any]] = {
             "Service": self.services, "Endpoints": self.endpoints,
             "VirtualService": self.virtual_services,
-            "DestinationRule": self.destination_rules,
+            "DestinationRule": self.destination_rules, "Secret": self.secrets,
         }
         table = tables.get(key.kind)
         if table is not None:

@@ -10,6 +10,7 @@ from controlplane.model.destination_rule_parse import parse_destination_rule
 from controlplane.model.errors import Errors, FieldError, ValidationError
 from controlplane.model.istio_common import ISTIO_GROUP, ISTIO_VERSIONS
 from controlplane.model.meta import Key, object_ref
+from controlplane.model.secret import Secret, parse_secret
 from controlplane.model.service import Service, parse_service
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.virtual_service_parse import parse_virtual_service
@@ -22,7 +23,8 @@ from controlplane.model.workload import (
     parse_pod,
 )
 
-Object = Service | Pod | Endpoints | EndpointSlice | VirtualService | DestinationRule
+Object = (Service | Pod | Endpoints | EndpointSlice | VirtualService | DestinationRule
+          | Secret)
 
 # kind -> (accepted apiVersions, parser)
 _KINDS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], Errors], Object]]] = {
@@ -34,6 +36,7 @@ _KINDS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], Errors], Obje
                        parse_virtual_service),
     "DestinationRule": (tuple(f"{ISTIO_GROUP}/{v}" for v in ISTIO_VERSIONS),
                         parse_destination_rule),
+    "Secret": (("v1",), parse_secret),  # only what credentialName can use is kept
 }
 KINDS = tuple(_KINDS)
 

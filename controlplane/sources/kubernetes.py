@@ -1,5 +1,6 @@
-"""Kubernetes as a source: Services, EndpointSlices (or Endpoints), Pods and Istio's
-VirtualServices and DestinationRules, mirrored into the store.
+"""Kubernetes as a source: Services, EndpointSlices (or Endpoints), Pods, Secrets (their
+certificate keys only) and Istio's VirtualServices and DestinationRules, mirrored into
+the store.
 
 One `Watcher` thread per collection (per namespace with --namespaces). Parsing happens
 in the watcher's thread; the store is only touched on the event loop. The source keeps
@@ -33,6 +34,10 @@ PODS = Collection("v1", "Pod", "pods")
 ENDPOINTS = Collection("v1", "Endpoints", "endpoints")
 ENDPOINT_SLICES = Collection("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 NAMESPACES = Collection("v1", "Namespace", "namespaces", namespaced=False)
+# For DestinationRule credentialName; as istiod, every type but service-account tokens
+# (parsing keeps only the certificate keys, model/secret.py).
+SECRETS = Collection("v1", "Secret", "secrets",
+                     field_selector="type!=kubernetes.io/service-account-token")
 
 
 def istio_collections(version: str) -> list[Collection]:
@@ -245,7 +250,7 @@ class KubernetesSource:
         self._pending.add("istio")
         if self.revision is not None:
             self._start(NAMESPACES, label_selector=f"{REVISION_LABEL}={self.revision}")
-        self._start_all([SERVICES, self.endpoints, PODS])
+        self._start_all([SERVICES, self.endpoints, PODS, SECRETS])
         istio = asyncio.create_task(self._watch_istio())
         try:
             await asyncio.Event().wait()  # the watchers run in their threads

@@ -37,7 +37,7 @@ NOT_SERVED_KINDS = frozenset({
     "ReferenceGrant", "BackendTLSPolicy",
     # Kubernetes
     "Namespace", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet",
-    "ReplicationController", "Job", "CronJob", "ConfigMap", "Secret", "ServiceAccount",
+    "ReplicationController", "Job", "CronJob", "ConfigMap", "ServiceAccount",
     "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Ingress", "IngressClass",
     "NetworkPolicy", "PersistentVolume", "PersistentVolumeClaim", "StorageClass",
     "HorizontalPodAutoscaler", "PodDisruptionBudget", "LimitRange", "ResourceQuota",

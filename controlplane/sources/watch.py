@@ -43,6 +43,7 @@ class Collection:
     kind: str
     plural: str
     namespaced: bool = True
+    field_selector: str = ""  # the API server filters (e.g. Secrets by type)
 
     def path(self, namespace: str | None = None) -> str:
         base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
@@ -166,7 +167,10 @@ class Watcher:
         self.recovered_at: float | None = None  # monotonic time of the last recovery
 
     def _query(self) -> list[tuple[str, str]]:
-        return [("labelSelector", self.label_selector)] if self.label_selector else []
+        query = [("labelSelector", self.label_selector)] if self.label_selector else []
+        if self.collection.field_selector:
+            query.append(("fieldSelector", self.collection.field_selector))
+        return query
 
     def list(self) -> None:
         doc = self.transport.get_json(self.collection.path(self.namespace), self._query(),

@@ -24,6 +24,7 @@ from controlplane.translate.routes import (
     route_configs,
     with_domains,
 )
+from controlplane.translate.secrets import proxy_secrets
 
 __all__ = [
     "Failure",
@@ -38,6 +39,7 @@ __all__ = [
     "checked",
     "namespace_hosts",
     "plain_routes",
+    "proxy_secrets",
     "route_bases",
     "route_config_shell",
     "route_configs",

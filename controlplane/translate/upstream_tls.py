@@ -4,9 +4,11 @@ to HTTP/2 ports, the SNI as given, SANs matched exactly, and with no `sni` the H
 upstream options `auto_sni` (from the request's host) and `auto_san_validation` (when no
 SANs are given and the peer is verified).
 
-Certificates come from files on the proxy's host, read by Envoy (`credentialName` is
-refused at validation until SDS serves Secrets). Without `caCertificates` the peer is
-checked against the host's system roots, as the istio-agent's default ("system") does.
+Certificates come from files on the proxy's host, read by Envoy, or from a Kubernetes
+Secret (`credentialName`) sent over SDS on the proxy's ADS stream (`kubernetes://name` for
+the certificate and key, `kubernetes://name-cacert` for the CA, as Istio names them;
+secrets.py builds them). Without `caCertificates` the peer is checked against the host's
+system roots, as the istio-agent's default ("system") does.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import ipaddress
 
 from envoy.config.core.v3 import base_pb2, protocol_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from controlplane.model.client_tls_parse import sds_name
 from controlplane.model.destination_rule import ClientTls
 from controlplane.model.service import Protocol, ServicePort
+from controlplane.translate.protos import ads_source
+from controlplane.translate.secrets import CA_SUFFIX
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 _SAN = common_pb2.SubjectAltNameMatcher
@@ -30,6 +35,10 @@ def originates_tls(tls: ClientTls | None) -> bool:
 
 def _file(path: str) -> base_pb2.DataSource:
     return base_pb2.DataSource(filename=path)
+
+
+def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_source())
 
 
 def san_matchers(names: tuple[str, ...]) -> list[common_pb2.SubjectAltNameMatcher]:
@@ -68,12 +77,22 @@ def upstream_tls_context(tls: ClientTls, port: ServicePort) -> tls_pb2.UpstreamT
         tls_maximum_protocol_version=common_pb2.TlsParameters.TLSv1_3))
     if port.l7 is Protocol.HTTP2:
         common.alpn_protocols.append("h2")
-    if tls.mode == "MUTUAL":
-        common.tls_certificates.append(common_pb2.TlsCertificate(
-            certificate_chain=_file(tls.client_certificate),
-            private_key=_file(tls.private_key)))
-    if not tls.insecure_skip_verify:
-        common.validation_context.CopyFrom(_validation(tls))
+    if tls.credential_name:
+        secret = sds_name(tls.credential_name)
+        if tls.mode == "MUTUAL":
+            common.tls_certificate_sds_secret_configs.append(_sds(secret))
+        if not tls.insecure_skip_verify:
+            combined = common.combined_validation_context
+            combined.default_validation_context.match_typed_subject_alt_names.extend(
+                san_matchers(tls.subject_alt_names))
+            combined.validation_context_sds_secret_config.CopyFrom(_sds(secret + CA_SUFFIX))
+    else:
+        if tls.mode == "MUTUAL":
+            common.tls_certificates.append(common_pb2.TlsCertificate(
+                certificate_chain=_file(tls.client_certificate),
+                private_key=_file(tls.private_key)))
+        if not tls.insecure_skip_verify:
+            common.validation_context.CopyFrom(_validation(tls))
     return tls_pb2.UpstreamTlsContext(common_tls_context=common, sni=tls.sni)
 
 
