@@ -166,3 +166,27 @@ def test_credential_name_certificates_arrive_over_sds(
     wait_until(lambda: get(sidecar, PORT, "shop")[0] == 503, 15,
                what="shop refused once its CA Secret changed")
     assert get(sidecar, PORT, "bank")[0] == 200
+
+
+def test_a_missing_credential_fails_closed_until_its_secret_appears(
+        file_cp: ControlPlane, config_dir: Path, envoy: Any, ip: Any, ca: TestCa,
+        tls_upstream: Callable[..., TlsUpstream], upstream: Any) -> None:
+    """Never plaintext where TLS was asked for: with its Secret missing the cluster's TLS
+    is not ready and nothing reaches the server, not even a handshake."""
+    ips = {name: ip() for name in ("late", "plain")}
+    late = tls_upstream(ips["late"], TARGET, ca.issue("late", dns=("late.example.com",)))
+    upstream(ips["plain"], TARGET, "plain", "plain-1")
+    docs = [doc for name, addr in ips.items() for doc in backend(name, addr)]
+    docs.append(rule("late", {"mode": "SIMPLE", "credentialName": "late-ca",
+                              "sni": "late.example.com"}))
+    write_yaml(config_dir / "mesh.yaml", *docs)
+    sidecar = ip()
+    envoy("tls-missing-secret", file_cp.port, instance_ip=sidecar)
+    wait_until(lambda: get(sidecar, PORT, "plain")[0] == 200, 30, what="listener served")
+    status, body = get(sidecar, PORT, "late")
+    assert status == 503, (status, body)
+    assert late.requests == [] and late.failed_handshakes == 0
+    write_yaml(config_dir / "mesh.yaml", *docs, secret("late-ca", {"ca.crt": ca.path}))
+    wait_until(lambda: get(sidecar, PORT, "late")[0] == 200, 30,
+               what="late served once its Secret exists")
+    assert late.requests[-1]["sni"] == "late.example.com"
