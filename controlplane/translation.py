@@ -40,6 +40,7 @@ from controlplane.translate import (
     place_of,
     plain_routes,
     priority_labels,
+    proxy_secrets,
     route_bases,
     route_config_shell,
     route_names,
@@ -143,6 +144,8 @@ class MeshTranslation:
                 return proxy.bind_ip
             view = self._view(proxy)  # TCP routes and chains differ by namespace, Sidecar
             return ListenerKey(proxy.bind_ip, RouteView(view.namespace, sidecar=view.sidecar))
+        if type_url == types.SECRET:
+            return proxy.namespace
         if type_url == types.ROUTE:
             # The proxy's namespace plus only what the mesh's rules tell apart
             # (model/scoping.py): proxies with equal views share the bytes.
@@ -243,6 +246,9 @@ class MeshTranslation:
             out = [m for unit in units for m in unit[part]]
             if type_url == types.CLUSTER:  # the outbound traffic policy's, never changing
                 out.extend(global_clusters())
+        elif type_url == types.SECRET:
+            # Few, and cheap to assemble (their messages are memoized): built afresh.
+            out = self._secrets(str(key))
         elif not self.mesh.routes_changed and memo_key in self._last_memo:
             out = self._last_memo[memo_key]
         else:
@@ -253,6 +259,16 @@ class MeshTranslation:
                 out = self._last_memo.get(memo_key, [])
         self._memo[memo_key] = out
         return out
+
+    def _secrets(self, namespace: str) -> list[Any]:
+        secrets, failure = checked(f"secrets for namespace {namespace}", (),
+                                   lambda: proxy_secrets(self.mesh, namespace))
+        if failure is None:
+            return secrets
+        # Secrets come from Kubernetes, not from an object a rejection could fix: the
+        # namespace's last good set, reported.
+        log.error("unit_withheld", unit=failure.what, by=failure.by, reason=failure.reason)
+        return self._last_memo.get((types.SECRET, namespace), [])
 
     def _per_proxy(self, type_url: str, key: Hashable) -> list[Any]:
         if type_url == types.LISTENER:

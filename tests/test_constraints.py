@@ -405,6 +405,18 @@ def _sni_chains(*chains: tuple[list[str], str]) -> Callable[[dict[str, list[Any]
     return edit
 
 
+def _tls(sans: tuple[str, ...]) -> Callable[[dict[str, list[Any]]], None]:
+    def edit(out: dict[str, list[Any]]) -> None:
+        from controlplane.model.destination_rule import ClientTls
+        from controlplane.model.service import ServicePort
+        from controlplane.translate.upstream_tls import transport_socket
+        socket = transport_socket(ClientTls("SIMPLE", sni="a", subject_alt_names=sans),
+                                  ServicePort(name="http", port=80, target_port=80))
+        assert socket is not None
+        out[types.CLUSTER][0].transport_socket.CopyFrom(socket)
+    return edit
+
+
 # (name, the edit Envoy rejects, the same edit fixed)
 AGREEMENT = [
     ("regex-extended-flag", _set_regex("(?x)/a b"), _set_regex("/ab")),
@@ -433,6 +445,7 @@ AGREEMENT = [
     ("filter-chains-share-a-masked-prefix",
      _sni_chains((["a"], "10.1.2.3/8"), (["a"], "10.0.0.0/8")),
      _sni_chains((["a"], "10.1.2.3/16"), (["a"], "10.0.0.0/8"))),
+    ("san-check-with-system-roots", _tls(("a",)), _tls(())),
 ]
 
 

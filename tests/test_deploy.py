@@ -47,6 +47,7 @@ from controlplane.sources.kubernetes import (
     ISTIO_VERSIONS,
     NAMESPACES,
     PODS,
+    SECRETS,
     SERVICES,
     istio_collections,
     load_api_client,
@@ -521,7 +522,7 @@ def test_kubectl_kustomize_agrees_with_the_test_loader(directory: Path) -> None:
 def watched_resources() -> set[tuple[str, str]]:
     """(API group, resource) of every collection the Kubernetes source may watch whole
     (the mesh config's ConfigMap is asked for by name: NAMED_RESOURCES)."""
-    collections = [SERVICES, PODS, ENDPOINTS, ENDPOINT_SLICES, NAMESPACES]
+    collections = [SERVICES, PODS, ENDPOINTS, ENDPOINT_SLICES, NAMESPACES, SECRETS]
     for version in ISTIO_VERSIONS:
         collections += istio_collections(version)
     return {(c.api_version.rpartition("/")[0], c.plural) for c in collections}
@@ -793,7 +794,7 @@ def test_the_service_account_may_read_what_is_watched_and_nothing_else(
                 assert allowed(verb, group, resource, ROOT_NAMESPACE, name), (verb, resource)
             assert not allowed("update", group, resource, ROOT_NAMESPACE, name), resource
         assert not allowed("get", group, resource, ROOT_NAMESPACE, "another"), resource
-    for group, resource in [("", "secrets"), ("", "configmaps"), ("apps", "deployments"),
+    for group, resource in [("", "configmaps"), ("apps", "deployments"),
                             ("rbac.authorization.k8s.io", "clusterroles")]:
         assert not allowed("list", group, resource), (group, resource)
 

@@ -28,6 +28,8 @@ from controlplane.sources.watch import Backoff
 from tests.harness import ControlPlane, get, wait_until
 from tests.kube.kubelet import FakeKubelet
 from tests.manifests import destination_rule, service, virtual_service
+from tests.tls_certs import TestCa
+from tests.tls_upstream import TlsUpstream
 
 CRDS = Path(__file__).parents[1] / "config" / "kubernetes" / "crds.yaml"
 
@@ -219,6 +221,75 @@ def test_mirror_follows_creates_updates_deletes_and_rejects_bad_objects(
         plane.stop()
 
 
+def test_secrets_are_mirrored_with_their_certificate_keys_only(api: Any, ns: str) -> None:
+    """For DestinationRule credentialName: Secrets are watched (every type but
+    service-account tokens) and only the keys Istio reads are kept."""
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(ns, {
+        "metadata": {"name": "bank-client"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA",
+                       "password": "not for us"}})
+    plane = kube_plane(api, namespaces=frozenset({ns}))
+    try:
+        wait_until(lambda: plane.run(lambda: plane.store.synced), 30, what="initial sync")
+        listed = stored(plane, "Secret", ns, "bank-client")
+        assert listed is not None and listed.type == "kubernetes.io/tls"
+        assert dict(listed.data) == {"tls.crt": b"CERT", "tls.key": b"KEY", "ca.crt": b"CA"}
+        assert "KEY" not in repr(listed)
+        core.create_namespaced_secret(ns, {"metadata": {"name": "shop-ca-cacert"},
+                                           "type": "Opaque", "stringData": {"cacert": "CA2"}})
+        wait_until(lambda: stored(plane, "Secret", ns, "shop-ca-cacert"), 10,
+                   what="a created Opaque Secret mirrored")
+        core.patch_namespaced_secret("bank-client", ns, {"stringData": {"tls.key": "KEY2"}})
+        wait_until(lambda: stored(plane, "Secret", ns, "bank-client").get("tls.key")
+                   == b"KEY2", 10, what="update mirrored")
+        core.delete_namespaced_secret("bank-client", ns)
+        wait_until(lambda: stored(plane, "Secret", ns, "bank-client") is None, 10,
+                   what="delete mirrored")
+    finally:
+        plane.stop()
+
+
+def test_credential_name_from_a_kubernetes_secret_reaches_envoy_over_sds(
+        api: Any, ns: str, envoy: Any, ip: Any, tmp_path: Path) -> None:
+    """MUTUAL TLS with the client certificate in a Secret of the API server: a real
+    Envoy presents it to a TLS server that requires it."""
+    install_crds(api)
+    ca = TestCa(tmp_path / "pki")
+    client_cert = ca.issue("kube-client", client=True)
+    pod_ip = "192.0.2.250"  # outside what the fake kubelet hands out
+    server = TlsUpstream(pod_ip, 18443, ca.issue("bank", dns=("bank.example.com",)),
+                         client_ca=ca.path)
+    core = client.CoreV1Api(api)
+    core.create_namespaced_service(ns, {"metadata": {"name": "bank"}, "spec": {
+        "ports": [{"name": "http", "port": 19443, "targetPort": 18443}]}})
+    client.DiscoveryV1Api(api).create_namespaced_endpoint_slice(ns, {
+        "metadata": {"name": "bank-1", "labels": {"kubernetes.io/service-name": "bank"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 18443}],
+        "endpoints": [{"addresses": [pod_ip], "conditions": {"ready": True}}]})
+    core.create_namespaced_secret(ns, {
+        "metadata": {"name": "bank-client"}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": client_cert.cert.read_text(),
+                       "tls.key": client_cert.key.read_text(),
+                       "ca.crt": ca.path.read_text()}})
+    create(api, {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                 "metadata": {"name": "bank", "namespace": ns},
+                 "spec": {"host": "bank", "trafficPolicy": {"tls": {
+                     "mode": "MUTUAL", "credentialName": "bank-client",
+                     "sni": "bank.example.com"}}}})
+    plane = kube_plane(api, namespaces=frozenset({ns}))
+    try:
+        sidecar = ip()
+        envoy("kube-sds", plane.port, instance_ip=sidecar, namespace=ns)
+        wait_until(lambda: get(sidecar, 19443, f"bank.{ns}")[0] == 200, 60,
+                   what="bank over mTLS with the Secret's certificate")
+        status, body = get(sidecar, 19443, f"bank.{ns}")
+        assert status == 200 and body["client"] == "kube-client", body
+    finally:
+        plane.stop()
+        server.stop()
+
+
 def test_revision_serves_only_labelled_namespaces(api: Any) -> None:
     core = client.CoreV1Api(api)
     blue, green = (f"t-{c}-{uuid.uuid4().hex[:6]}" for c in ("blue", "green"))
@@ -259,7 +330,7 @@ def test_watches_recover_from_an_api_server_restart() -> None:
                        what="initial sync")
             watchers = plane.kube.watchers
             assert {w.collection.kind for w in watchers} == {
-                "Service", "EndpointSlice", "Pod", "VirtualService", "DestinationRule",
+                "Service", "EndpointSlice", "Pod", "Secret", "VirtualService", "DestinationRule",
                 "ConfigMap"}
             logsetup.configure("info", cache=False)
             with structlog.testing.capture_logs() as logs:

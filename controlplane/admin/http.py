@@ -29,9 +29,12 @@ Response = tuple[int, str, bytes]  # status, content type, body
 JSON = "application/json"
 
 def _plain(value: Any) -> Any:
-    """Model objects as JSON: dataclasses as objects, label sets as sorted mappings."""
+    """Model objects as JSON: dataclasses as objects, label sets as sorted mappings. A
+    field kept out of the repr (a Secret's data) is shown by its keys only."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) if f.repr
+                else sorted(k for k, _ in getattr(value, f.name))
+                for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, frozenset):

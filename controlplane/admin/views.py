@@ -63,7 +63,7 @@ def _any(type_url: str, body: bytes) -> any_pb2.Any:
 
 def acked_resources(proxy: ProxySync) -> dict[str, dict[str, Any]]:
     """type URL -> name -> Resource the proxy holds (its last ACKed versions)."""
-    return {t: dict(proxy.types[t].acked_resources) for t in types.PUSH_ORDER
+    return {t: dict(proxy.types[t].acked_resources) for t in types.SHOWN
             if t in proxy.types}
 
 
@@ -77,7 +77,7 @@ def current(snap: Snapshot | None, proxy: ProxySync
         return {}, {}
     resources: dict[str, dict[str, Any]] = {}
     versions: dict[str, str] = {}
-    for t in types.PUSH_ORDER:
+    for t in types.SHOWN:
         sync = proxy.types.get(t)
         if sync is None or not sync.subscribed:
             continue
@@ -91,7 +91,7 @@ def current(snap: Snapshot | None, proxy: ProxySync
 
 
 def as_any(resources: dict[str, dict[str, Any]]) -> list[any_pb2.Any]:
-    return [_any(t, r.body) for t in types.PUSH_ORDER for r in resources.get(t, {}).values()]
+    return [_any(t, r.body) for t in types.SHOWN for r in resources.get(t, {}).values()]
 
 
 def config_dump(resources: dict[str, dict[str, Any]], versions: dict[str, str]

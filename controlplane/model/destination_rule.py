@@ -1,11 +1,11 @@
 """Istio's DestinationRule as frozen dataclasses: subsets by pod labels, and the traffic
-policy (load balancer, connection pool, outlier detection) of the rule, of each subset and
-of each port, with the precedence that picks the policy in force.
+policy (load balancer, connection pool, outlier detection, client TLS) of the rule, of
+each subset and of each port, with the precedence that picks the policy in force.
 
 Precedence, as in Istio: port-level settings override the policy they sit in, and a
 subset's policy overrides the rule's (port-level settings included); each of
-loadBalancer, connectionPool and outlierDetection is replaced whole, not merged field by
-field. `destination_rule_parse.py` builds these from Kubernetes-shaped dicts.
+loadBalancer, connectionPool, outlierDetection and tls is replaced whole, not merged field
+by field. `destination_rule_parse.py` builds these from Kubernetes-shaped dicts.
 """
 
 from __future__ import annotations
@@ -85,11 +85,29 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True)
+class ClientTls:
+    """Istio's ClientTLSSettings, as validated: how the proxy originates TLS upstream.
+    File paths are read by each Envoy on its own host; `credential_name` names a
+    Kubernetes Secret, sent to proxies in its namespace over SDS."""
+
+    mode: str  # DISABLE, SIMPLE or MUTUAL (ISTIO_MUTUAL is rejected at parse time)
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    ca_crl: str = ""
+    credential_name: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+    sni: str = ""
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
 class PortPolicy:
     port: int
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTls | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,7 @@ class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTls | None = None
     port_level: tuple[PortPolicy, ...] = ()
 
     def overridden_by(self, other: TrafficPolicy | None) -> TrafficPolicy:
@@ -107,6 +126,7 @@ class TrafficPolicy:
             load_balancer=other.load_balancer or self.load_balancer,
             connection_pool=other.connection_pool or self.connection_pool,
             outlier_detection=other.outlier_detection or self.outlier_detection,
+            tls=other.tls or self.tls,
             port_level=other.port_level or self.port_level)
 
     def for_port(self, port: int) -> TrafficPolicy:
@@ -119,7 +139,8 @@ class TrafficPolicy:
         return TrafficPolicy(
             load_balancer=level.load_balancer or self.load_balancer,
             connection_pool=level.connection_pool or self.connection_pool,
-            outlier_detection=level.outlier_detection or self.outlier_detection)
+            outlier_detection=level.outlier_detection or self.outlier_detection,
+            tls=level.tls or self.tls)
 
 
 @dataclass(frozen=True)

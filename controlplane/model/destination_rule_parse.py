@@ -1,8 +1,9 @@
 """From a Kubernetes-shaped dict to a DestinationRule, or errors naming every bad field:
 subsets and traffic policies, checked as Istio checks them (durations in whole
 milliseconds, prime Maglev table sizes, one hash key...). Fields this control plane does
-not translate (TLS, tunnels...) are accepted with a warning; the load balancer's
-locality and warmup settings are read by `load_balancer_parse.py`.
+not translate (tunnels...) are accepted with a warning; client TLS is translated,
+except ISTIO_MUTUAL, which is refused (it needs the mesh's own certificates); the load
+balancer's locality and warmup settings are read by `load_balancer_parse.py`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from controlplane.model.client_tls_parse import parse_client_tls
 from controlplane.model.destination_rule import (
     ConnectionPool,
     ConsistentHash,
@@ -322,7 +324,7 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
     # A repeated field left empty is unset, as in the proto; an empty message is set.
     if raw is not None and not any(tp.get(k) not in (None, []) for k in _POLICY_PARTS):
         errs.add(path, "is empty; set at least one of its fields, or leave it out")
-    for key in ("tls", "tunnel", "proxyProtocol", "retryBudget"):
+    for key in ("tunnel", "proxyProtocol", "retryBudget"):
         if key in tp:
             warnings.append(f"{path}.{key}: not supported; ignored")
     if tp.get("tunnel") is not None and tp.get("proxyProtocol") is not None:
@@ -357,7 +359,7 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
             inner = parse_traffic_policy({k: v for k, v in p.items() if k != "port"}, ppath,
                                          errs, warnings, port_level=False)
             ports.append(PortPolicy(number or 0, inner.load_balancer, inner.connection_pool,
-                                    inner.outlier_detection))
+                                    inner.outlier_detection, inner.tls))
     elif "portLevelSettings" in tp:
         errs.add(f"{path}.portLevelSettings", "cannot be nested")
     load_balancer = (_load_balancer(tp["loadBalancer"], f"{path}.loadBalancer", errs, warnings)
@@ -376,6 +378,8 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
         if tp.get("connectionPool") is not None else None,
         outlier_detection=_outlier(tp["outlierDetection"], f"{path}.outlierDetection", errs,
                                    warnings) if tp.get("outlierDetection") is not None else None,
+        tls=parse_client_tls(tp["tls"], f"{path}.tls", errs)
+        if tp.get("tls") is not None else None,
         port_level=tuple(ports),
     )
 

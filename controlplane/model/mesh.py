@@ -28,6 +28,7 @@ from controlplane.model.mesh_config import MeshConfig
 from controlplane.model.mesh_index import MeshIndex, ServiceId
 from controlplane.model.meta import Key
 from controlplane.model.scoping import Scopes, vs_key
+from controlplane.model.secret import Secret
 from controlplane.model.service import DOMAIN_SUFFIX, Protocol, Service
 from controlplane.model.virtual_service import VirtualService
 from controlplane.model.workload import EndpointAddress, EndpointSlice, Pod
@@ -60,6 +61,10 @@ class Mesh:
     pod_hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Mesh-wide settings (Istio's MeshConfig); defaults when none is configured.
     config: MeshConfig = field(default_factory=MeshConfig)
+    # Secrets by (namespace, name), for credentialName; and whether they may differ
+    # from the previous Mesh's (the translator then rebuilds the SDS resources).
+    secrets: Mapping[ServiceId, Secret] = field(default_factory=dict)
+    secrets_changed: bool = True
     # Who sees which VirtualService and Service (exportTo, Sidecars): per-proxy views
     # of the routes. `virtual_services` holds the VirtualService every namespace gets
     # unless its view says otherwise (model/scoping.py).
@@ -259,6 +264,8 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
         return labels[ns]
 
     incremental = previous is not None and changes is not None
+    secrets_changed = not incremental or any(k.kind == "Secret" for k in changes or ())
+    secrets = dict(index.secrets) if secrets_changed or previous is None else previous.secrets
     if incremental:
         assert previous is not None and changes is not None
         affected, routing = _affected(index, changes)
@@ -307,7 +314,8 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                     destination_rules=previous.destination_rules,
                     problems=previous.problems, dirty=frozenset(dirty), routes_changed=False,
                     pod_hostnames=pod_hostnames, config=config,
-                    scopes=previous.scopes)
+                    scopes=previous.scopes, secrets=secrets,
+                    secrets_changed=secrets_changed)
 
     mesh = Mesh(services=services, endpoints=endpoints, virtual_services={},
                 destination_rules={}, config=config)
@@ -321,7 +329,8 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
     return Mesh(services=services, endpoints=endpoints, virtual_services=vs_by_host,
                 destination_rules=dr_by_host, problems=tuple(problems),
                 dirty=frozenset(dirty) if incremental else None, routes_changed=True,
-                pod_hostnames=pod_hostnames, config=config, scopes=scopes)
+                pod_hostnames=pod_hostnames, config=config, scopes=scopes,
+                secrets=secrets, secrets_changed=secrets_changed)
 
 
 def _tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.mesh_config import ConfigMap, MeshConfig
 from controlplane.model.meta import Key
+from controlplane.model.secret import Secret
 from controlplane.model.service import Service
 from controlplane.model.sidecar import Sidecar
 from controlplane.model.virtual_service import VirtualService
@@ -33,6 +34,7 @@ class MeshIndex:
         self.virtual_services: dict[ServiceId, VirtualService] = {}
         self.destination_rules: dict[ServiceId, DestinationRule] = {}
         self.sidecars: dict[ServiceId, Sidecar] = {}
+        self.secrets: dict[ServiceId, Secret] = {}
         self.slice_by_name: dict[ServiceId, EndpointSlice] = {}
         # Which services' slices or Endpoints name a pod (targetRef): a pod's labels feed
         # those services' subsets. Kept here, as objects change, and only here: building
@@ -56,6 +58,7 @@ class MeshIndex:
             "VirtualService": self.virtual_services,
             "DestinationRule": self.destination_rules,
             "Sidecar": self.sidecars,
+            "Secret": self.secrets,
         }
         table = tables.get(key.kind)
         if table is not None:

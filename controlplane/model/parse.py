@@ -11,6 +11,7 @@ from controlplane.model.errors import Errors, FieldError, ValidationError
 from controlplane.model.istio_common import ISTIO_GROUP, ISTIO_VERSIONS
 from controlplane.model.mesh_config import ConfigMap, parse_config_map
 from controlplane.model.meta import Key, object_ref
+from controlplane.model.secret import Secret, parse_secret
 from controlplane.model.service import Service, parse_service
 from controlplane.model.sidecar import Sidecar, parse_sidecar
 from controlplane.model.virtual_service import VirtualService
@@ -25,7 +26,7 @@ from controlplane.model.workload import (
 )
 
 Object = (Service | Pod | Endpoints | EndpointSlice | VirtualService | DestinationRule
-          | ConfigMap | Sidecar)
+          | ConfigMap | Sidecar | Secret)
 
 # kind -> (accepted apiVersions, parser)
 _KINDS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], Errors], Object]]] = {
@@ -41,6 +42,7 @@ _KINDS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], Errors], Obje
     # pass other ConfigMaps by without a word.
     "ConfigMap": (("v1",), parse_config_map),
     "Sidecar": (tuple(f"{ISTIO_GROUP}/{v}" for v in ISTIO_VERSIONS), parse_sidecar),
+    "Secret": (("v1",), parse_secret),  # only what credentialName can use is kept
 }
 KINDS = tuple(_KINDS)
 

@@ -1,6 +1,6 @@
-"""Kubernetes as a source: Services, EndpointSlices (or Endpoints), Pods, Istio's
-VirtualServices, DestinationRules and Sidecars, and the mesh config (the `istio`
-ConfigMap of istio-system), mirrored into the store.
+"""Kubernetes as a source: Services, EndpointSlices (or Endpoints), Pods, Secrets (their
+certificate keys only), Istio's VirtualServices, DestinationRules and Sidecars, and the
+mesh config (the `istio` ConfigMap of istio-system), mirrored into the store.
 
 One `Watcher` thread per collection (per namespace with --namespaces). Parsing happens
 in the watcher's thread; the store is only touched on the event loop. The source keeps
@@ -36,6 +36,10 @@ ENDPOINTS = Collection("v1", "Endpoints", "endpoints")
 ENDPOINT_SLICES = Collection("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 NAMESPACES = Collection("v1", "Namespace", "namespaces", namespaced=False)
 CONFIG_MAPS = Collection("v1", "ConfigMap", "configmaps")
+# For DestinationRule credentialName; as istiod, every type but service-account tokens
+# (parsing keeps only the certificate keys, model/secret.py).
+SECRETS = Collection("v1", "Secret", "secrets",
+                     field_selector="type!=kubernetes.io/service-account-token")
 
 
 def istio_collections(version: str, served: frozenset[str] = frozenset({"sidecars"})
@@ -268,7 +272,7 @@ class KubernetesSource:
         self._pending.add("istio")
         if self.revision is not None:
             self._start(NAMESPACES, label_selector=f"{REVISION_LABEL}={self.revision}")
-        self._start_all([SERVICES, self.endpoints, PODS])
+        self._start_all([SERVICES, self.endpoints, PODS, SECRETS])
         # The mesh config: one ConfigMap, asked for by name (a namespace's other
         # ConfigMaps are none of ours, and can be large).
         self._start(CONFIG_MAPS, ROOT_NAMESPACE,

@@ -38,7 +38,7 @@ NOT_SERVED_KINDS = frozenset({
     "ReferenceGrant", "BackendTLSPolicy",
     # Kubernetes
     "Namespace", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet",
-    "ReplicationController", "Job", "CronJob", "Secret", "ServiceAccount",
+    "ReplicationController", "Job", "CronJob", "ServiceAccount",
     "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Ingress", "IngressClass",
     "NetworkPolicy", "PersistentVolume", "PersistentVolumeClaim", "StorageClass",
     "HorizontalPodAutoscaler", "PodDisruptionBudget", "LimitRange", "ResourceQuota",

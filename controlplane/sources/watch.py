@@ -43,6 +43,7 @@ class Collection:
     kind: str
     plural: str
     namespaced: bool = True
+    field_selector: str = ""  # the API server filters (e.g. Secrets by type)
 
     def path(self, namespace: str | None = None) -> str:
         base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
@@ -167,8 +168,9 @@ class Watcher:
         self.recovered_at: float | None = None  # monotonic time of the last recovery
 
     def _query(self) -> list[tuple[str, str]]:
+        field_selector = self.field_selector or self.collection.field_selector
         return [(name, value) for name, value in (("labelSelector", self.label_selector),
-                                                  ("fieldSelector", self.field_selector))
+                                                  ("fieldSelector", field_selector))
                 if value]
 
     def list(self) -> None:

@@ -33,6 +33,7 @@ from controlplane.translate.routes import (
     with_domains,
     with_routes,
 )
+from controlplane.translate.secrets import proxy_secrets
 
 __all__ = [
     "Failure",
@@ -52,6 +53,7 @@ __all__ = [
     "place_of",
     "plain_routes",
     "priority_labels",
+    "proxy_secrets",
     "route_bases",
     "route_config_shell",
     "route_configs",

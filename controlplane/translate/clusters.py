@@ -1,5 +1,6 @@
 """CDS: one EDS cluster per service port, one per DestinationRule subset, one per pod
-hostname of a headless service; each with the DestinationRule policy in force."""
+hostname of a headless service; each with the DestinationRule policy in force (its
+client TLS from upstream_tls.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from controlplane.translate.names import cluster_name
 from controlplane.translate.policy import traffic_policy
 from controlplane.translate.protos import ads_source, duration
 from controlplane.translate.slow_start import apply_slow_start
+from controlplane.translate.upstream_tls import auto_sni, transport_socket
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CONNECT_TIMEOUT_S = 10  # Istio's default
@@ -55,14 +57,15 @@ def thresholds(pool: ConnectionPool | None) -> circuit_breaker_pb2.CircuitBreake
     ])
 
 
-def _protocol_options(port: ServicePort, pool: ConnectionPool | None
+def _protocol_options(port: ServicePort, pool: ConnectionPool | None,
+                      upstream: protocol_pb2.UpstreamHttpProtocolOptions | None = None,
                       ) -> http_protocol_options_pb2.HttpProtocolOptions | None:
     common = protocol_pb2.HttpProtocolOptions()
     if pool is not None and pool.idle_timeout is not None:
         common.idle_timeout.CopyFrom(duration(pool.idle_timeout))
     if pool is not None and pool.max_requests_per_connection:
         common.max_requests_per_connection.value = pool.max_requests_per_connection
-    if port.l7 is not Protocol.HTTP2 and common.ByteSize() == 0:
+    if port.l7 is not Protocol.HTTP2 and common.ByteSize() == 0 and upstream is None:
         return None
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig()
     if port.l7 is Protocol.HTTP2:
@@ -76,6 +79,8 @@ def _protocol_options(port: ServicePort, pool: ConnectionPool | None
     out = http_protocol_options_pb2.HttpProtocolOptions(explicit_http_config=explicit)
     if common.ByteSize():
         out.common_http_protocol_options.CopyFrom(common)
+    if upstream is not None:
+        out.upstream_http_protocol_options.CopyFrom(upstream)
     return out
 
 
@@ -155,9 +160,13 @@ def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLIC
             cluster.common_lb_config.healthy_panic_threshold.value = (
                 policy.outlier_detection.min_health_percent)
     apply_locality_config(cluster, policy)
-    options = _protocol_options(port, pool) if port.l7.is_http else None
+    options = (_protocol_options(port, pool, auto_sni(policy.tls)) if port.l7.is_http
+               else None)
     if options is not None:
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options)
+    socket = transport_socket(policy.tls, port)
+    if socket is not None:
+        cluster.transport_socket.CopyFrom(socket)
     return cluster
 
 
@@ -176,8 +185,12 @@ def service_clusters(mesh: Mesh, service: Service) -> list[cluster_pb2.Cluster]:
         for subset in rule.subsets if rule else ():
             out.append(build_cluster(cluster_name(port.port, fqdn, subset.name), port,
                                      traffic_policy(mesh, fqdn, port.port, subset.name)))
+        # A pod's own cluster takes only the port's TLS: traffic asked to be encrypted
+        # must not leave in plaintext because it was addressed to one pod.
+        tls = traffic_policy(mesh, fqdn, port.port).tls
         for pod_fqdn, _ in pod_hosts(mesh, service, port):
-            out.append(build_cluster(cluster_name(port.port, pod_fqdn), port))
+            out.append(build_cluster(cluster_name(port.port, pod_fqdn), port,
+                                     TrafficPolicy(tls=tls) if tls else NO_POLICY))
     return out
 
 

@@ -322,6 +322,19 @@ def cluster(c: Any, path: str, out: Out) -> None:
                                  "type that provides a load balancer (e.g. ORIGINAL_DST)"))
 
 
+@_register_at("envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+              "validation_context")
+def validation_context(v: Any, path: str, out: Out) -> None:
+    """source/common/tls/cert_validator/default_validator.cc: "SAN-based verification of
+    peer certificates without trusted CA is insecure and not allowed" — the system roots
+    (`system_root_certs`) do not count as a trusted CA there."""
+    if (v.match_typed_subject_alt_names or v.match_subject_alt_names) \
+            and not v.HasField("trusted_ca"):
+        out.append(Violation(join(path, "match_typed_subject_alt_names"),
+                             "Envoy checks subject alt names only against a trusted CA it "
+                             "is given (caCertificates), not against the system roots"))
+
+
 @_register("envoy.extensions.load_balancing_policies.maglev.v3.Maglev")
 def maglev_policy(m: Any, path: str, out: Out) -> None:
     if m.HasField("table_size") and not _is_prime(m.table_size.value):

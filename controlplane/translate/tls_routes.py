@@ -70,8 +70,10 @@ def _route_proxy(mesh: Mesh, namespace: str, route: TLSRoute, port: ServicePort,
 
 
 def own_names(service: Service) -> tuple[str, ...]:
-    """The names a client may send as SNI for the service (its cluster IP is no name)."""
-    return tuple(n for n in host_aliases(service) if n != service.cluster_ip)
+    """The names a client may send as SNI for the service: not its cluster IP (no name),
+    nor the absolute FQDN (an SNI never carries the trailing dot, RFC 6066)."""
+    return tuple(n for n in host_aliases(service)
+                 if n != service.cluster_ip and not n.endswith("."))
 
 
 def routed(mesh: Mesh, service: Service, port: ServicePort) -> bool:

@@ -171,7 +171,9 @@ class Stream(Generic[StateT]):
                 continue
             await self.push(types.CLUSTER, snap, retain=True)
             await self.push(types.ENDPOINT, snap)
-            # Envoy ACKs CDS only once the changed clusters warmed (got their endpoints):
+            await self.push(types.SECRET, snap)
+            # Envoy ACKs CDS only once the changed clusters warmed (got their endpoints
+            # and the secrets of their TLS):
             # until then, routes must not point at them. The ACK wakes this loop again.
             if self._waiting(types.CLUSTER):
                 continue

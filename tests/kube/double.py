@@ -68,6 +68,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "Endpoints", "endpoints", short_names=("ep",)),
     Resource("", "Namespace", "namespaces", namespaced=False, short_names=("ns",)),
     Resource("", "ConfigMap", "configmaps", short_names=("cm",)),
+    Resource("", "Secret", "secrets"),
     Resource("discovery.k8s.io", "EndpointSlice", "endpointslices"),
     Resource("networking.istio.io", "VirtualService", "virtualservices", short_names=("vs",)),
     Resource("networking.istio.io", "DestinationRule", "destinationrules", short_names=("dr",)),
@@ -193,15 +194,17 @@ def _label_matcher(selector: str) -> Matcher:
 
 
 def _field_matcher(selector: str) -> Matcher:
-    """metadata.name and metadata.namespace: the field labels every resource supports."""
+    """metadata.name and metadata.namespace: the field labels every resource supports;
+    and a Secret's `type`."""
     reqs = _requirements(selector)
     for key, op, _ in reqs:
-        if key not in ("metadata.name", "metadata.namespace") or op not in ("=", "!="):
+        if key not in ("metadata.name", "metadata.namespace", "type") or op not in ("=", "!="):
             raise ValueError(f"field label not supported: {key}")
 
     def fields(obj: Obj) -> dict[str, Any]:
         md = obj["metadata"]
-        return {"metadata.name": md.get("name", ""), "metadata.namespace": md.get("namespace", "")}
+        return {"metadata.name": md.get("name", ""), "metadata.namespace": md.get("namespace", ""),
+                "type": obj.get("type", "")}
 
     return lambda obj: all(_holds(fields(obj), *req) for req in reqs)
 

@@ -2,9 +2,10 @@
 
 Each mutant's published resources become static config (EDS clusters turned STATIC with
 their assignment, route configurations inlined into the listeners, as tests/test_golden.py
-does) under names of its own: every cluster name it uses gets the mutant's tag, and its
-listeners bind to an address of their own. One Envoy run checks a whole batch; a failing
-batch is halved until each rejection is pinned to one mutant.
+does, SDS secrets made static) under names of its own: every cluster and secret name it
+uses gets the mutant's tag, and its listeners bind to an address of their own. One
+Envoy run checks a whole batch; a failing batch is halved until each rejection is pinned
+to one mutant.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ class Static:
     index: int
     clusters: list[dict[str, Any]]
     listeners: list[dict[str, Any]]
+    secrets: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _rename(node: Any, names: dict[str, str]) -> Any:
@@ -48,6 +50,18 @@ def _rename(node: Any, names: dict[str, str]) -> Any:
     return node
 
 
+def _static_secrets(node: Any, names: set[str]) -> Any:
+    """Every SdsSecretConfig naming one of `names` without its config source: Envoy then
+    takes the static secret of that name (validate mode cannot reach an ADS server)."""
+    if isinstance(node, dict):
+        if node.get("name") in names and "sdsConfig" in node:
+            return {k: v for k, v in node.items() if k != "sdsConfig"}
+        return {k: _static_secrets(v, names) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_static_secrets(v, names) for v in node]
+    return node
+
+
 def to_static(index: int, resources: dict[str, list[Any]]) -> Static:
     tag = f"m{index}~"
     assignments = {c.cluster_name: c for c in resources[types.ENDPOINT]}
@@ -57,6 +71,9 @@ def to_static(index: int, resources: dict[str, list[Any]]) -> Static:
         names[c.name] = tag + c.name
         if c.eds_cluster_config.service_name:
             names[c.eds_cluster_config.service_name] = tag + c.eds_cluster_config.service_name
+    for s in resources.get(types.SECRET, []):
+        names[s.name] = tag + s.name
+    secret_names = {tag + s.name for s in resources.get(types.SECRET, [])}
     # Routes and TCP proxies may name clusters that do not exist (yet): tag those too.
     clusters = []
     for c in resources[types.CLUSTER]:
@@ -67,7 +84,7 @@ def to_static(index: int, resources: dict[str, list[Any]]) -> Static:
             cla = assignments.get(c.eds_cluster_config.service_name or c.name)
             d["loadAssignment"] = (json_format.MessageToDict(cla) if cla is not None
                                    else {"clusterName": c.name})
-        clusters.append(_rename(d, names))
+        clusters.append(_static_secrets(_rename(d, names), secret_names))
     listeners = []
     # Each mutant's listeners get their own loopback address (validate mode binds
     # nothing, but two listeners on one address are an error).
@@ -88,12 +105,15 @@ def to_static(index: int, resources: dict[str, list[Any]]) -> Static:
         d["name"] = tag + d.get("name", "")
         d["address"]["socketAddress"]["address"] = address
         listeners.append(d)
-    return Static(index, clusters, listeners)
+    secrets = [_rename(json_format.MessageToDict(s), names)
+               for s in resources.get(types.SECRET, [])]
+    return Static(index, clusters, listeners, secrets)
 
 
 def bootstrap(batch: list[Static]) -> dict[str, Any]:
     return {"static_resources": {"clusters": [c for s in batch for c in s.clusters],
-                                 "listeners": [x for s in batch for x in s.listeners]},
+                                 "listeners": [x for s in batch for x in s.listeners],
+                                 "secrets": [x for s in batch for x in s.secrets]},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1",
                                                      "port_value": 0}}},
             "layered_runtime": SIDECAR_RUNTIME}
@@ -106,8 +126,10 @@ _ERROR = re.compile(r"error initializing configuration '[^']*': (.*)", re.S)
 class Validator:
     """Runs `envoy --mode validate`; counts runs so the report can say what it cost."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, cwd: Path | None = None) -> None:
         self.binary = binary or envoy_binary()
+        # Where relative file names in the config (certificates) are found.
+        self.cwd = cwd
         self.runs = 0
         self._dir = Path(tempfile.mkdtemp(prefix="fuzz-envoy-"))
 
@@ -118,7 +140,7 @@ class Validator:
         config.write_text(json.dumps(bootstrap(batch)))
         result = subprocess.run([self.binary, "--mode", "validate", "-l", "critical",
                                  "-c", str(config)],
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120, cwd=self.cwd)
         if result.returncode == 0:
             return None
         out = result.stdout + result.stderr

@@ -125,7 +125,11 @@ SCHEMA: list[tuple[re.Pattern[str], str, list[Any]]] = [
     (_TP, "outlierDetection", [{"consecutive5xxErrors": 1, "interval": "1s",
                                 "baseEjectionTime": "3m"},
                                {"consecutiveGatewayErrors": 2, "maxEjectionPercent": 100}]),
-    (_TP, "tls", [{"mode": "ISTIO_MUTUAL"}]),
+    # No file paths: the validating Envoy would look for them (SIMPLE with no CA uses the
+    # system roots).
+    (_TP, "tls", [{"mode": "ISTIO_MUTUAL"}, {"mode": "DISABLE"},
+                  {"mode": "SIMPLE", "sni": "shop.example", "subjectAltNames": ["shop"]},
+                  {"mode": "SIMPLE", "insecureSkipVerify": True}]),
     (_LB, "consistentHash", [{"httpHeaderName": "x-k"}, {"httpQueryParameterName": "k"}]),
     (_CH, "maglev", [{"tableSize": 65537}, {"tableSize": 1000}]),
     (_CH, "ringHash", [{"minimumRingSize": 2048}]),
