@@ -1,6 +1,6 @@
 """Our verdict on every case of tests/istio_validation.yaml (Istio's validation rules for
 VirtualService and DestinationRule) equals Istio's, or the case names a deliberate
-difference (a README bullet), or belongs to a feature another change brings (`pending`).
+difference (a README bullet).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ class Case:
     istio: str  # "accept" or "reject"
     field: str
     differs: str
-    pending: str
     doc: dict[str, Any]
 
 
@@ -61,7 +60,7 @@ def _load() -> tuple[dict[str, str], list[Case]]:
     table = yaml.safe_load(TABLE.read_text())
     cases = [Case(name=c["name"], source=c["source"], istio=c["istio"],
                   field=c.get("field", ""), differs=c.get("differs", ""),
-                  pending=c.get("pending", ""), doc=_document(c))
+                  doc=_document(c))
              for c in table["cases"]]
     return table["differences"], cases
 
@@ -75,8 +74,6 @@ def _names_field(path: str, field: str) -> bool:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_verdict_equals_istios(case: Case) -> None:
-    if case.pending:
-        pytest.skip(f"pending: {case.pending} brings this feature")
     expect_accept = (case.istio == "accept") != bool(case.differs)
     try:
         parse_object(case.doc)
