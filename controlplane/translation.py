@@ -36,6 +36,7 @@ from controlplane.translate import (
     checked,
     depends_on_locality,
     global_clusters,
+    listener_suspects,
     namespace_hosts,
     place_of,
     plain_routes,
@@ -276,12 +277,15 @@ class MeshTranslation:
                 bind_ip, choices = key.bind_ip, self.mesh.scoping().choices(key.view)
             else:
                 bind_ip, choices = str(key), NO_CHOICES
-            listeners, failure = checked(f"listeners for {key}", (),
+            listeners, failure = checked(f"listeners for {key}",
+                                         listener_suspects(self.mesh),
                                          lambda: build_listeners(self.mesh, bind_ip, choices))
             if failure is None:
                 return listeners
-            # No object to blame (listeners come from Services alone): the group's last
-            # good set, reported.
+            # The push loop rejects the VirtualService behind it (tcp/tls routes) when one
+            # changed; meanwhile, and when none did, the group's last good set.
+            if failure not in self.failures:
+                self.failures.append(failure)
             log.error("unit_withheld", unit=failure.what, by=failure.by,
                       reason=failure.reason)
             return self._last_memo.get((type_url, key), [])

@@ -244,3 +244,42 @@ def test_configz_lists_what_the_file_source_refused(file_cp: ControlPlane,
                        what="both problems in /debug/configz")
     [conflict] = [p for p in found if "Service default/web" in p]
     assert "a.yaml" in conflict and "b.yaml" in conflict, conflict
+
+
+def test_a_virtual_service_that_breaks_the_listeners_is_rejected_by_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listeners carry VirtualServices' tcp and tls routes: when a listener fails Envoy's
+    checks after such a VirtualService changed, that VirtualService is rejected and the
+    listeners are published without it."""
+    from controlplane.translate import listeners
+
+    real = listeners.sni_chains
+
+    def strict(mesh_: Any, tls: Any) -> Any:
+        chains = real(mesh_, tls)
+        if any(v.meta.name == "bad" for v in mesh_.virtual_services.values()):
+            chains[0].filter_chain_match.destination_port.value = 70000  # over 65535
+        return chains
+
+    monkeypatch.setattr(listeners, "sni_chains", strict)
+    bad = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "bad", "namespace": "default"},
+           "spec": {"hosts": ["web"], "tls": [{"match": [{"sniHosts": ["web"]}],
+                                               "route": [{"destination": {"host": "web"}}]}]}}
+
+    async def scenario() -> None:
+        store, cache = Store(), SnapshotCache()
+        push = PushLoop(store, cache)
+        for o in _parse(service("web", 443, port_name="tls")):
+            store.apply(o)
+        assert push.publish()
+        for o in _parse(bad):
+            store.apply(o)
+        assert push.publish()
+        rejection = store.rejections[Key("VirtualService", "default", "bad")]
+        assert rejection.by == "constraints" and "listeners for" in rejection.reason
+        assert cache.snapshot is not None
+        [listener] = cache.snapshot.for_key(types.LISTENER, "0.0.0.0").items.values()
+        assert all(c.filter_chain_match.destination_port.value != 70000
+                   for c in listener.message.filter_chains)
+    asyncio.run(scenario())

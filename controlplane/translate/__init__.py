@@ -16,7 +16,13 @@ from controlplane.translate.endpoints import (
     priority_labels,
     service_assignments,
 )
-from controlplane.translate.guard import Failure, checked, route_suspects, service_suspects
+from controlplane.translate.guard import (
+    Failure,
+    checked,
+    listener_suspects,
+    route_suspects,
+    service_suspects,
+)
 from controlplane.translate.listeners import build_listeners, route_names
 from controlplane.translate.locality import Place, place_of
 from controlplane.translate.outbound import global_clusters
@@ -49,6 +55,7 @@ __all__ = [
     "checked",
     "depends_on_locality",
     "global_clusters",
+    "listener_suspects",
     "namespace_hosts",
     "place_of",
     "plain_routes",

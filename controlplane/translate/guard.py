@@ -39,6 +39,14 @@ def service_suspects(mesh: Mesh, service: Service) -> tuple[Key, ...]:
     return tuple(dict.fromkeys([*([_key(rule)] if rule else []), _key(service)]))
 
 
+def listener_suspects(mesh: Mesh) -> tuple[Key, ...]:
+    """Behind a proxy's listeners, besides the Services: the VirtualServices whose `tcp`
+    or `tls` routes shape filter chains (any namespace's view may hold them)."""
+    in_force = [*mesh.virtual_services.values(),
+                *(vs for _, vs in mesh.scoping().alternates())]
+    return tuple(dict.fromkeys(_key(vs) for vs in in_force if vs.tcp or vs.tls))
+
+
 def route_suspects(mesh: Mesh, service: Service, vs: VirtualService | None = None
                    ) -> tuple[Key, ...]:
     """Behind a service's routes: its VirtualService (the shared one unless given), the
