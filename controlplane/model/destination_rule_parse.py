@@ -8,7 +8,6 @@ balancer's locality and warmup settings are read by `load_balancer_parse.py`.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from controlplane.model.client_tls_parse import parse_client_tls
@@ -43,7 +42,7 @@ from controlplane.model.istio_common import (
 )
 from controlplane.model.load_balancer_parse import parse_locality_lb, parse_warmup
 from controlplane.model.meta import parse_meta
-from controlplane.model.visibility import parse_export_to
+from controlplane.model.visibility import check_labels, parse_export_to
 
 # Istio's simple load balancers, by the Envoy policy each becomes.
 SIMPLE_LB = {"UNSPECIFIED": "ROUND_ROBIN", "ROUND_ROBIN": "ROUND_ROBIN",
@@ -384,22 +383,6 @@ def parse_traffic_policy(raw: Any, path: str, errs: Errors, warnings: list[str],
     )
 
 
-_LABEL_KEY = re.compile(r"^(?:[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?"
-                        r"(?:\.[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?)*/)?"
-                        r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_LABEL_VALUE = re.compile(r"^(?:(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
-
-def _check_labels(raw: Any, path: str, errs: Errors) -> None:
-    """Istio's label check: Kubernetes label keys (an optional DNS prefix and `/`) and
-    values."""
-    for key, value in as_map(raw, path, errs).items():
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
-            errs.add(f"{path}.{key}", f"{key!r} is not a valid label key")
-        elif isinstance(value, str) and not _LABEL_VALUE.match(value):
-            errs.add(f"{path}.{key}", f"{value!r} is not a valid label value")
-
-
 def parse_destination_rule(raw: dict[str, Any], errs: Errors) -> DestinationRule:
     meta = parse_meta(raw, errs)
     spec = as_map(raw.get("spec"), "spec", errs)
@@ -437,7 +420,8 @@ def parse_destination_rule(raw: dict[str, Any], errs: Errors) -> DestinationRule
         if name in seen:
             errs.add(f"{path}.name", f"subset {name!r} is defined twice")
         seen.add(name)
-        _check_labels(s.get("labels"), f"{path}.labels", errs)
+        check_labels(as_labels(s.get("labels"), f"{path}.labels", errs), f"{path}.labels",
+                     errs)
         policy = (parse_traffic_policy(s["trafficPolicy"], f"{path}.trafficPolicy", errs,
                                        warnings) if s.get("trafficPolicy") is not None
                   else None)

@@ -167,6 +167,7 @@ def check_gateway_names(raw: list[Any], path: str, errs: Errors, warnings: list[
             continue
         if not namespace or not gateway:
             errs.add(gpath, "namespace and gateway name must not be empty")
+            continue
         if not is_dns_label(namespace):
             errs.add(gpath, f"{namespace!r} is not a valid namespace (a DNS label)")
         if not is_dns_label(gateway):

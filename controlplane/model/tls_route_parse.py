@@ -22,16 +22,22 @@ from collections.abc import Callable
 from typing import Any
 
 from controlplane.model.errors import Errors
-from controlplane.model.fields import as_int, as_list, as_map, as_str, reject_unknown_fields
+from controlplane.model.fields import (
+    as_int,
+    as_labels,
+    as_list,
+    as_map,
+    as_str,
+    reject_unknown_fields,
+)
+from controlplane.model.istio_common import check_gateway_names
 from controlplane.model.virtual_service import TLSMatch, TLSRoute, WeightedDestination
+from controlplane.model.visibility import check_labels
 
 _LABEL = r"[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?"
 _DNS_LABEL = re.compile(f"^{_LABEL}$")
 # The first label of a host may be `*`, `*suffix`, `*-suffix` or a plain label.
 _WILDCARD_LABEL = re.compile(rf"^(\*|(\*|\*-)?{_LABEL})$")
-_LABEL_KEY = re.compile(rf"^({_LABEL}(\.{_LABEL})*/)?((?:[A-Za-z0-9][-A-Za-z0-9_.]*)?"
-                        r"[A-Za-z0-9])$")
-_LABEL_VALUE = re.compile(r"^((?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DestinationParser = Callable[[Any, str, Errors], tuple[WeightedDestination, ...]]
 _MATCH_FIELDS = {"sniHosts", "destinationSubnets", "port", "sourceLabels", "gateways",
                  "sourceNamespace"}
@@ -116,30 +122,6 @@ def _subnet(raw: Any, path: str, errs: Errors) -> str:
         return ""
 
 
-def _source_labels(raw: Any, path: str, errs: Errors) -> None:
-    for key, value in as_map(raw, path, errs).items():
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
-            errs.add(f"{path}.{key}", f"{key!r} is not a valid label name")
-        elif not isinstance(value, str) or not _LABEL_VALUE.match(value) or len(value) > 63:
-            errs.add(f"{path}.{key}", f"{value!r} is not a valid label value")
-
-
-def _gateways(raw: Any, path: str, errs: Errors) -> tuple[str, ...]:
-    out = []
-    for i, g in enumerate(as_list(raw, path, errs)):
-        name = as_str(g, f"{path}[{i}]", errs)
-        namespace, slash, gateway = name.partition("/")
-        if slash:
-            if not (_DNS_LABEL.match(namespace) and len(namespace) <= 63
-                    and _DNS_LABEL.match(gateway) and len(gateway) <= 63):
-                errs.add(f"{path}[{i}]", f"{name!r} is not <namespace>/<name> of two DNS "
-                                         "labels")
-        elif isinstance(g, str) and (problem := domain_problem(name, wildcard=False)):
-            errs.add(f"{path}[{i}]", f"{problem}; name a gateway as <namespace>/<name>")
-        out.append(name)
-    return tuple(out)
-
-
 def _parse_match(raw: Any, path: str, vs_hosts: tuple[str, ...], gateway_only: bool,
                  errs: Errors, warnings: list[str]) -> TLSMatch:
     m = as_map(raw, path, errs)
@@ -157,7 +139,8 @@ def _parse_match(raw: Any, path: str, vs_hosts: tuple[str, ...], gateway_only: b
         _subnet(d, f"{path}.destinationSubnets[{i}]", errs) for i, d in
         enumerate(as_list(m.get("destinationSubnets"), f"{path}.destinationSubnets", errs)))
         if s)
-    _source_labels(m.get("sourceLabels"), f"{path}.sourceLabels", errs)
+    check_labels(as_labels(m.get("sourceLabels"), f"{path}.sourceLabels", errs),
+                 f"{path}.sourceLabels", errs)
     as_str(m.get("sourceNamespace"), f"{path}.sourceNamespace", errs)
     for key in ("sourceLabels", "sourceNamespace"):
         if m.get(key):
@@ -167,7 +150,8 @@ def _parse_match(raw: Any, path: str, vs_hosts: tuple[str, ...], gateway_only: b
         sni_hosts=tuple(dict.fromkeys(hosts)),
         destination_subnets=tuple(dict.fromkeys(subnets)),
         port=as_int(m.get("port"), f"{path}.port", errs, lo=1, hi=65535),
-        gateways=_gateways(m.get("gateways"), f"{path}.gateways", errs),
+        gateways=check_gateway_names(as_list(m.get("gateways"), f"{path}.gateways", errs),
+                                     f"{path}.gateways", errs, warnings),
     )
 
 

@@ -86,25 +86,6 @@ def check_labels(labels: Iterable[tuple[str, str]], path: str, errs: Errors) -> 
             errs.add(f"{path}.{key}", f"{value!r} is not a valid label value")
 
 
-def check_gateway_names(raw: Any, path: str, errs: Errors) -> tuple[str, ...]:
-    """Gateway references ("mesh", "namespace/name", or a legacy name), Istio's checks."""
-    out = []
-    for i, entry in enumerate(as_list(raw, path, errs)):
-        name = as_str(entry, f"{path}[{i}]", errs)
-        ns, sep, gw = name.partition("/")
-        if sep:
-            if not ns or not gw:
-                errs.add(f"{path}[{i}]", "namespace and gateway name cannot be empty")
-            elif not is_dns1123_label(ns):
-                errs.add(f"{path}[{i}]", f"{ns!r} is not a valid namespace")
-            elif not is_dns1123_label(gw):
-                errs.add(f"{path}[{i}]", f"{gw!r} is not a valid gateway name")
-        elif not name or not all(is_dns1123_label(p) for p in name.split(".")):
-            errs.add(f"{path}[{i}]", f"{name!r} is not a valid gateway name")
-        out.append(name)
-    return tuple(out)
-
-
 def workload_selector(raw: Any, path: str, errs: Errors) -> frozenset[tuple[str, str]] | None:
     """A workloadSelector's labels (None without one): no empty key, no wildcard."""
     if raw is None:
