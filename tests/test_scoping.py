@@ -307,3 +307,32 @@ def test_listeners_stay_one_set_per_bind_address_without_scoping() -> None:
     t = MeshTranslation(mesh_of(service("db", 5432, port_name="tcp"), service("web", 80)))
     assert t.group_key(types.LISTENER, proxy("a")) == t.group_key(types.LISTENER, proxy("b"))
     assert t.group_key(types.LISTENER, proxy("a")) == "0.0.0.0"
+
+
+def test_tls_routes_follow_export_to() -> None:
+    """A private VirtualService's `tls` routes shape only its own namespace's listeners:
+    elsewhere the TLS service keeps its passthrough chain."""
+    api = service("api", 443, port_name="tls", cluster_ip="10.0.0.7")
+    web = service("web", 443, port_name="tls", cluster_ip="10.0.0.8")
+    vs = exported({"apiVersion": ISTIO, "kind": "VirtualService",
+                   "metadata": {"name": "api", "namespace": "team-a"},
+                   "spec": {"hosts": ["api.default.svc.cluster.local"], "tls": [{
+                       "match": [{"sniHosts": ["api.default.svc.cluster.local"]}],
+                       "route": [{"destination": {
+                           "host": "web.default.svc.cluster.local"}}]}]}}, ".")
+    t = MeshTranslation(mesh_of(api, web, vs))
+    api_cluster = "outbound|443||api.default.svc.cluster.local"
+    web_cluster = "outbound|443||web.default.svc.cluster.local"
+
+    def by_sni(p: ProxyView) -> str:
+        from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+        [listener] = t.messages(types.LISTENER, t.group_key(types.LISTENER, p))
+        for chain in listener.filter_chains:
+            if "api.default.svc.cluster.local" in chain.filter_chain_match.server_names:
+                proxy_ = tcp_proxy_pb2.TcpProxy()
+                chain.filters[0].typed_config.Unpack(proxy_)
+                return proxy_.cluster
+        raise AssertionError("no chain names api's SNI")
+
+    assert by_sni(proxy("team-a")) == web_cluster
+    assert by_sni(proxy("team-b")) == api_cluster

@@ -115,7 +115,7 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str,
         if port.l7 is not Protocol.TLS:
             listener.default_filter_chain.CopyFrom(_tcp_chain(_tcp_proxy(mesh, service, port,
                                                                          choices)))
-        elif (chain := default_chain(mesh, service, port)) is not None:
+        elif (chain := default_chain(mesh, service, port, choices)) is not None:
             listener.default_filter_chain.CopyFrom(chain)
     seen_ips: set[str] = set()
     for service, port in tcp:
@@ -129,7 +129,7 @@ def build_listener(mesh: Mesh, group: PortGroup, bind_ip: str,
         # As Istio: a client that sends nothing first (a server-first protocol on a TCP
         # service sharing the port) is passed on when the inspector gives up, not closed.
         listener.continue_on_listener_filters_timeout = True
-        listener.filter_chains.extend(sni_chains(mesh, tls))
+        listener.filter_chains.extend(sni_chains(mesh, tls, choices))
     return listener
 
 

@@ -30,6 +30,7 @@ from google.protobuf import wrappers_pb2
 
 from controlplane.model.mesh import Mesh
 from controlplane.model.mesh_config import REGISTRY_ONLY
+from controlplane.model.scoping import NO_CHOICES, HostChoices
 from controlplane.model.service import Service, ServicePort
 from controlplane.model.virtual_service import TLSRoute
 from controlplane.translate.destinations import resolve_destination
@@ -76,13 +77,18 @@ def own_names(service: Service) -> tuple[str, ...]:
                  if n != service.cluster_ip and not n.endswith("."))
 
 
-def routed(mesh: Mesh, service: Service, port: ServicePort) -> bool:
+def routed(mesh: Mesh, service: Service, port: ServicePort,
+           choices: HostChoices = NO_CHOICES) -> bool:
     """Whether the service's VirtualService has a `tls` route match for this port."""
-    return next(_route_chains(mesh, service, port), None) is not None
+    return next(_route_chains(mesh, service, port, choices), None) is not None
 
 
-def _route_chains(mesh: Mesh, service: Service, port: ServicePort) -> Iterator[_Chain]:
-    vs = mesh.virtual_services.get(service.fqdn)
+def _route_chains(mesh: Mesh, service: Service, port: ServicePort,
+                  choices: HostChoices) -> Iterator[_Chain]:
+    # The VirtualService every namespace sees, unless the proxy's view chose another
+    # (exportTo, Sidecar), as for tcp routes.
+    vs = (choices.overrides[service.fqdn] if service.fqdn in choices.overrides
+          else mesh.virtual_services.get(service.fqdn))
     if vs is None:
         return
     stat_prefix = cluster_name(port.port, service.fqdn)
@@ -95,8 +101,9 @@ def _route_chains(mesh: Mesh, service: Service, port: ServicePort) -> Iterator[_
             yield _Chain(match.sni_hosts, match.destination_subnets, proxy)
 
 
-def _service_chains(mesh: Mesh, service: Service, port: ServicePort) -> list[_Chain]:
-    chains = list(_route_chains(mesh, service, port))
+def _service_chains(mesh: Mesh, service: Service, port: ServicePort,
+                    choices: HostChoices) -> list[_Chain]:
+    chains = list(_route_chains(mesh, service, port, choices))
     if not chains or mesh.config.outbound_traffic_policy != REGISTRY_ONLY:
         # Without routes: Istio's passthrough to the service. With routes, a connection
         # naming the service itself that no route matches goes, in Istio, to the
@@ -132,20 +139,21 @@ def _filter_chain(chain: _Chain) -> listener_components_pb2.FilterChain:
     return out
 
 
-def sni_chains(mesh: Mesh, services: list[tuple[Service, ServicePort]]
-               ) -> list[listener_components_pb2.FilterChain]:
+def sni_chains(mesh: Mesh, services: list[tuple[Service, ServicePort]],
+               choices: HostChoices = NO_CHOICES) -> list[listener_components_pb2.FilterChain]:
     """The chains of the port's TLS services, in (namespace, name) order."""
     claimed: set[tuple[str, str]] = set()
     out = []
     for service, port in services:
-        for chain in _service_chains(mesh, service, port):
+        for chain in _service_chains(mesh, service, port, choices):
             kept = _claim(chain, claimed)
             if kept is not None:
                 out.append(_filter_chain(kept))
     return out
 
 
-def default_chain(mesh: Mesh, service: Service, port: ServicePort
+def default_chain(mesh: Mesh, service: Service, port: ServicePort,
+                  choices: HostChoices = NO_CHOICES
                   ) -> listener_components_pb2.FilterChain | None:
     """Where a connection goes when no chain names its SNI, the port's first service
     being a TLS one. In Istio that service's own listener sends such a connection to the
@@ -153,7 +161,8 @@ def default_chain(mesh: Mesh, service: Service, port: ServicePort
     PassthroughCluster, i.e. on to the address it was sent to (the service again), or,
     under REGISTRY_ONLY, to the BlackHoleCluster: here no default chain, so Envoy closes
     the connection."""
-    if routed(mesh, service, port) and mesh.config.outbound_traffic_policy == REGISTRY_ONLY:
+    if (routed(mesh, service, port, choices)
+            and mesh.config.outbound_traffic_policy == REGISTRY_ONLY):
         return None
     chain = listener_components_pb2.FilterChain()
     f = chain.filters.add(name=TCP_PROXY_FILTER)
