@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,11 @@ _DAY = datetime.timedelta(days=1)
 class Issued:
     cert: Path
     key: Path
+
+    @property
+    def der(self) -> bytes:
+        """The certificate as a TLS peer presents it (`getpeercert(binary_form=True)`)."""
+        return ssl.PEM_cert_to_DER_cert(self.cert.read_text())
 
 
 def _name(common: str) -> x509.Name:

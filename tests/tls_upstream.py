@@ -1,7 +1,8 @@
-"""An HTTPS server on a loopback address for the upstream TLS tests: answers each
-request with the SNI the client sent, the client certificate's common name (when it
-showed one) and the Host header, as JSON; optionally requires a client certificate
-signed by a given CA. Handshakes that fail are counted, not printed."""
+"""An HTTPS server on a loopback address for the TLS tests (origination and passthrough):
+answers each request with the SNI the client sent, the client certificate's common name
+(when it showed one), the Host header and, when it was given a name, that name as "pod"
+(as the harness's plain upstreams report theirs), as JSON; optionally requires a client
+certificate signed by a given CA. Handshakes that fail are counted, not printed."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class _Handler(BaseHTTPRequestHandler):
         subject = dict(x[0] for x in peer["subject"]) if peer else {}
         seen = {"sni": getattr(conn, "sni", None), "client": subject.get("commonName"),
                 "host": self.headers.get("host")}
+        if self.server.name is not None:
+            seen["pod"] = self.server.name
         self.server.requests.append(seen)
         body = json.dumps(seen).encode()
         self.send_response(200)
@@ -42,8 +45,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _TlsServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext) -> None:
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext,
+                 name: str | None) -> None:
         self.context = context
+        self.name = name
         self.failed_handshakes = 0
         self.requests: list[dict[str, Any]] = []
         super().__init__(address, _Handler)
@@ -61,7 +66,8 @@ class _TlsServer(ThreadingHTTPServer):
 
 class TlsUpstream:
     def __init__(self, ip: str, port: int, cert: Issued, *,
-                 client_ca: Path | None = None) -> None:
+                 client_ca: Path | None = None, name: str | None = None) -> None:
+        self.cert, self.name = cert, name
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert.cert, cert.key)
         if client_ca is not None:
@@ -71,7 +77,7 @@ class TlsUpstream:
         def remember_sni(sock: Any, name: str | None, _: ssl.SSLContext) -> None:
             sock.sni = name  # read back by the handler from its connection
         context.sni_callback = remember_sni
-        self.server = _TlsServer((ip, port), context)
+        self.server = _TlsServer((ip, port), context, name)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name=f"tls-upstream-{ip}")
         self.thread.start()
