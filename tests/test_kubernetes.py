@@ -331,7 +331,7 @@ def test_watches_recover_from_an_api_server_restart() -> None:
             watchers = plane.kube.watchers
             assert {w.collection.kind for w in watchers} == {
                 "Service", "EndpointSlice", "Pod", "Secret", "VirtualService", "DestinationRule",
-                "ConfigMap"}
+                "Sidecar", "ConfigMap"}
             logsetup.configure("info", cache=False)
             with structlog.testing.capture_logs() as logs:
                 own.stop_apiserver()
