@@ -255,8 +255,8 @@ def test_a_virtual_service_that_breaks_the_listeners_is_rejected_by_name(
 
     real = listeners.sni_chains
 
-    def strict(mesh_: Any, tls: Any) -> Any:
-        chains = real(mesh_, tls)
+    def strict(mesh_: Any, tls: Any, *rest: Any) -> Any:
+        chains = real(mesh_, tls, *rest)
         if any(v.meta.name == "bad" for v in mesh_.virtual_services.values()):
             chains[0].filter_chain_match.destination_port.value = 70000  # over 65535
         return chains
@@ -273,6 +273,7 @@ def test_a_virtual_service_that_breaks_the_listeners_is_rejected_by_name(
         for o in _parse(service("web", 443, port_name="tls")):
             store.apply(o)
         assert push.publish()
+        assert not store.rejections
         for o in _parse(bad):
             store.apply(o)
         assert push.publish()
