@@ -826,5 +826,8 @@ def test_the_control_plane_runs_on_the_service_accounts_permissions(
             time.sleep(0.5)  # any refused watch would have logged by now
         finally:
             plane.stop()
-    refused = [e for e in logs if e["log_level"] in ("warning", "error")]
+    # A 429 ("storage is (re)initializing": a CRD applied moments ago) is the API server
+    # not ready yet, retried by the watcher; a permission refusal is what this is about.
+    refused = [e for e in logs if e["log_level"] in ("warning", "error")
+               and not str(e.get("error", "")).startswith("ApiError: 429")]
     assert not refused, refused
