@@ -39,6 +39,7 @@ _SHAPES: dict[str, tuple[str, ...]] = {
     types.CLUSTER: ("DestinationRule",),
     types.ENDPOINT: ("DestinationRule",),
     types.ROUTE: ("VirtualService", "DestinationRule"),
+    types.LISTENER: ("VirtualService",),  # tcp and tls routes shape filter chains
 }
 _HOST = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)"
                    r"\.svc\.cluster\.local")

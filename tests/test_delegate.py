@@ -146,3 +146,21 @@ def test_without_export_to_the_mesh_default_decides() -> None:
     merged = merge_delegates(root, delegates, lambda h, ns: h, problems, (".",))
     assert merged.http == () and "is not exported to namespace default" in problems[0]
     assert merge_delegates(root, delegates, lambda h, ns: h, [], ("*",)).http != ()
+
+
+def test_who_may_take_a_root_match_carries_into_the_merged_match() -> None:
+    """Istio's merge: the root's sourceLabels join the delegate's, its sourceNamespace
+    and gateways apply where the delegate names none; differing ones conflict."""
+    root = (HTTPMatch(uri=StringMatch("prefix", "/api"), source_labels=frozenset(
+        {("app", "a")}), source_namespace="team-a", gateways=("mesh",)),)
+    leaf = (HTTPMatch(uri=StringMatch("prefix", "/api/v2"),
+                      source_labels=frozenset({("tier", "web")})),)
+    merged = merge_matches(root, leaf)
+    assert merged is not None
+    [m] = merged
+    assert m.source_labels == frozenset({("app", "a"), ("tier", "web")})
+    assert (m.source_namespace, m.gateways) == ("team-a", ("mesh",))
+    assert merge_matches(root, (HTTPMatch(uri=StringMatch("prefix", "/api"),
+                                          source_labels=frozenset({("app", "b")})),)) is None
+    assert merge_matches(root, (HTTPMatch(uri=StringMatch("prefix", "/api"),
+                                          source_namespace="team-b"),)) is None

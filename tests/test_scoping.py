@@ -336,3 +336,24 @@ def test_tls_routes_follow_export_to() -> None:
 
     assert by_sni(proxy("team-a")) == web_cluster
     assert by_sni(proxy("team-b")) == api_cluster
+
+
+def test_a_namespace_whose_own_virtual_service_has_no_tcp_route_gets_the_plain_chain(
+        ) -> None:
+    """The public VirtualService routes db's TCP elsewhere; team-a's own (private, HTTP
+    routes only) is the one in force there, so team-a's listeners send db to db."""
+    db = service("db", 5432, port_name="tcp", cluster_ip="10.0.0.5")
+    replica = service("replica", 5432, port_name="tcp", cluster_ip="10.0.0.6")
+    public = {"apiVersion": ISTIO, "kind": "VirtualService",
+              "metadata": {"name": "db", "namespace": "default"},
+              "spec": {"hosts": ["db.default.svc.cluster.local"], "tcp": [{"route": [
+                  {"destination": {"host": "replica.default.svc.cluster.local"}}]}]}}
+    own = exported({"apiVersion": ISTIO, "kind": "VirtualService",
+                    "metadata": {"name": "db", "namespace": "team-a"},
+                    "spec": {"hosts": ["db.default.svc.cluster.local"], "http": [{"route": [
+                        {"destination": {"host": "db.default.svc.cluster.local"}}]}]}}, ".")
+    t = MeshTranslation(mesh_of(db, replica, public, own))
+    replica_cluster = "outbound|5432||replica.default.svc.cluster.local"
+    db_cluster = "outbound|5432||db.default.svc.cluster.local"
+    assert tcp_clusters(t, proxy("team-b"))[5432][0] == replica_cluster
+    assert tcp_clusters(t, proxy("team-a"))[5432][0] == db_cluster

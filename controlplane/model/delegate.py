@@ -79,7 +79,12 @@ def _conflict(root: HTTPMatch, leaf: HTTPMatch) -> bool:
             or _named_conflict(root.without_headers, leaf.without_headers)
             or _named_conflict(root.query_params, leaf.query_params)
             or root.ignore_uri_case != leaf.ignore_uri_case
-            or (root.port is not None and leaf.port is not None and root.port != leaf.port))
+            or (root.port is not None and leaf.port is not None and root.port != leaf.port)
+            # Who may take the match (Istio compares these too): a label both name with
+            # different values, or two different source namespaces.
+            or any(dict(root.source_labels).get(k, v) != v for k, v in leaf.source_labels)
+            or bool(root.source_namespace and leaf.source_namespace
+                    and root.source_namespace != leaf.source_namespace))
 
 
 def _joined(root: str, leaf: str) -> str:
@@ -105,6 +110,12 @@ def _merge_match(root: HTTPMatch, leaf: HTTPMatch) -> HTTPMatch:
         ignore_uri_case=leaf.ignore_uri_case,
         port=leaf.port if leaf.port is not None else root.port,
         name=_joined(root.name, leaf.name),
+        # As Istio merges them: the root's source labels join the delegate's; its source
+        # namespace and gateways apply unless the delegate names its own.
+        source_labels=frozenset({**dict(leaf.source_labels),
+                                 **dict(root.source_labels)}.items()),
+        source_namespace=leaf.source_namespace or root.source_namespace,
+        gateways=leaf.gateways or root.gateways,
     )
 
 

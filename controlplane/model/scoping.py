@@ -93,12 +93,15 @@ class Scopes:
         self.selects_clients = any(vs.selects_clients for vses in candidates.values()
                                    for vs in vses)
         # Whether listeners differ by view: a Sidecar, a TCP service not exported
-        # everywhere, or a TCP or TLS route some view takes from another VirtualService.
+        # everywhere, or a host whose TCP or TLS routes some view takes from another
+        # VirtualService (or loses, where its own has none).
         self.scoped_listeners = bool(self.sidecars) or any(
             PUBLIC not in self.service_export[fqdn] and any(not p.l7.is_http
                                                             for p in s.ports)
-            for fqdn, s in services.items()) or any(vs.tcp or vs.tls
-                                                  for _, vs in self.alternates())
+            for fqdn, s in services.items()) or any(
+                vs.tcp or vs.tls or ((d := self.default.get(fqdn)) is not None
+                                     and bool(d.tcp or d.tls))
+                for fqdn, vs in self.alternates())
         self._selectors: dict[str, tuple[Labels, ...]] = {}
         self._choices: dict[tuple[str, tuple[str, str] | None], HostChoices] = {}
 
