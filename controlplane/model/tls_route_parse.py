@@ -30,7 +30,7 @@ from controlplane.model.fields import (
     as_str,
     reject_unknown_fields,
 )
-from controlplane.model.istio_common import check_gateway_names
+from controlplane.model.istio_common import check_gateway_names, is_ip_address
 from controlplane.model.virtual_service import TLSMatch, TLSRoute, WeightedDestination
 from controlplane.model.visibility import check_labels
 
@@ -67,14 +67,6 @@ def domain_problem(name: str, *, wildcard: bool) -> str | None:
     return None
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def within(host: str, other: str) -> bool:
     """Istio's host.Name.SubsetOf: every name `host` covers, `other` covers too."""
     if host.startswith("*"):
@@ -97,7 +89,7 @@ def _sni_host(raw: Any, path: str, vs_hosts: tuple[str, ...], gateway_only: bool
     if not (gateway_only and name.startswith("outbound_")):
         problem = domain_problem(name, wildcard=True)
         if problem is not None:
-            if _is_ip(name):
+            if is_ip_address(name):
                 warnings.append(f"{path}: {name!r} is an IP address; the SNI spec forbids "
                                 "them and most clients never send one")
                 return name
