@@ -1,0 +1,1 @@
+"""`controlplane explain`: where one request would go through one proxy, and why."""

@@ -1,0 +1,2 @@
+"""The validating admission webhook: the loader's validation and the analysis, served to
+the Kubernetes API server as AdmissionReview answers."""
