@@ -172,7 +172,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--config-dir", default=None,
                       help="demo manifests to start from (default: those shipped in the "
                            "package, controlplane/demo/manifests/)")
-    for command in (serve_p, bootstrap_p, ps, demo):
+    from controlplane.explain.command import add_arguments as explain_arguments
+
+    explain_p = sub.add_parser("explain", help="where would this request go through this "
+                                               "proxy, and why? (exit 1: not routed)")
+    explain_arguments(explain_p)
+    for command in (serve_p, bootstrap_p, ps, demo, explain_p):
         _log_args(command, command=True)
     return p
 
@@ -242,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from controlplane.admin.proxy_status import run as proxy_status
 
         return proxy_status(args.server, args.node_id, args.output, args.envoy_admin)
+    if args.command == "explain":
+        from controlplane.explain.command import run as explain
+
+        return explain(args)
     if args.command == "demo":
         from controlplane.demo.story import run  # the demo needs Envoy: a test extra
 
