@@ -212,16 +212,24 @@ def test_explain_command(file_cp: ControlPlane, mesh: dict[str, str], envoy: Any
     assert run_cli([*base, f"http://reviews:{PORT}/", "-H", "end-user: jason",
                      "-o", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert (result["virtual_service"], result["rule"]) == ("default/reviews", "spec.http[0]")
+    assert (result["virtual_service"], result["rule"]) == ("default/reviews",
+                                                          "spec.http[0].match[0]")
     [dest] = result["destinations"]
     assert (dest["service"], dest["subset"], dest["percent"]) == (HOST, "v2", 100.0)
+    assert dest["destination_rule"] == "default/reviews"
+    assert {p["name"]: p["source"] for p in dest["policies"]} == {
+        "circuit breakers": "trafficPolicy", "outlier detection": "subsets[1].trafficPolicy"}
     assert result["domain"] == f"reviews:{PORT}" and result["domain_match"] == "exact domain"
 
     assert run_cli([*base, f"http://reviews:{PORT}/"]) == 0
     out = capsys.readouterr().out
     assert f"outbound|{PORT}|v1|{HOST}" in out and "pod default/reviews-v1" in out, out
-    assert "skipped route default.reviews.0 (VirtualService default/reviews spec.http[0])" \
-        ": header end-user is 'jason': absent" in out, out
+    assert "skipped route default.reviews.0 (VirtualService default/reviews spec.http[0]" \
+        ".match[0]): header end-user is 'jason': absent" in out, out
+    assert "circuit breakers: max_connections=50  [trafficPolicy]" in out, out
+    # A route the user named: only its metadata says where it came from.
+    assert "skipped route by-weight (VirtualService default/reviews spec.http[8].match[0])" \
+        in out, out
 
     assert run_cli(["explain", "--proxy", "nobody", "--server", server,
                      f"http://reviews:{PORT}/"]) == 2

@@ -192,7 +192,7 @@ def cluster_policies(cluster: Json) -> list[Policy]:
     if lb != "ROUND_ROBIN" or "loadBalancer" in sources:
         add("load balancer", str(lb), "loadBalancer")
     ct = cluster.get("connect_timeout")
-    if ct not in (None, "10s") or "connectionPool" in sources:
+    if ct not in (None, "10s"):  # Istio's default says nothing
         add("connect timeout", _duration(ct), "connectionPool")
     for t in cluster.get("circuit_breakers", {}).get("thresholds", []):
         limits = [f"{k}={t[k]}" for k in ("max_connections", "max_pending_requests",

@@ -140,7 +140,7 @@ def _resolved(dest: Destination, namespace: str, resolve: Resolve) -> Destinatio
 
 
 def merge_route(root: HTTPRoute, leaf: HTTPRoute, delegate: VirtualService,
-                resolve: Resolve) -> HTTPRoute | None:
+                resolve: Resolve, rules: tuple[int, int] | None = None) -> HTTPRoute | None:
     """One delegate route under its root route; None when their matches contradict."""
     matches = merge_matches(root.matches, leaf.matches)
     if matches is None:
@@ -164,6 +164,7 @@ def merge_route(root: HTTPRoute, leaf: HTTPRoute, delegate: VirtualService,
         cors=leaf.cors or root.cors,
         delegate=None,
         origin=Key("VirtualService", ns, delegate.meta.name),
+        origin_rules=rules,
     )
 
 
@@ -191,7 +192,7 @@ def merge_delegates(vs: VirtualService, delegates: Delegates, resolve: Resolve,
                             f"{vs.meta.namespace}; the route is left out")
             continue
         for j, leaf in enumerate(target.http):
-            merged = merge_route(route, leaf, target, resolve)
+            merged = merge_route(route, leaf, target, resolve, (i, j))
             if merged is None:
                 problems.append(f"{where}: {_ref(target)} spec.http[{j}] matches nothing "
                                 "the root route matches; that route is left out")

@@ -143,6 +143,11 @@ class TrafficPolicy:
             tls=level.tls or self.tls)
 
 
+# The settings a policy level may hold: attribute, and its name in the API.
+_SETTINGS = (("load_balancer", "loadBalancer"), ("connection_pool", "connectionPool"),
+             ("outlier_detection", "outlierDetection"), ("tls", "tls"))
+
+
 @dataclass(frozen=True)
 class Subset:
     name: str
@@ -161,6 +166,31 @@ class DestinationRule:
 
     def subset(self, name: str) -> Subset | None:
         return next((s for s in self.subsets if s.name == name), None)
+
+    def policy_sources(self, subset: str, port: int) -> tuple[tuple[str, str], ...]:
+        """For each setting `policy(subset, port)` holds, the level of the rule it came
+        from, as a field path (`subsets[0].trafficPolicy.portLevelSettings[1]`), in the
+        same precedence: the subset's port level, the subset's, the rule's port level,
+        the rule's."""
+        levels: list[tuple[TrafficPolicy | PortPolicy, str]] = []
+        index = next((i for i, s in enumerate(self.subsets) if s.name == subset), None) \
+            if subset else None
+        for policy, path in (
+                (self.subsets[index].traffic_policy if index is not None else None,
+                 f"subsets[{index}].trafficPolicy"),
+                (self.traffic_policy, "trafficPolicy")):
+            if policy is None:
+                continue
+            k = next((k for k, p in enumerate(policy.port_level) if p.port == port), None)
+            if k is not None:
+                levels.append((policy.port_level[k], f"{path}.portLevelSettings[{k}]"))
+            levels.append((policy, path))
+        out = []
+        for attr, key in _SETTINGS:
+            level = next((path for p, path in levels if getattr(p, attr) is not None), None)
+            if level is not None:
+                out.append((key, level))
+        return tuple(out)
 
     def policy(self, subset: str, port: int) -> TrafficPolicy:
         """Istio's order: the rule's policy with its port-level settings for the port,

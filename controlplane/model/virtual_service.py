@@ -176,6 +176,9 @@ class HTTPRoute:
     delegate: Delegate | None = None
     # The delegate VirtualService a merged route came from (None: the one holding it).
     origin: Key | None = None
+    # A merged route's rules: (the root's spec.http index, the delegate's), for
+    # `controlplane explain` (the translator names them in the route's metadata).
+    origin_rules: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from controlplane.model.mesh import Mesh
 from controlplane.model.service import Protocol, Service, ServicePort
 from controlplane.translate.headless import pod_hosts
 from controlplane.translate.locality import apply_locality_config
+from controlplane.translate.metadata import DESTINATION_RULE, object_metadata
 from controlplane.translate.names import cluster_name
 from controlplane.translate.policy import traffic_policy
 from controlplane.translate.protos import ads_source, duration
@@ -122,9 +123,13 @@ def is_passthrough(policy: TrafficPolicy) -> bool:
     return policy.load_balancer is not None and policy.load_balancer.simple == "PASSTHROUGH"
 
 
+# The DestinationRule behind a cluster's policy: (namespace, name, each setting's level).
+PolicySource = tuple[str, str, tuple[tuple[str, str], ...]]
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLICY
-                  ) -> cluster_pb2.Cluster:
+def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLICY,
+                  source: PolicySource | None = None) -> cluster_pb2.Cluster:
     """Memoized on its (immutable) inputs: an unchanged cluster is the same message object
     from push to push, so the cache skips serializing it. Never mutate the result."""
     pool = policy.connection_pool
@@ -167,6 +172,10 @@ def build_cluster(name: str, port: ServicePort, policy: TrafficPolicy = NO_POLIC
     socket = transport_socket(policy.tls, port)
     if socket is not None:
         cluster.transport_socket.CopyFrom(socket)
+    if source is not None:
+        ns, rule, levels = source
+        cluster.metadata.CopyFrom(object_metadata(DESTINATION_RULE, ns, rule,
+                                                  {"policy": dict(levels)}))
     return cluster
 
 
@@ -178,19 +187,32 @@ def service_clusters(mesh: Mesh, service: Service) -> list[cluster_pb2.Cluster]:
     """The clusters of one service: the translator's unit of reuse between pushes."""
     fqdn = service.fqdn
     rule = mesh.destination_rules.get(fqdn)
+
+    def source(port: int, subset: str = "", only: str = "") -> PolicySource | None:
+        if rule is None:
+            return None
+        levels = rule.policy_sources(subset, port)
+        if only:
+            levels = tuple(x for x in levels if x[0] == only)
+        # Only a cluster that takes a setting from the rule says so: a rule of subsets
+        # alone would add ~95 bytes to each of its clusters (+63% CDS on the benchmark
+        # mesh) to say what the subset in the cluster's name says already.
+        return (rule.meta.namespace, rule.meta.name, levels) if levels else None
     out = []
     for port in proxied_ports(service):
         out.append(build_cluster(cluster_name(port.port, fqdn), port,
-                                 traffic_policy(mesh, fqdn, port.port)))
+                                 traffic_policy(mesh, fqdn, port.port), source(port.port)))
         for subset in rule.subsets if rule else ():
             out.append(build_cluster(cluster_name(port.port, fqdn, subset.name), port,
-                                     traffic_policy(mesh, fqdn, port.port, subset.name)))
+                                     traffic_policy(mesh, fqdn, port.port, subset.name),
+                                     source(port.port, subset.name)))
         # A pod's own cluster takes only the port's TLS: traffic asked to be encrypted
         # must not leave in plaintext because it was addressed to one pod.
         tls = traffic_policy(mesh, fqdn, port.port).tls
         for pod_fqdn, _ in pod_hosts(mesh, service, port):
             out.append(build_cluster(cluster_name(port.port, pod_fqdn), port,
-                                     TrafficPolicy(tls=tls) if tls else NO_POLICY))
+                                     TrafficPolicy(tls=tls) if tls else NO_POLICY,
+                                     source(port.port, only="tls") if tls else None))
     return out
 
 

@@ -3,7 +3,7 @@ services' chains (by SNI) are built by tls_routes.py."""
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
@@ -18,6 +18,7 @@ from controlplane.model.mesh import Mesh
 from controlplane.model.scoping import NO_CHOICES, HostChoices
 from controlplane.model.service import Protocol, Service, ServicePort
 from controlplane.translate.destinations import resolve_destination
+from controlplane.translate.metadata import VIRTUAL_SERVICE, object_metadata
 from controlplane.translate.names import cluster_name, listener_name, route_name
 from controlplane.translate.ports import PortGroup, port_groups
 from controlplane.translate.protos import ads_source
@@ -60,30 +61,36 @@ def _http_chain(bind_ip: str, port: int) -> listener_components_pb2.FilterChain:
 
 
 def _tcp_proxy(mesh: Mesh, service: Service, port: ServicePort,
-               choices: HostChoices = NO_CHOICES) -> tcp_proxy_pb2.TcpProxy:
+               choices: HostChoices = NO_CHOICES
+               ) -> tuple[tcp_proxy_pb2.TcpProxy, base_pb2.Metadata | None]:
     """To the service's cluster, or where its VirtualService's first `tcp` route that
     matches the port sends it (the one every namespace sees, unless the proxy's view
-    chose another: exportTo, Sidecar)."""
+    chose another: exportTo, Sidecar); with the metadata naming that rule."""
     default = cluster_name(port.port, service.fqdn)
     vs = (choices.overrides[service.fqdn] if service.fqdn in choices.overrides
           else mesh.virtual_services.get(service.fqdn))
-    route = next((r for r in vs.tcp if not r.ports or port.port in r.ports), None) if vs \
-        else None
+    index = next((i for i, r in enumerate(vs.tcp) if not r.ports or port.port in r.ports),
+                 None) if vs else None
+    route = vs.tcp[index] if vs and index is not None else None
     dests = [d for d in route.route if d.weight > 0] if route else []
     resolved = [resolve_destination(mesh, vs.meta.namespace, d.destination, port.port)[0]
                 for d in dests] if vs else []
+    metadata = object_metadata(VIRTUAL_SERVICE, vs.meta.namespace, vs.meta.name,
+                               {"rule": f"spec.tcp[{index}]"}) if vs and resolved else None
     if len(resolved) > 1:
         proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=default)
         for d, name in zip(dests, resolved, strict=True):
             proxy.weighted_clusters.clusters.add(name=name, weight=d.weight)
-        return proxy
+        return proxy, metadata
     return tcp_proxy_pb2.TcpProxy(stat_prefix=default, cluster=resolved[0] if resolved
-                                  else default)
+                                  else default), metadata
 
 
-def _tcp_chain(proxy: tcp_proxy_pb2.TcpProxy, cluster_ip: str = ""
-               ) -> listener_components_pb2.FilterChain:
-    chain = listener_components_pb2.FilterChain(filters=[_filter(TCP_PROXY_FILTER, proxy)])
+def _tcp_chain(proxy: tuple[tcp_proxy_pb2.TcpProxy, base_pb2.Metadata | None],
+               cluster_ip: str = "") -> listener_components_pb2.FilterChain:
+    chain = listener_components_pb2.FilterChain(filters=[_filter(TCP_PROXY_FILTER, proxy[0])])
+    if proxy[1] is not None:
+        chain.metadata.CopyFrom(proxy[1])
     if cluster_ip:
         chain.filter_chain_match.prefix_ranges.add(
             address_prefix=cluster_ip, prefix_len=wrappers_pb2.UInt32Value(

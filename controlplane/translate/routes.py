@@ -35,6 +35,7 @@ from controlplane.model.virtual_service import (
 )
 from controlplane.translate.destinations import resolve_destination
 from controlplane.translate.headless import pod_aliases, pod_hosts, pod_short_alias
+from controlplane.translate.metadata import VIRTUAL_SERVICE, object_metadata
 from controlplane.translate.names import (
     cluster_name,
     host_aliases,
@@ -271,18 +272,34 @@ def _route_action(mesh: Mesh, vs: VirtualService, route: HTTPRoute, port: int,
 MatchFilter = Callable[[HTTPMatch], bool] | None
 
 
+def _route_metadata(vs: VirtualService, http: HTTPRoute, index: int, match: int
+                    ) -> base_pb2.Metadata:
+    """The VirtualService and rule a route came from (a merged route: the root's rule
+    and the delegate's), for `controlplane explain`."""
+    ours: dict[str, str] = {}
+    if http.origin is not None and http.origin_rules is not None:
+        root, leaf = http.origin_rules
+        ours["rule"] = f"spec.http[{root}]"
+        ours["delegate"] = f"{http.origin.namespace}/{http.origin.name} spec.http[{leaf}]"
+    else:
+        ours["rule"] = f"spec.http[{index}]" + (f".match[{match}]" if http.matches else "")
+    return object_metadata(VIRTUAL_SERVICE, vs.meta.namespace, vs.meta.name, ours)
+
+
 def _vs_routes(mesh: Mesh, vs: VirtualService, port: int, keep: MatchFilter = None
                ) -> list[rc.Route]:
     routes = []
     for i, http in enumerate(vs.http):
-        matches: list[HTTPMatch | None] = (
-            [m for m in http.matches if m.port in (None, port) and (keep is None or keep(m))]
-            if http.matches else [None])
-        for m in matches:
+        matches: list[tuple[int, HTTPMatch | None]] = (
+            [(j, m) for j, m in enumerate(http.matches)
+             if m.port in (None, port) and (keep is None or keep(m))]
+            if http.matches else [(0, None)])
+        for j, m in matches:
             name = http.name or f"{vs.meta.namespace}.{vs.meta.name}.{i}"
             if m is not None and m.name:  # istiod's naming: "<route>.<match>"
                 name = f"{name}.{m.name}"
-            route = rc.Route(name=name, match=route_match(m))
+            route = rc.Route(name=name, match=route_match(m),
+                             metadata=_route_metadata(vs, http, i, j))
             if http.redirect is not None:
                 route.redirect.CopyFrom(_redirect(http.redirect, port))
             elif http.direct_response is not None:
