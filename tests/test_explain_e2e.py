@@ -199,7 +199,7 @@ def test_explain_command(file_cp: ControlPlane, mesh: dict[str, str], envoy: Any
     """The command: text and JSON, exit 0 routed, 1 not routed, 2 unreadable input; the
     policies each name their DestinationRule level."""
     sidecar = ip()
-    envoy("explain-cli", file_cp.port, instance_ip=sidecar)
+    proxy = envoy("explain-cli", file_cp.port, instance_ip=sidecar)
     server = f"127.0.0.1:{file_cp.http_port}"
     wait_until(lambda: fire(sidecar, PORT, "/w", {}, "GET")[2]["pod"] == "reviews-v2", 10,
                what="the sidecar routing by the VirtualService")
@@ -230,6 +230,15 @@ def test_explain_command(file_cp: ControlPlane, mesh: dict[str, str], envoy: Any
     # A route the user named: only its metadata says where it came from.
     assert "skipped route by-weight (VirtualService default/reviews spec.http[8].match[0])" \
         in out, out
+
+    # The Envoy's own view; pod names still from the control plane (--server)
+    assert run_cli(["explain", "--envoy-admin", f"http://127.0.0.1:{proxy.admin_port}",
+                    "--server", server, f"http://reviews:{PORT}/w/x"]) == 0
+    out = capsys.readouterr().out
+    assert "route     by-weight  VirtualService default/reviews spec.http[8].match[0]" \
+        in out, out
+    assert f"outbound|{PORT}|v2|{HOST}  100%  service {HOST} port {PORT} subset v2" in out, out
+    assert "pod default/reviews-v2" in out, out
 
     assert run_cli(["explain", "--proxy", "nobody", "--server", server,
                      f"http://reviews:{PORT}/"]) == 2

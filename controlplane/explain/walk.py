@@ -335,7 +335,8 @@ def _pick_listener(dump: ConfigDump, req: Request, dest_ip: str
                    ) -> tuple[Json | None, str]:
     """The listener a connection to the port reaches: one bound to the destination IP,
     else one on 0.0.0.0/::, else (our sidecars bind the proxy's own address, where the
-    application connects) the only one on the port."""
+    application connects) the first on the port. The destination the filter chains see:
+    the URL's IP as given (iptables-redirected traffic keeps it), else the listener's."""
     on_port = [ls for ls in dump.listeners if listener_address(ls)[1] == req.port]
     for ls in on_port:
         if listener_address(ls)[0] == dest_ip:
@@ -344,7 +345,7 @@ def _pick_listener(dump: ConfigDump, req: Request, dest_ip: str
         if listener_address(ls)[0] in ("0.0.0.0", "::"):
             return ls, dest_ip
     if on_port:
-        return on_port[0], listener_address(on_port[0])[0]
+        return on_port[0], dest_ip or listener_address(on_port[0])[0]
     return None, dest_ip
 
 

@@ -1,0 +1,272 @@
+"""explain's core on small hand-written config dumps: Envoy's virtual host order, route
+matching (path kinds, case, headers with invert and missing values, regexes matched
+whole, query parameters), the actions, TCP filter chains, the metadata it reads, and
+the request parser. tests/test_explain_e2e.py holds it to a real Envoy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.explain.dump import ConfigDump, parse_dump
+from controlplane.explain.matching import header_matches, route_mismatch, select_virtual_host
+from controlplane.explain.request import RequestError, parse_request
+from controlplane.explain.walk import explain
+
+RC = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+       "HttpConnectionManager")
+TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+C1 = "outbound|80||a.default.svc.cluster.local"
+C2 = "outbound|80|v2|a.default.svc.cluster.local"
+
+
+def vhosts(*domain_sets: list[str]) -> list[dict[str, Any]]:
+    return [{"name": f"vh{i}", "domains": d} for i, d in enumerate(domain_sets)]
+
+
+@pytest.mark.parametrize(("host", "chosen", "domain"), [
+    ("a.example.com", "vh0", "a.example.com"),  # exact beats every wildcard
+    ("b.example.com", "vh1", "*.example.com"),  # the longest suffix wildcard
+    ("x.b.example.com", "vh2", "*.b.example.com"),
+    ("A.EXAMPLE.COM", "vh0", "a.example.com"),  # the Host is lowercased
+    ("foo.other", "vh3", "foo.*"),  # prefix wildcards come after suffix ones
+    ("foo.example.com", "vh1", "*.example.com"),  # ... even when longer
+    (".example.com", "vh4", "*"),  # a wildcard's * covers at least one character
+    ("elsewhere", "vh4", "*"),
+])
+def test_virtual_host_order(host: str, chosen: str, domain: str) -> None:
+    hosts = vhosts(["a.example.com"], ["*.example.com"], ["*.b.example.com"], ["foo.*"],
+                   ["*"])
+    vh, matched, _ = select_virtual_host(hosts, host) or ({}, "", "")
+    assert (vh.get("name"), matched) == (chosen, domain)
+
+
+def test_no_virtual_host() -> None:
+    assert select_virtual_host(vhosts(["a"]), "b") is None
+
+
+def req(path: str = "/", headers: tuple[str, ...] = (), method: str = "GET") -> Any:
+    return parse_request(f"http://a{path}", list(headers), method)
+
+
+@pytest.mark.parametrize(("match", "path", "why"), [
+    ({"prefix": "/api"}, "/api/v1", None),
+    ({"prefix": "/api"}, "/API", "prefix '/api' does not match path '/API'"),
+    ({"prefix": "/api", "case_sensitive": False}, "/API/x", None),
+    ({"path": "/x"}, "/x?y=1", None),  # the query is not part of the path
+    ({"path": "/x"}, "/x/", "path '/x' does not match path '/x/'"),
+    ({"safe_regex": {"regex": "/r/[0-9]+"}}, "/r/12", None),
+    ({"safe_regex": {"regex": "/r/[0-9]+"}}, "/r/12/x",
+     "path regex '/r/[0-9]+' does not match path '/r/12/x'"),  # matched whole
+    ({"path_separated_prefix": "/p"}, "/p/x", None),
+    ({"path_separated_prefix": "/p"}, "/px", "path-separated prefix '/p' does not match "
+     "path '/px'"),
+    ({"prefix": "/b"}, "/a/../b", None),  # normalize_path: dot segments removed
+    ({"path": "/a~b"}, "/a%7Eb", None),  # ... and unreserved characters decoded
+])
+def test_path_matching(match: dict[str, Any], path: str, why: str | None) -> None:
+    assert route_mismatch(match, req(path)) == why
+
+
+@pytest.mark.parametrize(("matcher", "headers", "matches"), [
+    ({"name": "u", "string_match": {"exact": "j"}}, ["u: j"], True),
+    ({"name": "u", "string_match": {"exact": "j"}}, [], False),
+    # Inverted, a missing header still fails unless treat_missing_header_as_empty
+    ({"name": "u", "string_match": {"exact": "j"}, "invert_match": True}, [], False),
+    ({"name": "u", "string_match": {"exact": "j"}, "invert_match": True,
+      "treat_missing_header_as_empty": True}, [], True),
+    ({"name": "u", "string_match": {"exact": "j"}, "invert_match": True}, ["u: k"], True),
+    ({"name": "u", "present_match": True}, [], False),
+    ({"name": "u", "present_match": True, "invert_match": True}, [], True),
+    ({"name": "u", "present_match": True, "invert_match": True}, ["u: x"], False),
+    ({"name": "u", "string_match": {"prefix": "ab"}}, ["u: abc"], True),
+    ({"name": "u", "string_match": {"suffix": "bc", "ignore_case": True}}, ["u: ABC"], True),
+    ({"name": "u", "string_match": {"contains": "zz"}}, ["u: abc"], False),
+    ({"name": "u", "string_match": {"safe_regex": {"regex": "a.c"}}}, ["u: abc"], True),
+    ({"name": "u", "string_match": {"safe_regex": {"regex": "a.c"}}}, ["u: abcd"], False),
+    # a repeated header is matched as its values joined by ","
+    ({"name": "u", "string_match": {"exact": "a,b"}}, ["u: a", "u: b"], True),
+    ({"name": ":method", "string_match": {"exact": "POST"}}, [], False),
+])
+def test_header_matching(matcher: dict[str, Any], headers: list[str], matches: bool) -> None:
+    assert header_matches(matcher, req("/", tuple(headers))) is matches
+
+
+def test_query_parameters() -> None:
+    match = {"prefix": "/", "query_parameters": [
+        {"name": "v", "string_match": {"exact": "a b"}}, {"name": "p", "present_match": True}]}
+    assert route_mismatch(match, req("/?v=a%20b&p")) is None
+    assert route_mismatch(match, req("/?v=a%20b")) == "query p present: absent"
+    assert route_mismatch(match, req("/?v=x&p=1")) == "query v is 'a b': got 'x'"
+
+
+def route(name: str, match: dict[str, Any], **action: Any) -> dict[str, Any]:
+    return {"name": name, "match": match, **(action or {"route": {"cluster": C1}})}
+
+
+def dump(routes: list[dict[str, Any]], domains: list[str] | None = None,
+         clusters: dict[str, dict[str, Any]] | None = None) -> ConfigDump:
+    raw = {"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+         "dynamic_listeners": [{"name": "10.0.0.1_80", "active_state": {"listener": {
+             "name": "10.0.0.1_80",
+             "address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}},
+             "default_filter_chain": {"filters": [{
+                 "name": "envoy.filters.network.http_connection_manager",
+                 "typed_config": {"@type": HCM, "rds": {"route_config_name": "80"}}}]}}}}]},
+        {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+         "dynamic_route_configs": [{"route_config": {"@type": RC, "name": "80",
+                                                     "virtual_hosts": [
+             {"name": "a", "domains": domains or ["a"], "routes": routes},
+             {"name": "block_all", "domains": ["*"], "routes": [
+                 route("block_all", {"prefix": "/"}, direct_response={"status": 502})]}]}}]},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+         "dynamic_active_clusters": [{"cluster": {"name": n, **c}}
+                                     for n, c in (clusters or {C1: {}, C2: {}}).items()]},
+        {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+         "dynamic_endpoint_configs": [{"endpoint_config": {"cluster_name": C1, "endpoints": [
+             {"lb_endpoints": [
+                 {"endpoint": {"address": {"socket_address": {"address": "10.1.0.1",
+                                                              "port_value": 8080}}},
+                  "health_status": "HEALTHY"},
+                 {"endpoint": {"address": {"socket_address": {"address": "10.1.0.2",
+                                                              "port_value": 8080}}},
+                  "health_status": "UNHEALTHY"}]}]}}]},
+    ]}
+    return parse_dump(raw)
+
+
+def test_first_matching_route_and_why_earlier_ones_missed() -> None:
+    routes = [route("default.a.0", {"prefix": "/", "headers": [
+                  {"name": "end-user", "string_match": {"exact": "jason"}}]},
+                  route={"cluster": C2}),
+              route("named", {"path": "/x"}, metadata={"filter_metadata": {
+                  "istio": {"config": "/apis/networking.istio.io/v1/namespaces/ns/"
+                                      "virtual-service/vs"},
+                  "controlplane": {"rule": "spec.http[1].match[0]"}}}),
+              route("default.a.2", {"prefix": "/"})]
+    e = explain(dump(routes), req("/y"), {"10.1.0.1": "default/a-1"})
+    assert [(s.route, s.virtual_service, s.rule, s.reason) for s in e.skipped] == [
+        ("default.a.0", "default/a", "spec.http[0]", "header end-user is 'jason': absent"),
+        ("named", "ns/vs", "spec.http[1].match[0]", "path '/x' does not match path '/y'")]
+    assert (e.route, e.virtual_service, e.rule, e.routed) == (
+        "default.a.2", "default/a", "spec.http[2]", True)
+    [d] = e.destinations
+    assert [(p.address, p.health, p.pod) for p in d.endpoints] == [
+        ("10.1.0.1:8080", "HEALTHY", "default/a-1"), ("10.1.0.2:8080", "UNHEALTHY", "")]
+
+
+def test_weighted_clusters_percentages_and_missing_cluster() -> None:
+    routes = [route("r", {"prefix": "/"}, route={"weighted_clusters": {"clusters": [
+        {"name": C1, "weight": 1}, {"name": C2, "weight": 3},
+        {"name": "outbound|80||gone", "weight": 4}]}})]
+    e = explain(dump(routes), req())
+    assert [(d.cluster, d.percent, d.known) for d in e.destinations] == [
+        (C1, 12.5, True), (C2, 37.5, True), ("outbound|80||gone", 50.0, False)]
+    assert any("no cluster outbound|80||gone" in n for n in e.notes), e.notes
+    assert any(f"{C2} has no endpoints" in n for n in e.notes), e.notes
+
+
+def test_answers_of_the_proxy_itself() -> None:
+    fault = {"envoy.filters.http.fault": {"abort": {"http_status": 503, "percentage": {
+        "numerator": 1000000, "denominator": "MILLION"}}}}
+    routes = [route("f", {"prefix": "/f"}, route={"cluster": C1},
+                    typed_per_filter_config=fault),
+              route("r", {"prefix": "/r"}, redirect={"host_redirect": "b",
+                                                     "path_redirect": "/n"}),
+              route("d", {"prefix": "/d"}, direct_response={
+                  "status": 418, "body": {"inline_bytes": "dGVh"}})]
+    d = dump(routes)
+    assert (explain(d, req("/f")).action, explain(d, req("/f")).status) == ("fault_abort", 503)
+    assert explain(d, req("/r")).answer == "301 redirect to http://b/n"
+    e = explain(d, req("/d"))
+    assert (e.status, e.answer, e.routed) == (418, "418 'tea'", True)
+    miss = explain(d, req("/other"))
+    assert (miss.status, miss.routed) == (404, False)
+    assert miss.answer == "404 (NR): no route of virtual host a matches"
+    # a Host no service takes: the catch-all (REGISTRY_ONLY) answers 502, not routed
+    other = explain(d, parse_request("http://elsewhere/"))
+    assert (other.virtual_host, other.status, other.routed) == ("block_all", 502, False)
+
+
+def test_no_listener_on_the_port() -> None:
+    e = explain(dump([]), parse_request("http://a:81/"))
+    assert (e.action, e.routed) == ("none", False)
+    assert e.verdict == "no listener on port 81: the connection is refused"
+
+
+def test_cluster_policies_name_their_level() -> None:
+    clusters = {C1: {"lb_policy": "LEAST_REQUEST", "outlier_detection": {
+        "consecutive_5xx": 7}, "circuit_breakers": {"thresholds": [
+            {"max_connections": 5, "max_requests": 4294967295}]},
+        "metadata": {"filter_metadata": {
+            "istio": {"config": "/apis/networking.istio.io/v1/namespaces/d/"
+                                "destination-rule/r"},
+            "controlplane": {"policy": {"loadBalancer": "trafficPolicy",
+                                        "outlierDetection": "subsets[0].trafficPolicy",
+                                        "connectionPool":
+                                            "trafficPolicy.portLevelSettings[0]"}}}}}}
+    [d] = explain(dump([route("r", {"prefix": "/"})], clusters=clusters), req()).destinations
+    assert d.destination_rule == "d/r"
+    assert [(p.name, p.value, p.source) for p in d.policies] == [
+        ("load balancer", "LEAST_REQUEST", "trafficPolicy"),
+        ("circuit breakers", "max_connections=5", "trafficPolicy.portLevelSettings[0]"),
+        ("outlier detection", "consecutive_5xx=7", "subsets[0].trafficPolicy")]
+
+
+def tcp_dump() -> ConfigDump:
+    def chain(cluster: str, match: dict[str, Any] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                                            "typed_config": {"@type": TCP,
+                                                             "stat_prefix": cluster,
+                                                             "cluster": cluster}}]}
+        if match:
+            out["filter_chain_match"] = match
+        return out
+    return parse_dump({"configs": [{
+        "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+        "dynamic_listeners": [{"active_state": {"listener": {
+            "name": "10.0.0.1_3306",
+            "address": {"socket_address": {"address": "10.0.0.1", "port_value": 3306}},
+            "default_filter_chain": chain("outbound|3306||db"),
+            "filter_chains": [
+                chain("outbound|3306||other", {"prefix_ranges": [
+                    {"address_prefix": "10.96.0.7", "prefix_len": 32}]}),
+                chain("outbound|3306||tls-a", {"server_names": ["a.example.com"],
+                                              "transport_protocol": "tls"}),
+                chain("outbound|3306||tls-any", {"server_names": ["*.example.com"],
+                                                "transport_protocol": "tls"})]}}}]}]})
+
+
+@pytest.mark.parametrize(("url", "sni", "cluster"), [
+    ("tcp://db:3306", "", "outbound|3306||db"),  # the listener's own address: default
+    ("tcp://10.96.0.7:3306", "", "outbound|3306||other"),  # by destination IP
+    ("tls://a.example.com:3306", "", "outbound|3306||tls-a"),  # an exact SNI
+    ("tls://b.example.com:3306", "", "outbound|3306||tls-any"),  # a wildcard SNI
+    ("tls://x:3306", "c.example.com", "outbound|3306||tls-any"),  # --sni
+])
+def test_tcp_filter_chains(url: str, sni: str, cluster: str) -> None:
+    e = explain(tcp_dump(), parse_request(url, sni=sni))
+    assert e.action == "tcp_proxy" and [d.cluster for d in e.destinations] == [cluster], e
+
+
+@pytest.mark.parametrize(("url", "headers", "error"), [
+    ("ftp://a/", [], "the scheme must be http, tcp or tls"),
+    ("tcp://a", [], "a tcp URL needs a port"),
+    ("http://a/", ["no-colon"], "write it as 'name: value'"),
+])
+def test_bad_requests(url: str, headers: list[str], error: str) -> None:
+    with pytest.raises(RequestError, match=error):
+        parse_request(url, headers)
+
+
+def test_request_authority_and_headers() -> None:
+    r = parse_request("http://reviews:9080/p?q=1", ["End-User: jason", ":authority: x:1"],
+                      "post")
+    assert (r.authority, r.method, r.header("end-user"), r.path) == (
+        "x:1", "POST", "jason", "/p?q=1")
+    assert parse_request("http://reviews/").authority == "reviews"
+    assert parse_request("http://reviews:9080/").authority == "reviews:9080"
+    assert parse_request("http://a/", ["Host: b"]).authority == "b"
