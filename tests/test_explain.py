@@ -181,6 +181,7 @@ def test_answers_of_the_proxy_itself() -> None:
     d = dump(routes)
     assert (explain(d, req("/f")).action, explain(d, req("/f")).status) == ("fault_abort", 503)
     assert explain(d, req("/r")).answer == "301 redirect to http://b/n"
+    assert explain(d, req("/r?q=1")).answer == "301 redirect to http://b/n?q=1"
     e = explain(d, req("/d"))
     assert (e.status, e.answer, e.routed) == (418, "418 'tea'", True)
     miss = explain(d, req("/other"))
@@ -189,6 +190,28 @@ def test_answers_of_the_proxy_itself() -> None:
     # a Host no service takes: the catch-all (REGISTRY_ONLY) answers 502, not routed
     other = explain(d, parse_request("http://elsewhere/"))
     assert (other.virtual_host, other.status, other.routed) == ("block_all", 502, False)
+
+
+@pytest.mark.parametrize(("redirect", "host", "location"), [
+    ({"port_redirect": 8080}, "a:80", "http://a:8080/p/x?q"),  # the port replaced
+    ({"host_redirect": "b"}, "a:80", "http://b/p/x?q"),  # the whole authority replaced
+    ({"prefix_rewrite": "/new", "scheme_redirect": "https"}, "a", "https://a/new/x?q"),
+    ({"path_redirect": "/n?z=1"}, "a", "http://a/n?z=1"),  # its own query wins
+    ({"path_redirect": "/n", "strip_query": True}, "a", "http://a/n"),
+])
+def test_redirect_locations(redirect: dict[str, Any], host: str, location: str) -> None:
+    d = dump([route("r", {"prefix": "/p"}, redirect=redirect)], domains=[host])
+    e = explain(d, parse_request("http://x/p/x?q", [f"host: {host}"]))
+    assert e.answer == f"301 redirect to {location}", e.answer
+
+
+def test_tcp_route_origin_from_chain_metadata() -> None:
+    d = tcp_dump()
+    d.listeners[0]["default_filter_chain"]["metadata"] = {"filter_metadata": {
+        "istio": {"config": "/apis/networking.istio.io/v1/namespaces/d/virtual-service/db"},
+        "controlplane": {"rule": "spec.tcp[0]"}}}
+    e = explain(d, parse_request("tcp://db:3306"))
+    assert (e.virtual_service, e.rule) == ("d/db", "spec.tcp[0]")
 
 
 def test_no_listener_on_the_port() -> None:

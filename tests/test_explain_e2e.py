@@ -63,6 +63,8 @@ def manifests(ips: dict[str, str]) -> list[dict[str, Any]]:
              "directResponse": {"status": 201}},
             {"name": "by-weight", "match": [{"uri": {"prefix": "/w"}}],
              "route": [{**v1, "weight": 0}, {**v2, "weight": 100}]},
+            {"match": [{"uri": {"prefix": "/portredirect"}}],
+             "redirect": {"uri": "/x", "port": 8080}},
             {"match": [{"uri": {"prefix": "/"}, "withoutHeaders": {"x-miss": {}}}],
              "route": [v1]},
         ]),
@@ -75,6 +77,8 @@ CASES: list[tuple[str, dict[str, str], str, str | tuple[int, str]]] = [
     ("/exact", {}, "GET", "reviews-v1"),  # exact path
     ("/exact/more", {}, "GET", "reviews-v1"),  # not exact: falls to the last rule
     ("/redirect/x", {}, "GET", (301, "http://ratings/moved")),
+    ("/redirect/x?k=v", {}, "GET", (301, "http://ratings/moved?k=v")),  # the query kept
+    ("/portredirect?k", {}, "GET", (301, "http://reviews:8080/x?k")),
     ("/direct", {}, "GET", (418, "")),
     ("/abort", {}, "GET", (503, "")),
     ("/re/42", {}, "GET", "ratings-1"),  # a regex, matched whole

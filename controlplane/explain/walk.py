@@ -240,14 +240,30 @@ def _destination(dump: ConfigDump, name: str, weight: int | None, percent: float
 
 # -- the route's action -----------------------------------------------------------------
 
-def _redirect_location(r: Json, req: Request) -> str:
+def _strip_port(authority: str) -> str:
+    host, sep, port = authority.rpartition(":")
+    return host if sep and port.isdigit() and not host.endswith(":") else authority
+
+
+def _redirect_location(r: Json, match: Json, req: Request) -> str:
+    """The Location Envoy writes (http/utility.cc newUri): host_redirect replaces the
+    whole authority; port_redirect the request's port; path_redirect the path, keeping
+    the request's query unless it has its own; prefix_rewrite the matched prefix."""
     scheme = r.get("scheme_redirect") or ("https" if r.get("https_redirect") else "http")
-    host = r.get("host_redirect") or req.authority
-    port = r.get("port_redirect")
-    path = r.get("path_redirect") or req.path
-    if "prefix_rewrite" in r:
-        path = r["prefix_rewrite"]  # the matched prefix replaced (approximately shown)
-    return f"{scheme}://{host}{':' + str(port) if port else ''}{path}"
+    port = f":{r['port_redirect']}" if r.get("port_redirect") else ""
+    host = r.get("host_redirect") or (_strip_port(req.authority) if port else req.authority)
+    path = req.path
+    query = req.path.partition("?")[2]
+    new_path = str(r.get("path_redirect", ""))
+    if new_path:
+        path = new_path if "?" in new_path or not query else f"{new_path}?{query}"
+    elif "prefix_rewrite" in r and "prefix" in match:
+        path = str(r["prefix_rewrite"]) + req.path[len(match["prefix"]):]
+    if not path.startswith("/"):
+        path = "/" + path
+    if r.get("strip_query") and "?" not in new_path:
+        path = path.partition("?")[0]
+    return f"{scheme}://{host}{port}{path}"
 
 
 _REDIRECT_STATUS = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303,
@@ -428,24 +444,25 @@ def explain(dump: ConfigDump, req: Request, pods: dict[str, str] | None = None,
 
 
 def _verdict_for_destinations(out: Explanation) -> None:
+    """Routed: to some service's cluster (the catch-all clusters are not one). A cluster
+    the proxy lacks, or without a healthy endpoint, still took the routing decision, so
+    it is a note (what the client gets) rather than "not routed"."""
     names = [d.cluster for d in out.destinations]
-    if names == [_PASSTHROUGH] or names == [_BLACKHOLE]:
-        out.routed = False
-    else:
-        out.routed = bool(names)
+    out.routed = bool(names) and not set(names) <= {_PASSTHROUGH, _BLACKHOLE}
     parts = [f"{d.cluster} ({d.percent:g}%)" for d in out.destinations]
     out.verdict = "to " + ", ".join(parts) if parts else "nowhere"
-    missing = [d.cluster for d in out.destinations if not d.known]
-    if missing:
-        out.notes.append(f"the proxy holds no cluster {', '.join(missing)}: Envoy answers 503")
+    share = "" if len(out.destinations) == 1 else "requests sent there get "
     for d in out.destinations:
-        if d.known and d.cluster not in (_PASSTHROUGH, _BLACKHOLE) and not any(
-                e.health in ("HEALTHY", "UNKNOWN") for e in d.endpoints) and \
-                d.endpoints is not None:
-            if not d.endpoints:
-                out.notes.append(f"{d.cluster} has no endpoints: Envoy answers 503")
-            else:
-                out.notes.append(f"{d.cluster} has no healthy endpoint: Envoy answers 503")
+        if not d.known:
+            out.notes.append(f"the proxy holds no cluster {d.cluster}: {share or 'Envoy answers '}"
+                             "503")
+        elif d.cluster in (_PASSTHROUGH, _BLACKHOLE):
+            continue
+        elif not d.endpoints:
+            out.notes.append(f"{d.cluster} has no endpoints: {share or 'Envoy answers '}503")
+        elif not any(e.health in ("HEALTHY", "UNKNOWN") for e in d.endpoints):
+            out.notes.append(f"{d.cluster} has no healthy endpoint: "
+                             f"{share or 'Envoy answers '}503")
 
 
 def _explain_http(dump: ConfigDump, req: Request, hcm: Json, out: Explanation,
@@ -504,7 +521,8 @@ def _explain_http(dump: ConfigDump, req: Request, hcm: Json, out: Explanation,
         r = chosen["redirect"]
         out.action = "redirect"
         out.status = _REDIRECT_STATUS.get(r.get("response_code", "MOVED_PERMANENTLY"), 301)
-        out.answer = f"{out.status} redirect to {_redirect_location(r, req)}"
+        out.answer = (f"{out.status} redirect to "
+                      f"{_redirect_location(r, chosen.get('match', {}), req)}")
         out.routed = True
         out.verdict = f"answered by the proxy: {out.answer}"
         return out
