@@ -303,5 +303,7 @@ def select_filter_chain(listener: Json, dest_ip: str, sni: str, transport: str
             why.append(f"transport {m['transport_protocol']}")
         return candidates[0], "; ".join(why) or "a chain with no conditions"
     if "default_filter_chain" in listener:
+        if not listener.get("filter_chains"):
+            return listener["default_filter_chain"], "the default chain (the only one)"
         return listener["default_filter_chain"], "no filter chain matches: the default chain"
     return None, "no filter chain matches and the listener has no default chain"

@@ -59,7 +59,8 @@ def text(e: Explanation) -> str:
                      + f": {s.reason}")
     if e.route:
         origin = _origin(e.virtual_service, e.rule, e.delegate)
-        lines.append(f"route     {e.route}" + (f"  {origin}" if origin else ""))
+        lines.append(f"route     {e.route}" + (f"  {origin}" if origin else
+                                                  "  (no VirtualService rule)"))
         lines.append(f"  matched: {'; '.join(e.match)}")
     elif e.virtual_service:
         lines.append(f"tcp route {_origin(e.virtual_service, e.rule)}")
