@@ -293,3 +293,29 @@ def test_request_authority_and_headers() -> None:
     assert parse_request("http://reviews/").authority == "reviews"
     assert parse_request("http://reviews:9080/").authority == "reviews:9080"
     assert parse_request("http://a/", ["Host: b"]).authority == "b"
+
+
+def test_delegate_origin_from_route_metadata() -> None:
+    routes = [route("r", {"prefix": "/"}, metadata={"filter_metadata": {
+        "istio": {"config": "/apis/networking.istio.io/v1/namespaces/d/virtual-service/root"},
+        "controlplane": {"rule": "spec.http[1]", "delegate": "team/leaf spec.http[0]"}}})]
+    e = explain(dump(routes), req())
+    assert (e.virtual_service, e.rule, e.delegate) == ("d/root", "spec.http[1]",
+                                                       "team/leaf spec.http[0]")
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["explain", "--proxy", "p", "ftp://a/"], "the scheme must be http, tcp or tls"),
+    (["explain", "http://a/"], "give --proxy NODE"),
+    (["explain", "--proxy", "p", "--server", "127.0.0.1:1", "http://a/"], "127.0.0.1:1"),
+])
+def test_command_input_errors_exit_2(argv: list[str], error: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from controlplane import cli
+    from controlplane import log as logsetup
+
+    try:
+        assert cli.main(argv) == 2
+    finally:
+        logsetup.configure("warning", cache=False)
+    assert error in capsys.readouterr().err

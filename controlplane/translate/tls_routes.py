@@ -23,6 +23,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -34,6 +35,7 @@ from controlplane.model.scoping import NO_CHOICES, HostChoices
 from controlplane.model.service import Service, ServicePort
 from controlplane.model.virtual_service import TLSRoute
 from controlplane.translate.destinations import resolve_destination
+from controlplane.translate.metadata import VIRTUAL_SERVICE, object_metadata
 from controlplane.translate.names import cluster_name, host_aliases
 
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -51,6 +53,7 @@ class _Chain:
     server_names: tuple[str, ...]
     subnets: tuple[str, ...]
     proxy: tcp_proxy_pb2.TcpProxy
+    origin: base_pb2.Metadata | None = None  # the `tls` rule behind it (metadata.py)
 
 
 def _own_cluster(service: Service, port: ServicePort) -> tcp_proxy_pb2.TcpProxy:
@@ -92,13 +95,15 @@ def _route_chains(mesh: Mesh, service: Service, port: ServicePort,
     if vs is None:
         return
     stat_prefix = cluster_name(port.port, service.fqdn)
-    for route in vs.tls:
+    for i, route in enumerate(vs.tls):
         proxy = None
-        for match in route.matches:
+        for j, match in enumerate(route.matches):
             if match.port not in (None, port.port) or not match.applies_to_sidecars:
                 continue
             proxy = proxy or _route_proxy(mesh, vs.meta.namespace, route, port, stat_prefix)
-            yield _Chain(match.sni_hosts, match.destination_subnets, proxy)
+            yield _Chain(match.sni_hosts, match.destination_subnets, proxy, object_metadata(
+                VIRTUAL_SERVICE, vs.meta.namespace, vs.meta.name,
+                {"rule": f"spec.tls[{i}].match[{j}]"}))
 
 
 def _service_chains(mesh: Mesh, service: Service, port: ServicePort,
@@ -123,13 +128,15 @@ def _claim(chain: _Chain, claimed: set[tuple[str, str]]) -> _Chain | None:
     if not names:
         return None
     claimed.update((s, n) for s in subnets for n in names)
-    return _Chain(names, chain.subnets, chain.proxy)
+    return _Chain(names, chain.subnets, chain.proxy, chain.origin)
 
 
 def _filter_chain(chain: _Chain) -> listener_components_pb2.FilterChain:
     out = listener_components_pb2.FilterChain()
     f = out.filters.add(name=TCP_PROXY_FILTER)
     f.typed_config.Pack(chain.proxy)
+    if chain.origin is not None:
+        out.metadata.CopyFrom(chain.origin)
     match = out.filter_chain_match
     match.server_names.extend(sorted(chain.server_names))
     for subnet in sorted(chain.subnets):
