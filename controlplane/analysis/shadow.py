@@ -12,7 +12,7 @@ more matches. A match is a box: per dimension a conjunction of literals (exact, 
 regex, present, each possibly negated — `withoutHeaders` — and, on the path,
 case-insensitive with `ignoreUriCase`).
 
-A target match T is covered by earlier matches E_1..E_n iff T ⊆ E_1 ∪ … ∪ E_n. The
+A target match T is covered by earlier matches E_1..E_n iff T ⊆ union(E_1 .. E_n). The
 search splits T dimension by dimension into the finitely many regions the literals
 induce on that dimension and checks each region recursively against the earlier matches
 that contain it, so a union covers even where no single earlier match does. For exact
@@ -43,10 +43,11 @@ Pure: reads model types only; the checks turn verdicts into findings.
 from __future__ import annotations
 
 import enum
-import re._parser as sre  # Python's regex parser: only to sample strings a regex matches
+import importlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import re2
 
@@ -64,6 +65,8 @@ Value = str | None  # None: the header or query parameter is absent
 # a header value and a query value.
 _FRESH = "zqxjkwvy0123456789ZQXJKWVY_-~"
 _BUDGET = 200_000  # search steps per target; past it the verdict is UNKNOWN
+# Python's regex parser (private, typed Any): only to sample strings a regex matches.
+_sre: Any = importlib.import_module("re._parser")
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ def covers_clients(earlier: HTTPMatch | None, target: HTTPMatch | None) -> bool:
     applies to the target's least client."""
     if earlier is None:
         return True
+    labels: frozenset[tuple[str, str]]
     if target is None or target.gateways:
         labels, namespace = frozenset(), _NOBODYS  # every sidecar
     else:
@@ -229,29 +233,29 @@ def _sample(pattern: str, extra: int) -> str | None:
     """A string the regex matches (repetitions at their minimum plus `extra`); None when
     the pattern uses what this small sampler does not know."""
     try:
-        return _emit(sre.parse(pattern), extra)
+        return _emit(_sre.parse(pattern), extra)
     except Exception:  # an RE2-only construct, or one not handled: no sample
         return None
 
 
-def _emit(items: Iterable[tuple[object, object]], extra: int) -> str:
+def _emit(items: Iterable[tuple[Any, Any]], extra: int) -> str:
     out = []
     for op, arg in items:
         name = str(op)
         if name == "LITERAL":
-            out.append(chr(arg))  # type: ignore[arg-type]
+            out.append(chr(arg))
         elif name == "ANY":
             out.append("z")
         elif name == "IN":
-            out.append(_one_of(arg))  # type: ignore[arg-type]
+            out.append(_one_of(arg))
         elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            lo, hi, sub = arg  # type: ignore[misc]
+            lo, hi, sub = arg
             n = min(lo + extra, hi)
             out.append(_emit(sub, extra) * n)
         elif name == "SUBPATTERN":
-            out.append(_emit(arg[-1], extra))  # type: ignore[index]
+            out.append(_emit(arg[-1], extra))
         elif name == "BRANCH":
-            out.append(_emit(arg[1][0], extra))  # type: ignore[index]
+            out.append(_emit(arg[1][0], extra))
         elif name == "AT":
             continue
         else:
@@ -259,15 +263,15 @@ def _emit(items: Iterable[tuple[object, object]], extra: int) -> str:
     return "".join(out)
 
 
-def _one_of(items: list[tuple[object, object]]) -> str:
+def _one_of(items: list[tuple[Any, Any]]) -> str:
     if items and str(items[0][0]) == "NEGATE":
         raise ValueError("negated class")
     for op, arg in items:
         name = str(op)
         if name == "LITERAL":
-            return chr(arg)  # type: ignore[arg-type]
+            return chr(arg)
         if name == "RANGE":
-            return chr(arg[0])  # type: ignore[index]
+            return chr(arg[0])
         if name == "CATEGORY":
             return {"CATEGORY_DIGIT": "0", "CATEGORY_WORD": "a"}[str(arg)]
     raise ValueError("class")
@@ -276,13 +280,14 @@ def _one_of(items: list[tuple[object, object]]) -> str:
 def _candidates(dim: Dim, target: Sequence[Lit], earlier: Sequence[Lit], space: Space
                 ) -> tuple[list[Value], bool]:
     """Values to try on a dimension, and whether they meet every region (complete)."""
+    finite: list[Value]
     if dim == PORT:
-        if space.ports:
-            return [str(p) for p in space.ports], True
         known = sorted({int(lit.value) for lit in (*target, *earlier)})
-        return [str(p) for p in known] + [str(max(known, default=0) + 1)], True
+        finite = [str(p) for p in space.ports or [*known, max(known, default=0) + 1]]
+        return finite, True
     if dim == AUTHORITY and space.authorities:
-        return list(space.authorities), True
+        finite = list(space.authorities)
+        return finite, True
     lits = [*target, *earlier]
     absent: list[Value] = [None] if dim[0] in ("header", "query") and dim not in (
         METHOD, AUTHORITY) else []
@@ -471,7 +476,14 @@ def _against(target: HTTPMatch | None, before: Sequence[tuple[MatchRef, HTTPMatc
     kept = [(ref, m) for ref, m in before if covers_clients(m, target)]
     r = cover(box(target), [box(m) for _, m in kept], space)
     if r.outcome is Outcome.COVERED:
-        return r.outcome, tuple(sorted(kept[i][0] for i in r.by)), None
+        # Name an irredundant cover: drop each match the others cover without.
+        used = sorted(r.by)
+        for i in reversed(list(used)):
+            rest = [j for j in used if j != i]
+            if cover(box(target), [box(kept[j][1]) for j in rest],
+                     space).outcome is Outcome.COVERED:
+                used = rest
+        return r.outcome, tuple(kept[i][0] for i in used), None
     if r.outcome is Outcome.REACHABLE:
         assert r.witness is not None
         return r.outcome, (), _request(r.witness, target)
@@ -501,14 +513,14 @@ def decide(routes: Sequence[HTTPRoute], space: Space = Space()) -> list[RouteVer
         elif all(v.outcome is Outcome.COVERED for v in verdicts):
             # Each match is inside earlier routes' matches (its own earlier matches
             # are, in turn): name those.
-            by: set[MatchRef] = set()
+            names: set[MatchRef] = set()
             for (_, m), v in zip(own, verdicts, strict=True):
                 outcome, refs, _ = _against(m, earlier_routes, space)
                 # (Left open only where the sound fallback needs the route's own
                 # earlier match to see it: those matches' covers stand in.)
-                by.update(refs if outcome is Outcome.COVERED
+                names.update(refs if outcome is Outcome.COVERED
                           else (r for r in v.covered_by if r[0] != i))
-            out.append(RouteVerdict(i, Outcome.COVERED, tuple(sorted(by, key=_order)),
+            out.append(RouteVerdict(i, Outcome.COVERED, tuple(sorted(names, key=_order)),
                                     tuple(verdicts)))
         else:
             out.append(RouteVerdict(i, Outcome.UNKNOWN, (), tuple(verdicts)))

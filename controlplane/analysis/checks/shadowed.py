@@ -1,0 +1,182 @@
+"""Shadowed HTTP routes (CP0110) and matches (CP0111), from the decision in
+analysis/shadow.py, for every VirtualService some sidecar routes by.
+
+A route merged from a delegate is reported on the delegate, at its own index there.
+A VirtualService with several hosts is decided per host (its ports and names); a route
+is reported only when it is unreachable on every one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+from controlplane.analysis.findings import CODES, Finding
+from controlplane.analysis.inputs import Inputs
+from controlplane.analysis.shadow import MatchRef, Outcome, RouteVerdict, Space, decide
+from controlplane.model.delegate import merge_matches, merge_route
+from controlplane.model.mesh import Mesh
+from controlplane.model.meta import Key
+from controlplane.model.parse import Object
+from controlplane.model.service import Service
+from controlplane.model.virtual_service import HTTPRoute, VirtualService
+
+UNREACHABLE = CODES["CP0110"]
+INEFFECTIVE = CODES["CP0111"]
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a merged route was written: the object and its index there, and per
+    merged match the object and path of the match it came from."""
+
+    object: Key
+    route: str  # "spec.http[2]"
+    matches: tuple[tuple[Key, str], ...]
+
+
+def _key(vs: VirtualService) -> Key:
+    return Key("VirtualService", vs.meta.namespace, vs.meta.name)
+
+
+def _plain(key: Key, i: int, route: HTTPRoute) -> _Where:
+    return _Where(key, f"spec.http[{i}]", tuple((key, f"spec.http[{i}].match[{k}]")
+                                              for k in range(len(route.matches))))
+
+
+def _origins(vs: VirtualService, objects: dict[Key, Object], mesh: Mesh
+             ) -> list[_Where]:
+    """Per route of the merged `vs`, where it was written: replays model/delegate.py's
+    merge over the objects as written (the Mesh keeps merged routes only)."""
+    key = _key(vs)
+    written = objects.get(key)
+    plain = [_plain(key, i, r) for i, r in enumerate(vs.http)]
+    if not isinstance(written, VirtualService) or written.http == vs.http:
+        return plain
+    out: list[_Where] = []
+    for i, root in enumerate(written.http):
+        if root.delegate is None:
+            out.append(_plain(key, i, root))
+            continue
+        dkey = Key("VirtualService", root.delegate.namespace or key.namespace,
+                   root.delegate.name)
+        target = objects.get(dkey)
+        if not isinstance(target, VirtualService) or not target.is_delegate or \
+                not target.exported_to(key.namespace,
+                                       mesh.config.default_virtual_service_export_to):
+            continue
+        for j, leaf in enumerate(target.http):
+            if merge_route(root, leaf, target, mesh.resolve_host) is None:
+                continue
+            if not leaf.matches:
+                matches = tuple((key, f"spec.http[{i}].match[{r}]")
+                                for r in range(len(root.matches)))
+            else:
+                matches = tuple((dkey, f"spec.http[{j}].match[{n}]")
+                                for n, m in enumerate(leaf.matches)
+                                for _ in merge_matches(root.matches, (m,)) or ())
+            out.append(_Where(dkey, f"spec.http[{j}]", matches))
+    # Should the replay disagree with the Mesh's merge, plain indexes beat wrong ones.
+    return out if len(out) == len(vs.http) and all(
+        len(w.matches) == len(r.matches) for w, r in zip(out, vs.http, strict=True)) \
+        else plain
+
+
+def _space(service: Service) -> Space:
+    ports = tuple(p.port for p in service.ports if p.l7.is_http)
+    name, ns = service.meta.name, service.meta.namespace
+    names = [service.fqdn, f"{service.fqdn}.", f"{name}.{ns}.svc", f"{name}.{ns}", name]
+    if service.cluster_ip:
+        names.append(f"[{service.cluster_ip}]" if ":" in service.cluster_ip
+                     else service.cluster_ip)
+    # Clients send the Host with or without the port: both reach the virtual host.
+    return Space(ports, tuple([*names, *(f"{n}:{p}" for n in names for p in ports)]))
+
+
+def _name(ref: MatchRef, where: Sequence[_Where], here: Key) -> str:
+    w = where[ref[0]]
+    path = w.route if ref[1] is None else w.matches[ref[1]][1]
+    obj = w.object if ref[1] is None else w.matches[ref[1]][0]
+    return path if obj == here else f"{obj} {path}"
+
+
+def _names(refs: Sequence[MatchRef], where: Sequence[_Where], here: Key) -> str:
+    names = [_name(r, where, here) for r in refs]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _findings(vs: VirtualService, verdicts: list[RouteVerdict], where: list[_Where]
+              ) -> Iterator[Finding]:
+    for v in verdicts:
+        w = where[v.route]
+        if v.outcome is Outcome.COVERED:
+            if v.covered_by:
+                first = _name(v.covered_by[0], where, w.object)
+                message = (f"this route can never match: {_names(v.covered_by, where, w.object)}"
+                           f" {'covers' if len(v.covered_by) == 1 else 'together cover'} "
+                           "every request it matches")
+                fix = f"move it before {first} or narrow the earlier match"
+            else:
+                message = "this route can never match: no request this host receives " \
+                          "meets its matches"
+                fix = "correct its matches (a path starts with '/'; a port must be one " \
+                      "of the host's HTTP ports)"
+            yield Finding(UNREACHABLE, w.object, w.route, message, fix)
+            continue
+        for m in v.ineffective:
+            if m.match is None:
+                continue
+            obj, path = w.matches[m.match]
+            covers = _names(m.covered_by, where, obj) if m.covered_by else "nothing"
+            yield Finding(INEFFECTIVE, obj, path,
+                          f"this match can never be taken: {covers} "
+                          f"{'covers' if len(m.covered_by) == 1 else 'together cover'} it "
+                          "(the route is still reached by another match)",
+                          "remove the match, or move the route before the covering one")
+
+
+def _combined(per_host: list[list[RouteVerdict]]) -> list[RouteVerdict]:
+    """A route is unreachable, or a match ineffective, only if so on every host."""
+    first, rest = per_host[0], per_host[1:]
+    out = []
+    for v in first:
+        others = [next((o for o in vs if o.route == v.route), None) for vs in rest]
+        if v.outcome is Outcome.COVERED and not all(
+                o is not None and o.outcome is Outcome.COVERED for o in others):
+            continue  # reachable (or unknown) on another host: nothing to report
+        out.append(v)
+    return out
+
+
+def _covered_everywhere(v: RouteVerdict, per_host: list[list[RouteVerdict]]
+                        ) -> RouteVerdict:
+    """`v` keeping only the matches covered on every host (the ineffective ones)."""
+    def covered(match: int | None, verdicts: list[RouteVerdict]) -> bool:
+        return any(o.route == v.route and any(m.match == match and m.outcome is
+                                              Outcome.COVERED for m in o.matches)
+                   for o in verdicts)
+    keep = tuple(m for m in v.matches
+                 if m.outcome is Outcome.COVERED and all(covered(m.match, h)
+                                                         for h in per_host))
+    return replace(v, matches=keep)
+
+
+def check(inputs: Inputs) -> Iterator[Finding]:
+    mesh = inputs.mesh
+    objects = dict(inputs.objects)
+    in_force = dict.fromkeys([*mesh.virtual_services.values(),
+                              *(vs for _, vs in mesh.scoping().alternates())])
+    for vs in in_force:
+        if not vs.applies_to_sidecars or not vs.http:
+            continue
+        services = [mesh.services[f] for f in dict.fromkeys(
+            mesh.resolve_host(h, vs.meta.namespace) for h in vs.hosts)
+            if f in mesh.services]
+        if not services:
+            continue
+        per_host = [decide(vs.http, _space(s)) for s in services]
+        verdicts = _combined(per_host)
+        if len(per_host) > 1:
+            verdicts = [v if v.outcome is Outcome.COVERED else _covered_everywhere(v, per_host)
+                        for v in verdicts]
+        yield from _findings(vs, verdicts, _origins(vs, objects, mesh))
