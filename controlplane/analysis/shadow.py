@@ -30,9 +30,9 @@ Exact where it can be, sound where it cannot (a route called unreachable never i
   proves the target reachable; failing that, an earlier match counts as covering the
   dimension only when it provably contains the target's constraint there (no constraint,
   the same literal, a shorter prefix, presence); a verdict that needs more is UNKNOWN.
-- Case-insensitive and case-sensitive path literals mixed (letters on both sides) are
-  handled the same way; all case-insensitive or all case-sensitive is exact (ASCII case
-  folding, as Envoy's).
+- Case-insensitive path literals (`ignoreUriCase`) fold ASCII letters, as Envoy's
+  matchers do; mixed with case-sensitive ones the regions are still enumerated exactly
+  (the walk in `_string_values` follows both cases where that matters).
 - Paths are taken as written: Envoy normalizes paths (`normalize_path`), so a literal
   holding `/./`, `/../` or percent-escapes is compared as if it could be received.
 - A header sent twice is one value joined by "," for Envoy, just another string here.
@@ -191,31 +191,41 @@ class Space:
     authorities: tuple[str, ...] = ()
 
 
-def _fresh(prefix: str, values: Iterable[str], fold: bool) -> str | None:
-    """A character after `prefix` that continues none of `values`."""
-    taken = {v[len(prefix)] for v in values if len(v) > len(prefix) and v.startswith(prefix)}
-    for c in _FRESH:
-        if (c.lower() if fold else c) not in taken and not (fold and c != c.lower()):
-            return c
-    return None
-
-
-def _string_values(lits: Sequence[Lit], base: str, fold: bool) -> tuple[list[str], bool]:
-    """One value in every region the exact and prefix literals induce (complete), from
-    values starting with `base` (the path's "/", or "")."""
-    vals = [_fold(lit.value) if fold else lit.value for lit in lits
-            if lit.kind in ("exact", "prefix")]
-    prefixes = [_fold(lit.value) if fold else lit.value for lit in lits
-                if lit.kind == "prefix"]
-    out = set(vals)
+def _string_values(lits: Sequence[Lit], base: str) -> tuple[list[str], bool]:
+    """One value in every region the exact and prefix literals induce (complete): a walk
+    down the trie of their values, case-sensitive ones as written and case-insensitive
+    ones folded. At each node t the next characters that keep some literal alive are
+    followed, plus one fresh character that keeps none (any other continuation of t
+    meets exactly the literals t+fresh meets). An uppercase letter is followed besides
+    its folded form only where a case-sensitive literal continues with the lowercase
+    one: elsewhere both cases meet the same literals. `base` ("/" for a path) is a
+    literal every value starts with."""
+    cs = {lit.value for lit in lits if lit.kind in ("exact", "prefix") and not lit.ci}
+    ci = {_fold(lit.value) for lit in lits if lit.kind in ("exact", "prefix") and lit.ci}
+    if base:
+        cs.add(base)
+    out: list[str] = []
     complete = True
-    for p in {base, *prefixes}:
-        c = _fresh(p, vals, fold)
-        if c is None:
+    stack = [""]
+    while stack:
+        t = stack.pop()
+        out.append(t)
+        n, ft = len(t), _fold(t)
+        cs_next = {a[n] for a in cs if len(a) > n and a.startswith(t)}
+        ci_next = {a[n] for a in ci if len(a) > n and a.startswith(ft)}
+        chars = cs_next | ci_next
+        chars |= {c.upper() for c in ci_next if c in cs_next and c != c.upper()}
+        taken = {_fold(c) for c in chars}
+        fresh = next((c for c in _FRESH if _fold(c) not in taken), None)
+        if fresh is None:
             complete = False
         else:
-            out.add(p + c)
-    return sorted(v for v in out if v.startswith(base)), complete
+            out.append(t + fresh)
+        stack.extend(t + c for c in chars)
+        if len(out) > 5_000:  # literals this many: give up on exactness, stay sound
+            return out, False
+    # Non-empty values first: a witness with a header of some value reads better.
+    return sorted((v for v in out if v.startswith(base)), key=lambda v: (not v, v)), complete
 
 
 def _regex_samples(lits: Iterable[Lit]) -> list[str]:
@@ -297,21 +307,16 @@ def _candidates(dim: Dim, target: Sequence[Lit], earlier: Sequence[Lit], space: 
         if dim == PATH and not pinned[0].startswith("/"):
             return [], True  # no request has that path
         return [pinned[0]], True
-    folded = [lit for lit in lits if lit.ci]
-    mixed = bool(folded) and any(not lit.ci and lit.kind != "regex" and
-                                 _has_letters(lit.value) for lit in lits)
     regex = any(lit.kind == "regex" for lit in lits)
-    fold = bool(folded) and not mixed
     base = "/" if dim == PATH else ""
-    values, complete = _string_values(lits, base, fold)
-    if mixed:  # the case variants the folded literals name, as far as cheap
-        values += [v for lit in folded for v in (lit.value, lit.value.upper())]
+    strings, complete = _string_values(lits, base)
+    values: list[Value] = list(strings)
     if regex:
         values += _regex_samples(target)
     # Real methods first, so a witness is a request any client can send.
     common = ["GET", "POST", "PUT", "DELETE", "PATCH"] if dim == METHOD else []
     seen = list(dict.fromkeys([*absent, *common, *values]))
-    return seen, complete and not regex and not mixed
+    return seen, complete and not regex
 
 
 def _implies(target: Sequence[Lit], lit: Lit) -> bool:
@@ -445,14 +450,16 @@ class RouteVerdict:
         return tuple(m for m in self.matches if m.outcome is Outcome.COVERED)
 
 
-def _request(w: dict[Dim, Value], m: HTTPMatch | None) -> Request:
+def _request(w: dict[Dim, Value], m: HTTPMatch | None, space: Space) -> Request:
     headers = tuple((d[1], v) for d, v in sorted(w.items(), key=lambda x: x[0])
                     if d[0] == "header" and d not in (METHOD, AUTHORITY) and v is not None)
     query = tuple((d[1], v) for d, v in sorted(w.items(), key=lambda x: x[0])
                   if d[0] == "query" and v is not None)
-    port = w.get(PORT)
+    # Dimensions nothing constrains take the space's first port and name, if any.
+    port = w.get(PORT) or (str(space.ports[0]) if space.ports else None)
+    authority = w.get(AUTHORITY) or (space.authorities[0] if space.authorities else "")
     return Request(path=w.get(PATH) or "/", headers=headers, query=query,
-                   method=w.get(METHOD) or "GET", authority=w.get(AUTHORITY) or "",
+                   method=w.get(METHOD) or "GET", authority=authority,
                    port=int(port) if port is not None else None,
                    source_labels=m.source_labels if m and not m.gateways else frozenset(),
                    source_namespace=m.source_namespace if m and not m.gateways else "")
@@ -486,7 +493,7 @@ def _against(target: HTTPMatch | None, before: Sequence[tuple[MatchRef, HTTPMatc
         return r.outcome, tuple(kept[i][0] for i in used), None
     if r.outcome is Outcome.REACHABLE:
         assert r.witness is not None
-        return r.outcome, (), _request(r.witness, target)
+        return r.outcome, (), _request(r.witness, target, space)
     return r.outcome, (), None
 
 
@@ -529,3 +536,34 @@ def decide(routes: Sequence[HTTPRoute], space: Space = Space()) -> list[RouteVer
 
 def _order(ref: MatchRef) -> tuple[int, int]:
     return ref[0], -1 if ref[1] is None else ref[1]
+
+
+def decide_in(routes: Sequence[HTTPRoute], spaces: Sequence[Space]) -> list[RouteVerdict]:
+    """The verdicts over several request spaces (a host's ports, each with the names
+    a client may send there; several hosts): a route is unreachable, or a match
+    ineffective, only if so in every space; reachable if so in any (its witness)."""
+    per_space = [{v.route: v for v in decide(routes, s)} for s in spaces]
+    out = []
+    for i in sorted({i for verdicts in per_space for i in verdicts}):
+        vs = [verdicts[i] for verdicts in per_space if i in verdicts]
+        matches = tuple(_joined_match([m for v in vs for m in v.matches if m.match == k])
+                        for k in dict.fromkeys(m.match for v in vs for m in v.matches))
+        reachable = next((v for v in vs if v.outcome is Outcome.REACHABLE), None)
+        if reachable is not None:
+            out.append(RouteVerdict(i, Outcome.REACHABLE, (), matches, reachable.witness))
+        elif all(v.outcome is Outcome.COVERED for v in vs):
+            by = tuple(sorted({r for v in vs for r in v.covered_by}, key=_order))
+            out.append(RouteVerdict(i, Outcome.COVERED, by, matches))
+        else:
+            out.append(RouteVerdict(i, Outcome.UNKNOWN, (), matches))
+    return out
+
+
+def _joined_match(vs: list[MatchVerdict]) -> MatchVerdict:
+    reachable = next((v for v in vs if v.outcome is Outcome.REACHABLE), None)
+    if reachable is not None:
+        return reachable
+    if all(v.outcome is Outcome.COVERED for v in vs):
+        by = tuple(sorted({r for v in vs for r in v.covered_by}, key=_order))
+        return MatchVerdict(vs[0].match, Outcome.COVERED, by)
+    return MatchVerdict(vs[0].match, Outcome.UNKNOWN)

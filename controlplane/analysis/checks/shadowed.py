@@ -2,18 +2,19 @@
 analysis/shadow.py, for every VirtualService some sidecar routes by.
 
 A route merged from a delegate is reported on the delegate, at its own index there.
-A VirtualService with several hosts is decided per host (its ports and names); a route
-is reported only when it is unreachable on every one of them.
+A route configuration is per port, so the routes are decided per HTTP port of each
+host (its port, the names a client may send there); a route is reported only when it
+is unreachable on every one of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from controlplane.analysis.findings import CODES, Finding
 from controlplane.analysis.inputs import Inputs
-from controlplane.analysis.shadow import MatchRef, Outcome, RouteVerdict, Space, decide
+from controlplane.analysis.shadow import MatchRef, Outcome, RouteVerdict, Space, decide_in
 from controlplane.model.delegate import merge_matches, merge_route
 from controlplane.model.mesh import Mesh
 from controlplane.model.meta import Key
@@ -82,15 +83,17 @@ def _origins(vs: VirtualService, objects: dict[Key, Object], mesh: Mesh
         else plain
 
 
-def _space(service: Service) -> Space:
-    ports = tuple(p.port for p in service.ports if p.l7.is_http)
+def spaces(service: Service) -> list[Space]:
+    """Per HTTP port of the service, what its virtual host there receives: the port,
+    and the Host values that reach it (each name, bare or with that port; the short
+    name only from the service's namespace, which only makes a cover rarer)."""
     name, ns = service.meta.name, service.meta.namespace
     names = [service.fqdn, f"{service.fqdn}.", f"{name}.{ns}.svc", f"{name}.{ns}", name]
     if service.cluster_ip:
         names.append(f"[{service.cluster_ip}]" if ":" in service.cluster_ip
                      else service.cluster_ip)
-    # Clients send the Host with or without the port: both reach the virtual host.
-    return Space(ports, tuple([*names, *(f"{n}:{p}" for n in names for p in ports)]))
+    return [Space((p.port,), tuple([*names, *(f"{n}:{p.port}" for n in names)]))
+            for p in service.ports if p.l7.is_http]
 
 
 def _name(ref: MatchRef, where: Sequence[_Where], here: Key) -> str:
@@ -135,32 +138,6 @@ def _findings(vs: VirtualService, verdicts: list[RouteVerdict], where: list[_Whe
                           "remove the match, or move the route before the covering one")
 
 
-def _combined(per_host: list[list[RouteVerdict]]) -> list[RouteVerdict]:
-    """A route is unreachable, or a match ineffective, only if so on every host."""
-    first, rest = per_host[0], per_host[1:]
-    out = []
-    for v in first:
-        others = [next((o for o in vs if o.route == v.route), None) for vs in rest]
-        if v.outcome is Outcome.COVERED and not all(
-                o is not None and o.outcome is Outcome.COVERED for o in others):
-            continue  # reachable (or unknown) on another host: nothing to report
-        out.append(v)
-    return out
-
-
-def _covered_everywhere(v: RouteVerdict, per_host: list[list[RouteVerdict]]
-                        ) -> RouteVerdict:
-    """`v` keeping only the matches covered on every host (the ineffective ones)."""
-    def covered(match: int | None, verdicts: list[RouteVerdict]) -> bool:
-        return any(o.route == v.route and any(m.match == match and m.outcome is
-                                              Outcome.COVERED for m in o.matches)
-                   for o in verdicts)
-    keep = tuple(m for m in v.matches
-                 if m.outcome is Outcome.COVERED and all(covered(m.match, h)
-                                                         for h in per_host))
-    return replace(v, matches=keep)
-
-
 def check(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
     objects = dict(inputs.objects)
@@ -174,9 +151,5 @@ def check(inputs: Inputs) -> Iterator[Finding]:
             if f in mesh.services]
         if not services:
             continue
-        per_host = [decide(vs.http, _space(s)) for s in services]
-        verdicts = _combined(per_host)
-        if len(per_host) > 1:
-            verdicts = [v if v.outcome is Outcome.COVERED else _covered_everywhere(v, per_host)
-                        for v in verdicts]
+        verdicts = decide_in(vs.http, [sp for s in services for sp in spaces(s)])
         yield from _findings(vs, verdicts, _origins(vs, objects, mesh))
