@@ -91,6 +91,17 @@ def test_ignore_uri_case() -> None:
     assert v.witness.path.lower().startswith("/a") and not v.witness.path.startswith("/a")
 
 
+def test_case_sensitive_and_insensitive_paths_mixed_are_decided_exactly() -> None:
+    folded = uri("prefix", "/a", ignore_uri_case=True)
+    # "/a" and "/A" as written together take every case of "/a...".
+    assert outcomes(route(uri("prefix", "/a")), route(uri("prefix", "/A")),
+                    route(folded)) == [R, R, C]
+    v = verdict(route(uri("prefix", "/a")), route(uri("prefix", "/Ab")), route(folded))
+    assert v.outcome is Outcome.REACHABLE and v.witness is not None
+    assert v.witness.path.startswith("/A") and not v.witness.path.startswith("/Ab")
+    assert outcomes(route(folded), route(uri("exact", "/AB"))) == [R, C]
+
+
 def test_a_path_no_request_has_makes_a_route_that_matches_nothing() -> None:
     v = verdict(route(uri("prefix", "/")), route(uri("exact", "no-slash")))
     assert v.outcome is Outcome.COVERED
@@ -254,7 +265,7 @@ def test_cp0110_an_unreachable_route_names_what_covers_it() -> None:
     assert (finding.code.code, finding.object, finding.path) == ("CP0110", WEB, "spec.http[1]")
     assert finding.code.istio == "IST0130"
     assert "spec.http[0].match[0]" in finding.message
-    assert "move it before spec.http[0].match[0]" in finding.fix
+    assert finding.fix == "move it before spec.http[0] or narrow the earlier match"
     # Near miss: the longer prefix first.
     assert _found(_vs(f"""
   - {{match: [{{uri: {{prefix: /a/b}}}}], {DIRECT}}}
@@ -311,3 +322,26 @@ def test_the_check_reads_ports_from_the_service() -> None:
     assert [c for c, _, _ in _found(_vs(f"""
   - {{match: [{{port: 80}}], {DIRECT}}}
   - {{{DIRECT}}}"""))] == ["CP0110"]
+
+
+def test_the_check_decides_per_port_and_per_client() -> None:
+    two_ports = SERVICE.replace("[{name: http, port: 80}]",
+                                "[{name: http, port: 80}, {name: http-alt, port: 81}]")
+    text = two_ports + _vs(f"""
+  - {{match: [{{port: 80}}], {DIRECT}}}
+  - {{{DIRECT}}}""")[len(SERVICE):]
+    assert _found(text) == []  # port 81 still reaches the second route
+    # An earlier match for some clients only leaves the route to the others.
+    assert _found(_vs(f"""
+  - {{match: [{{sourceLabels: {{app: a}}}}], {DIRECT}}}
+  - {{{DIRECT}}}""")) == []
+    assert [c for c, _, _ in _found(_vs(f"""
+  - {{match: [{{sourceLabels: {{app: a}}}}], {DIRECT}}}
+  - {{match: [{{sourceLabels: {{app: a, v: "1"}}}}], {DIRECT}}}"""))] == ["CP0110"]
+
+
+def test_a_match_for_a_port_the_host_lacks_is_ineffective() -> None:
+    [finding] = check(_inputs(_vs(f"""
+  - {{match: [{{port: 80}}, {{port: 9090}}], {DIRECT}}}""")))
+    assert (finding.code.code, finding.path) == ("CP0111", "spec.http[0].match[1]")
+    assert "no request this host receives meets it" in finding.message

@@ -16,10 +16,11 @@ A target match T is covered by earlier matches E_1..E_n iff T ⊆ union(E_1 .. E
 search splits T dimension by dimension into the finitely many regions the literals
 induce on that dimension and checks each region recursively against the earlier matches
 that contain it, so a union covers even where no single earlier match does. For exact
-and prefix literals a finite set of values meets every region: each exact value, each
-prefix, each prefix (and the path's "/", or the empty header value) followed by a
-character that continues no literal, and "absent". The port takes the host's ports and
-`:authority` the host's names (when the caller gives them), so both are finite.
+and prefix literals a finite set of values meets every region (`_string_values`: a walk
+down the trie of the literals' values, with one fresh character wherever a value may
+leave every literal), plus "absent" for headers and query parameters. The port takes
+the host's port and `:authority` the names that reach the host's virtual host there
+(when the caller gives them), so both are finite.
 
 Exact where it can be, sound where it cannot (a route called unreachable never is):
 
@@ -116,13 +117,11 @@ def _has_letters(s: str) -> bool:
     return any(c.isascii() and c.isalpha() for c in s)
 
 
-def _lit(m: StringMatch | None, negated: bool = False, ci: bool = False) -> Lit:
+def _lit(m: StringMatch | None, negated: bool = False) -> Lit:
+    """A header's, method's, authority's or query parameter's match (case-sensitive)."""
     if m is None:
         return Lit("present", negated=negated)
-    ci = ci and m.kind != "regex" and _has_letters(m.value)
-    if m.kind == "regex":
-        return Lit("regex", m.value, negated, ci)
-    return Lit(m.kind, m.value, negated, ci)
+    return Lit(m.kind, m.value, negated)
 
 
 def box(m: HTTPMatch | None) -> Box:
@@ -191,7 +190,8 @@ class Space:
     authorities: tuple[str, ...] = ()
 
 
-def _string_values(lits: Sequence[Lit], base: str) -> tuple[list[str], bool]:
+@lru_cache(maxsize=4096)
+def _string_values(lits: tuple[Lit, ...], base: str) -> tuple[tuple[str, ...], bool]:
     """One value in every region the exact and prefix literals induce (complete): a walk
     down the trie of their values, case-sensitive ones as written and case-insensitive
     ones folded. At each node t the next characters that keep some literal alive are
@@ -223,9 +223,11 @@ def _string_values(lits: Sequence[Lit], base: str) -> tuple[list[str], bool]:
             out.append(t + fresh)
         stack.extend(t + c for c in chars)
         if len(out) > 5_000:  # literals this many: give up on exactness, stay sound
-            return out, False
+            complete = False
+            break
     # Non-empty values first: a witness with a header of some value reads better.
-    return sorted((v for v in out if v.startswith(base)), key=lambda v: (not v, v)), complete
+    return tuple(sorted((v for v in out if v.startswith(base)),
+                        key=lambda v: (not v, v))), complete
 
 
 def _regex_samples(lits: Iterable[Lit]) -> list[str]:
@@ -298,7 +300,7 @@ def _candidates(dim: Dim, target: Sequence[Lit], earlier: Sequence[Lit], space: 
     if dim == AUTHORITY and space.authorities:
         finite = list(space.authorities)
         return finite, True
-    lits = [*target, *earlier]
+    lits = tuple(dict.fromkeys([*target, *earlier]))
     absent: list[Value] = [None] if dim[0] in ("header", "query") and dim not in (
         METHOD, AUTHORITY) else []
     pinned = [lit.value for lit in target

@@ -108,17 +108,19 @@ def _names(refs: Sequence[MatchRef], where: Sequence[_Where], here: Key) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _findings(vs: VirtualService, verdicts: list[RouteVerdict], where: list[_Where]
-              ) -> Iterator[Finding]:
+def _findings(verdicts: list[RouteVerdict], where: list[_Where]) -> Iterator[Finding]:
     for v in verdicts:
         w = where[v.route]
         if v.outcome is Outcome.COVERED:
             if v.covered_by:
-                first = _name(v.covered_by[0], where, w.object)
+                cover = where[v.covered_by[0][0]]
+                first = cover.route if cover.object == w.object else \
+                    f"{cover.object} {cover.route}"
                 message = (f"this route can never match: {_names(v.covered_by, where, w.object)}"
                            f" {'covers' if len(v.covered_by) == 1 else 'together cover'} "
                            "every request it matches")
-                fix = f"move it before {first} or narrow the earlier match"
+                fix = (f"move it before {first} or narrow the earlier "
+                       f"{'match' if len(v.covered_by) == 1 else 'matches'}")
             else:
                 message = "this route can never match: no request this host receives " \
                           "meets its matches"
@@ -130,12 +132,16 @@ def _findings(vs: VirtualService, verdicts: list[RouteVerdict], where: list[_Whe
             if m.match is None:
                 continue
             obj, path = w.matches[m.match]
-            covers = _names(m.covered_by, where, obj) if m.covered_by else "nothing"
-            yield Finding(INEFFECTIVE, obj, path,
-                          f"this match can never be taken: {covers} "
-                          f"{'covers' if len(m.covered_by) == 1 else 'together cover'} it "
-                          "(the route is still reached by another match)",
-                          "remove the match, or move the route before the covering one")
+            if m.covered_by:
+                message = (f"this match can never be taken: {_names(m.covered_by, where, obj)}"
+                           f" {'covers' if len(m.covered_by) == 1 else 'together cover'} it "
+                           "(the route is still reached by another match)")
+                fix = "remove the match, or move the route before the covering one"
+            else:
+                message = "this match can never be taken: no request this host receives " \
+                          "meets it (the route is still reached by another match)"
+                fix = "remove or correct the match"
+            yield Finding(INEFFECTIVE, obj, path, message, fix)
 
 
 def check(inputs: Inputs) -> Iterator[Finding]:
@@ -152,4 +158,4 @@ def check(inputs: Inputs) -> Iterator[Finding]:
         if not services:
             continue
         verdicts = decide_in(vs.http, [sp for s in services for sp in spaces(s)])
-        yield from _findings(vs, verdicts, _origins(vs, objects, mesh))
+        yield from _findings(verdicts, _origins(vs, objects, mesh))
