@@ -208,6 +208,17 @@ def test_regex_is_exact_on_a_pinned_value_and_sound_otherwise() -> None:
     assert v.witness.path.startswith("/a")
 
 
+def test_a_regex_that_is_a_plain_prefix_or_string_is_decided_as_one() -> None:
+    assert outcomes(route(uri("regex", "/api/.*")), route(uri("prefix", "/api/v1"))) == [R, C]
+    assert outcomes(route(uri("prefix", "/api")), route(uri("regex", "^/api/v1.*$"))) == [R, C]
+    assert outcomes(route(uri("regex", "/a")), route(uri("exact", "/a"))) == [R, C]
+    near = verdict(route(uri("regex", "/api/.*")), route(uri("prefix", "/api")))
+    assert near.witness is not None and not near.witness.path.startswith("/api/")
+    # A header regex ".*" takes any value, but not a missing header.
+    assert outcomes(route(HTTPMatch(headers=(("x", S("regex", ".*")),))),
+                    route(HTTPMatch(headers=(("x", S("exact", "1")),))), route()) == [R, C, R]
+
+
 def test_ineffective_match_and_its_witness_from_the_other_match() -> None:
     v = verdict(route(uri("prefix", "/a")), route(uri("exact", "/a/b"), uri("prefix", "/c")))
     assert v.outcome is Outcome.REACHABLE

@@ -37,7 +37,7 @@ SERVICES = 80
 SEED = 16
 LABELS = {"app": "client"}  # one sidecar's; the other has none
 PATHS = ["/", "/a", "/ab", "/a/b", "/b", "/A", "/Ab"]
-REGEXES = ["/a.*", "/[ab]+", "/a/[a-z]"]
+REGEXES = ["/a.*", "/[ab]+", "/a/[a-z]", "^/ab.*$"]
 # Strings the generator may pick for a regex, kept if they match it.
 REGEX_SAMPLES = ["/a", "/ab", "/a/b", "/b", "/ba", "/aa/x", "/a/z", "/abc"]
 
@@ -55,7 +55,7 @@ def _match(rng: random.Random, name: str) -> dict[str, Any]:
         m["ignoreUriCase"] = True
     if rng.random() < 0.35:
         m["headers"] = {"x": rng.choice([{}, {"exact": "1"}, {"prefix": "1"}, {"exact": "2"},
-                                         {"regex": "[0-9]+"}])}
+                                         {"regex": "[0-9]+"}, {"regex": ".*"}])}
     if rng.random() < 0.12:
         m.setdefault("headers", {})["y"] = {}
     if rng.random() < 0.2:

@@ -24,7 +24,9 @@ the host's port and `:authority` the names that reach the host's virtual host th
 
 Exact where it can be, sound where it cannot (a route called unreachable never is):
 
-- A regex literal on a dimension makes its regions unknown. When the target pins that
+- A regex that is a plain string, or a plain string then ".*", is that exact or prefix
+  literal (values never hold the newline "." leaves out). Any other regex literal on a
+  dimension makes its regions unknown. When the target pins that
   dimension to one value (an exact literal), the regex is evaluated on that value with
   RE2, as Envoy does, and the decision stays exact. Otherwise candidate values (the
   finite set above plus samples of the target's own regex) are tried for a request that
@@ -121,7 +123,42 @@ def _lit(m: StringMatch | None, negated: bool = False) -> Lit:
     """A header's, method's, authority's or query parameter's match (case-sensitive)."""
     if m is None:
         return Lit("present", negated=negated)
+    if m.kind == "regex":
+        return _regex_lit(m.value, negated)
     return Lit(m.kind, m.value, negated)
+
+
+_UNICODE, _DOTALL = 32, 16  # Python's parser flags a plain pattern may carry
+
+
+def _regex_lit(pattern: str, negated: bool = False) -> Lit:
+    """A case-sensitive regex as the exact or prefix literal it equals, where it is one:
+    plain characters ("/a/b": exact), or plain characters then ".*" ("/api/.*":
+    prefix), optionally between ^ and $. (No value a request carries holds a newline,
+    the one character "." leaves out.) Anything else stays a regex."""
+    try:
+        parsed = _sre.parse(pattern)
+    except Exception:  # an RE2-only construct: a regex it stays
+        return Lit("regex", pattern, negated)
+    items = list(parsed)
+    if items and str(items[0][0]) == "AT" and str(items[0][1]) == "AT_BEGINNING":
+        items = items[1:]
+    if items and str(items[-1][0]) == "AT" and str(items[-1][1]) == "AT_END":
+        items = items[:-1]
+    kind = "exact"
+    if items and str(items[-1][0]) == "MAX_REPEAT" and items[-1][1][:2] == (0, _sre.MAXREPEAT) \
+            and [str(op) for op, _ in items[-1][1][2]] == ["ANY"]:
+        kind, items = "prefix", items[:-1]
+    if parsed.state.flags & ~(_UNICODE | _DOTALL) or \
+            not all(str(op) == "LITERAL" for op, _ in items):
+        return Lit("regex", pattern, negated)
+    value = "".join(chr(arg) for _, arg in items)
+    # A cheap cross-check that RE2 reads the pattern the same way.
+    probe = _regex(pattern, False)
+    if probe.fullmatch(value) is None or (kind == "prefix") != (
+            probe.fullmatch(value + "z/") is not None):
+        return Lit("regex", pattern, negated)
+    return Lit(kind, value, negated)
 
 
 def box(m: HTTPMatch | None) -> Box:
@@ -134,10 +171,14 @@ def box(m: HTTPMatch | None) -> Box:
         out.setdefault(dim, []).append(lit)
 
     if m.uri is not None:
-        # A regex takes "(?i)" from ignoreUriCase; exact and prefix compare folded.
-        add(PATH, Lit(m.uri.kind, m.uri.value, False,
-                      m.ignore_uri_case and (m.uri.kind == "regex"
-                                             or _has_letters(m.uri.value))))
+        # A regex takes "(?i)" from ignoreUriCase (RE2 folds Unicode, so it is kept a
+        # regex then); exact and prefix compare ASCII-folded.
+        if m.uri.kind == "regex" and not m.ignore_uri_case:
+            add(PATH, _regex_lit(m.uri.value))
+        else:
+            add(PATH, Lit(m.uri.kind, m.uri.value, False,
+                          m.ignore_uri_case and (m.uri.kind == "regex"
+                                                 or _has_letters(m.uri.value))))
     for name, hm in m.headers:
         add(("header", name.lower()), _lit(hm))
     for name, hm in m.without_headers:
