@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import yaml
 
+from controlplane.analysis import shadow
 from controlplane.analysis.checks import CHECKS
 from controlplane.analysis.checks.shadowed import check
 from controlplane.analysis.inputs import Inputs
@@ -356,3 +358,16 @@ def test_a_match_for_a_port_the_host_lacks_is_ineffective() -> None:
   - {{match: [{{port: 80}}, {{port: 9090}}], {DIRECT}}}""")))
     assert (finding.code.code, finding.path) == ("CP0111", "spec.http[0].match[1]")
     assert "no request this host receives meets it" in finding.message
+
+
+def test_past_its_step_budget_the_search_says_unknown_not_covered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Eight headers, each present or absent above: 256 cells, all covered.
+    names = [f"h{i}" for i in range(8)]
+    earlier = [route(HTTPMatch(headers=tuple((n, None) for n in names[:k]),
+                               without_headers=((names[k], None),)))
+               for k in range(8)]
+    earlier.append(route(HTTPMatch(headers=tuple((n, None) for n in names))))
+    assert outcomes(*earlier, route())[-1] == C
+    monkeypatch.setattr(shadow, "_BUDGET", 20)
+    assert outcomes(*earlier, route())[-1] == U
