@@ -13,3 +13,7 @@ from controlplane.analysis.inputs import Inputs
 Check = Callable[[Inputs], Iterable[Finding]]
 
 CHECKS: list[Check] = []
+
+from controlplane.analysis.checks import shadowed  # noqa: E402  (each check registers below)
+
+CHECKS.append(shadowed.check)

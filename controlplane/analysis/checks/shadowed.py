@@ -1,0 +1,161 @@
+"""Shadowed HTTP routes (CP0110) and matches (CP0111), from the decision in
+analysis/shadow.py, for every VirtualService some sidecar routes by.
+
+A route merged from a delegate is reported on the delegate, at its own index there.
+A route configuration is per port, so the routes are decided per HTTP port of each
+host (its port, the names a client may send there); a route is reported only when it
+is unreachable on every one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from controlplane.analysis.findings import CODES, Finding
+from controlplane.analysis.inputs import Inputs
+from controlplane.analysis.shadow import MatchRef, Outcome, RouteVerdict, Space, decide_in
+from controlplane.model.delegate import merge_matches, merge_route
+from controlplane.model.mesh import Mesh
+from controlplane.model.meta import Key
+from controlplane.model.parse import Object
+from controlplane.model.service import Service
+from controlplane.model.virtual_service import HTTPRoute, VirtualService
+
+UNREACHABLE = CODES["CP0110"]
+INEFFECTIVE = CODES["CP0111"]
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a merged route was written: the object and its index there, and per
+    merged match the object and path of the match it came from."""
+
+    object: Key
+    route: str  # "spec.http[2]"
+    matches: tuple[tuple[Key, str], ...]
+
+
+def _key(vs: VirtualService) -> Key:
+    return Key("VirtualService", vs.meta.namespace, vs.meta.name)
+
+
+def _plain(key: Key, i: int, route: HTTPRoute) -> _Where:
+    return _Where(key, f"spec.http[{i}]", tuple((key, f"spec.http[{i}].match[{k}]")
+                                              for k in range(len(route.matches))))
+
+
+def _origins(vs: VirtualService, objects: dict[Key, Object], mesh: Mesh
+             ) -> list[_Where]:
+    """Per route of the merged `vs`, where it was written: replays model/delegate.py's
+    merge over the objects as written (the Mesh keeps merged routes only)."""
+    key = _key(vs)
+    written = objects.get(key)
+    plain = [_plain(key, i, r) for i, r in enumerate(vs.http)]
+    if not isinstance(written, VirtualService) or written.http == vs.http:
+        return plain
+    out: list[_Where] = []
+    for i, root in enumerate(written.http):
+        if root.delegate is None:
+            out.append(_plain(key, i, root))
+            continue
+        dkey = Key("VirtualService", root.delegate.namespace or key.namespace,
+                   root.delegate.name)
+        target = objects.get(dkey)
+        if not isinstance(target, VirtualService) or not target.is_delegate or \
+                not target.exported_to(key.namespace,
+                                       mesh.config.default_virtual_service_export_to):
+            continue
+        for j, leaf in enumerate(target.http):
+            if merge_route(root, leaf, target, mesh.resolve_host) is None:
+                continue
+            if not leaf.matches:
+                matches = tuple((key, f"spec.http[{i}].match[{r}]")
+                                for r in range(len(root.matches)))
+            else:
+                matches = tuple((dkey, f"spec.http[{j}].match[{n}]")
+                                for n, m in enumerate(leaf.matches)
+                                for _ in merge_matches(root.matches, (m,)) or ())
+            out.append(_Where(dkey, f"spec.http[{j}]", matches))
+    # Should the replay disagree with the Mesh's merge, plain indexes beat wrong ones.
+    return out if len(out) == len(vs.http) and all(
+        len(w.matches) == len(r.matches) for w, r in zip(out, vs.http, strict=True)) \
+        else plain
+
+
+def spaces(service: Service) -> list[Space]:
+    """Per HTTP port of the service, what its virtual host there receives: the port,
+    and the Host values that reach it (each name, bare or with that port; the short
+    name only from the service's namespace, which only makes a cover rarer)."""
+    name, ns = service.meta.name, service.meta.namespace
+    names = [service.fqdn, f"{service.fqdn}.", f"{name}.{ns}.svc", f"{name}.{ns}", name]
+    if service.cluster_ip:
+        names.append(f"[{service.cluster_ip}]" if ":" in service.cluster_ip
+                     else service.cluster_ip)
+    return [Space((p.port,), tuple([*names, *(f"{n}:{p.port}" for n in names)]))
+            for p in service.ports if p.l7.is_http]
+
+
+def _name(ref: MatchRef, where: Sequence[_Where], here: Key) -> str:
+    w = where[ref[0]]
+    path = w.route if ref[1] is None else w.matches[ref[1]][1]
+    obj = w.object if ref[1] is None else w.matches[ref[1]][0]
+    return path if obj == here else f"{obj} {path}"
+
+
+def _names(refs: Sequence[MatchRef], where: Sequence[_Where], here: Key) -> str:
+    names = [_name(r, where, here) for r in refs]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _findings(verdicts: list[RouteVerdict], where: list[_Where]) -> Iterator[Finding]:
+    for v in verdicts:
+        w = where[v.route]
+        if v.outcome is Outcome.COVERED:
+            if v.covered_by:
+                cover = where[v.covered_by[0][0]]
+                first = cover.route if cover.object == w.object else \
+                    f"{cover.object} {cover.route}"
+                message = (f"this route can never match: {_names(v.covered_by, where, w.object)}"
+                           f" {'covers' if len(v.covered_by) == 1 else 'together cover'} "
+                           "every request it matches")
+                fix = (f"move it before {first} or narrow the earlier "
+                       f"{'match' if len(v.covered_by) == 1 else 'matches'}")
+            else:
+                message = "this route can never match: no request this host receives " \
+                          "meets its matches"
+                fix = "correct its matches (a path starts with '/'; a port must be one " \
+                      "of the host's HTTP ports)"
+            yield Finding(UNREACHABLE, w.object, w.route, message, fix)
+            continue
+        for m in v.ineffective:
+            if m.match is None:
+                continue
+            obj, path = w.matches[m.match]
+            if m.covered_by:
+                message = (f"this match can never be taken: {_names(m.covered_by, where, obj)}"
+                           f" {'covers' if len(m.covered_by) == 1 else 'together cover'} it "
+                           "(the route is still reached by another match)")
+                fix = "remove the match, or move the route before the covering one"
+            else:
+                message = "this match can never be taken: no request this host receives " \
+                          "meets it (the route is still reached by another match)"
+                fix = "remove or correct the match"
+            yield Finding(INEFFECTIVE, obj, path, message, fix)
+
+
+def check(inputs: Inputs) -> Iterator[Finding]:
+    mesh = inputs.mesh
+    objects = dict(inputs.objects)
+    in_force = dict.fromkeys([*mesh.virtual_services.values(),
+                              *(vs for _, vs in mesh.scoping().alternates())])
+    for vs in in_force:
+        if not vs.applies_to_sidecars or not vs.http:
+            continue
+        services = [mesh.services[f] for f in dict.fromkeys(
+            mesh.resolve_host(h, vs.meta.namespace) for h in vs.hosts)
+            if f in mesh.services]
+        if not services:
+            continue
+        verdicts = decide_in(vs.http, [sp for s in services for sp in spaces(s)])
+        yield from _findings(verdicts, _origins(vs, objects, mesh))
