@@ -333,19 +333,12 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                 secrets=secrets, secrets_changed=secrets_changed)
 
 
-def _tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[str]:
-    """As in Istio, a TLS port is routed by `tls` routes only: a `tcp` route that would
-    match it does nothing there (before TLS ports were told apart, it did)."""
-    out = []
-    for port in service.ports:
-        if port.l7 is not Protocol.TLS:
-            continue
-        for i, route in enumerate(vs.tcp):
-            if not route.ports or port.port in route.ports:
-                out.append(f"VirtualService {vs.meta.namespace}/{vs.meta.name}: spec.tcp[{i}] "
-                           f"does not apply to port {port.port} of {service.fqdn}: a TLS "
-                           "port is routed by `tls` routes (by SNI)")
-    return out
+def tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[tuple[int, int]]:
+    """(tcp route index, port) for each `tcp` route that would match a TLS port of the
+    service: as in Istio, a TLS port is routed by `tls` routes only, so such a route does
+    nothing there (before TLS ports were told apart, it did)."""
+    return [(i, port.port) for port in service.ports if port.l7 is Protocol.TLS
+            for i, route in enumerate(vs.tcp) if not route.ports or port.port in route.ports]
 
 
 def _routing(mesh: Mesh, index: MeshIndex
@@ -401,7 +394,10 @@ def _routing(mesh: Mesh, index: MeshIndex
                                 f"{host!r} matches no service")
                 continue
             vs_by_host[fqdn] = vs
-            problems.extend(_tcp_routes_on_tls_ports(vs, services[fqdn]))
+            problems.extend(
+                f"VirtualService {vs.meta.namespace}/{vs.meta.name}: spec.tcp[{i}] does not "
+                f"apply to port {port} of {fqdn}: a TLS port is routed by `tls` routes (by SNI)"
+                for i, port in tcp_routes_on_tls_ports(vs, services[fqdn]))
     dr_by_host: dict[str, DestinationRule] = {}
     for dr in _oldest_first(index.destination_rules.values()):
         fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)

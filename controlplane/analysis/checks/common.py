@@ -1,0 +1,31 @@
+"""What several checks share: making a finding, and reading the objects by kind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TypeVar
+
+from controlplane.analysis.findings import CODES, Finding
+from controlplane.model.meta import Key
+from controlplane.model.parse import Object, key_of
+
+T = TypeVar("T")
+
+
+def finding(code: str, obj: Object | Key, path: str, message: str, fix: str) -> Finding:
+    return Finding(CODES[code], obj if isinstance(obj, Key) else key_of(obj), path, message,
+                   fix)
+
+
+def of_kind(objects: Mapping[Key, Object], kind: type[T]) -> Iterator[T]:
+    """The objects of one kind, in (namespace, name) order: findings come out stable."""
+    for key in sorted((k for k in objects if k.kind == kind.__name__),
+                      key=lambda k: (k.namespace, k.name)):
+        obj = objects[key]
+        assert isinstance(obj, kind)
+        yield obj
+
+
+def ref(obj: Object) -> str:
+    """`ns/name`, as findings name another object."""
+    return f"{obj.meta.namespace}/{obj.meta.name}"

@@ -1,0 +1,88 @@
+"""Selectors that select nothing: a Service's (CP0150), a DestinationRule subset's
+(CP0103), a Sidecar's workloadSelector (CP0151).
+
+Read from the Pods (any phase: a pod not ready yet is still selected), so a selector
+that matches pods about to start is not reported; and only in namespaces where the
+input holds Pods at all — a directory of Deployments has none, and every selector would
+look empty. A Service without a selector has its
+endpoints managed by hand (Endpoints, EndpointSlices) and is not checked; a subset is
+checked against its service's pods — its selected pods, or the pods its endpoints name —
+and not at all when the service has none (CP0150 says so once).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+
+from controlplane.analysis.checks.common import finding, of_kind, ref
+from controlplane.analysis.findings import Finding
+from controlplane.analysis.inputs import Inputs
+from controlplane.model.destination_rule import DestinationRule
+from controlplane.model.service import Service
+from controlplane.model.sidecar import Sidecar
+from controlplane.model.workload import Pod
+
+Labels = frozenset[tuple[str, str]]
+
+
+def _labels_by_namespace(inputs: Inputs) -> dict[str, list[Labels]]:
+    out: dict[str, list[Labels]] = defaultdict(list)
+    for pod in of_kind(inputs.objects, Pod):
+        out[pod.meta.namespace].append(pod.meta.labels)
+    return out
+
+
+def _show(labels: Labels) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels))
+
+
+def selectors(inputs: Inputs) -> Iterator[Finding]:
+    pods = _labels_by_namespace(inputs)
+    for service in of_kind(inputs.objects, Service):
+        selector = service.selector
+        known = pods.get(service.meta.namespace)
+        if selector and known and not any(selector <= labels for labels in known):
+            yield finding(
+                "CP0150", service, "spec.selector",
+                f"no pod in namespace {service.meta.namespace} has the labels "
+                f"{_show(selector)}: the service has no endpoints, and requests to it "
+                "answer 503", "fix the selector (or the pods' labels)")
+    for sidecar in of_kind(inputs.objects, Sidecar):
+        chosen = sidecar.workload_selector
+        known = pods.get(sidecar.meta.namespace)
+        if chosen is not None and known and not any(chosen <= labels for labels in known):
+            yield finding(
+                "CP0151", sidecar, "spec.workloadSelector",
+                f"no pod in namespace {sidecar.meta.namespace} has the labels "
+                f"{_show(chosen)}: the Sidecar applies to no proxy",
+                "fix the workloadSelector's labels (or the pods')")
+
+
+def subsets(inputs: Inputs) -> Iterator[Finding]:
+    mesh = inputs.mesh
+    pods = _labels_by_namespace(inputs)
+    for dr in of_kind(inputs.objects, DestinationRule):
+        fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
+        service = mesh.services.get(fqdn)
+        if service is None or not dr.subsets:
+            continue
+        if service.selector:
+            members = [labels for labels in pods.get(service.meta.namespace, ())
+                       if service.selector <= labels]
+        else:  # endpoints by hand: the pods they name, as the Mesh read them
+            members = [ep.labels for port in service.ports
+                       for ep in mesh.endpoints.get((fqdn, port.port), ()) if ep.labels]
+        if not members:
+            continue
+        for s, subset in enumerate(dr.subsets):
+            if subset.labels and not any(subset.labels <= labels for labels in members):
+                yield finding(
+                    "CP0103", dr, f"spec.subsets[{s}].labels",
+                    f"subset {subset.name!r}: none of the {len(members)} pods of {fqdn} has "
+                    f"the labels {_show(subset.labels)}; routes to the subset answer 503",
+                    f"fix the subset's labels to match pods of {ref(service)} (or the "
+                    "pods' labels)")
+
+
+CHECKS = [selectors, subsets]
