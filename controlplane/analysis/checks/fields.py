@@ -15,8 +15,8 @@ def invalid(inputs: Inputs) -> Iterator[Finding]:
         for error in bad.errors or ():
             yield finding(
                 "CP0001", bad.key, error.path, error.message,
-                "correct the field: until then the object is not served (its last good "
-                "version is, when it had one)")
+                "correct the field; the object is not served until it validates (its "
+                "last good version is, if it had one)")
 
 
 def ignored(inputs: Inputs) -> Iterator[Finding]:
@@ -24,7 +24,7 @@ def ignored(inputs: Inputs) -> Iterator[Finding]:
         for warning in getattr(inputs.objects[key], "warnings", ()):
             error = field_error(warning)
             yield finding("CP0002", key, error.path, error.message,
-                          "remove the field (or use the one the message names)")
+                          "remove the field, or use the one the message names")
 
 
 CHECKS = [invalid, ignored]

@@ -57,10 +57,14 @@ def port_conflicts(inputs: Inputs) -> Iterator[Finding]:
         names = ", ".join(ref(s) for s in speakers[:3]) + (
             f" and {len(speakers) - 3} more" if len(speakers) > 3 else "")
         for service, i in tcp[number]:
-            reach = ("it has no cluster IP (headless), so no connection reaches it"
-                     if not service.cluster_ip else
-                     f"it is reached only through its cluster IP {service.cluster_ip} "
-                     "(redirected traffic), not by name through the sidecar's port")
+            if service.headless:
+                reach = "it is headless (no cluster IP), so no connection reaches it"
+            elif not service.cluster_ip:
+                reach = ("it has no cluster IP here, so no connection reaches it (with one, "
+                         "only traffic redirected to that IP would)")
+            else:
+                reach = (f"it is reached only through its cluster IP {service.cluster_ip} "
+                         "(redirected traffic), not by name through the sidecar's port")
             yield finding(
                 "CP0121", service, f"spec.ports[{i}]",
                 f"port {number} speaks HTTP for {names}, so the sidecar's listener on "

@@ -1,0 +1,78 @@
+"""CP0001, CP0002: objects refused by validation; fields accepted and ignored. And the
+analysis itself: a failing check is a finding, not a crash; locations fall back to the
+nearest written parent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controlplane.analysis import analyze
+from controlplane.analysis.inputs import Inputs
+from controlplane.sources.locations import locate
+from tests.analysis_helpers import line_of, only, run
+
+BAD = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+      weight: -1
+"""
+
+
+def test_invalid_object(tmp_path: Path) -> None:
+    found = run(tmp_path, BAD)
+    [f] = only(found, "CP0001")
+    assert (str(f.object), f.path) == ("VirtualService default/r",
+                                       "spec.http[0].route[0].weight")
+    assert f.line == line_of(tmp_path, "weight: -1")
+    assert f.file.endswith("case.yaml")
+
+
+def test_valid_object(tmp_path: Path) -> None:
+    assert not only(run(tmp_path, BAD.replace("weight: -1", "weight: 100")), "CP0001")
+
+
+IGNORED = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  workloadSelector: {matchLabels: {app: x}}
+"""
+
+
+def test_ignored_field(tmp_path: Path) -> None:
+    [f] = only(run(tmp_path, IGNORED), "CP0002")
+    assert (str(f.object), f.path) == ("DestinationRule default/reviews",
+                                       "spec.workloadSelector")
+    assert "not supported" in f.message
+    assert f.line == line_of(tmp_path, "workloadSelector")
+
+
+def test_no_ignored_field(tmp_path: Path) -> None:
+    assert not only(run(tmp_path, "\n".join(IGNORED.splitlines()[:-1])), "CP0002")
+
+
+def test_a_failing_check_is_a_finding() -> None:
+    def broken(inputs: Inputs) -> list:  # type: ignore[type-arg]
+        raise KeyError("boom")
+
+    [f] = analyze(Inputs.of({}), checks=[broken])
+    assert f.code.code == "CP0999" and "broken" in f.message and "KeyError" in f.message
+
+
+def test_locations_fall_back_to_the_nearest_parent() -> None:
+    text = "---\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  http:\n  - route: []\n"
+    [(key, lines)] = locate(text, "f.yaml").items()
+    assert str(key) == "VirtualService default/a"
+    assert lines.line_of("spec.http[0].route") == 6
+    assert lines.line_of("spec.http[0].mirror.host") == 6
+    assert lines.line_of("spec.tcp[3]") == 4
+    assert lines.line_of("nothing.here") == 2 == lines.line
+    assert locate("{not yaml", "f.yaml") == {}
