@@ -189,7 +189,7 @@ def _analyze_args(sub: Any) -> argparse.ArgumentParser:
                     "files overlaid on the cluster's objects, i.e. what applying them would "
                     "do. Exit 0: no errors (no warnings either with --strict); 1: findings "
                     "that fail; 2: bad arguments or unreadable input.")
-    p.add_argument("-f", "--filename", action="append", default=[], metavar="PATH",
+    p.add_argument("-f", "--filename", action="append", metavar="PATH",
                    help="a directory of YAML (read as serve --config-dir reads it) or one "
                         "file; repeatable, later ones win an object defined twice")
     p.add_argument("--kubeconfig", help="list the objects of this kubeconfig's API server")
@@ -215,6 +215,7 @@ def analyze(args: argparse.Namespace) -> int:
         read_directory,
     )
 
+    args.filename = args.filename or []
     if not args.filename and not args.kubeconfig:
         print("controlplane analyze: give -f PATH, --kubeconfig FILE, or both",
               file=sys.stderr)
