@@ -13,6 +13,7 @@ import grpc
 import structlog
 from prometheus_client import Gauge
 
+from controlplane.admin.analysis import LiveAnalysis
 from controlplane.admin.http import HttpEndpoints
 from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import AdminService, add_to_server
@@ -62,6 +63,7 @@ class App:
         self.metrics.large_held.set_function(lambda: self.ads.large.held)
         self.metrics.large_waiting.set_function(lambda: self.ads.large.waiting)
         self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
+        self.analysis = LiveAnalysis(self.store, self.metrics)
         self.push.on_publish.append(self._published)
         self.quarantine = (
             Quarantine(self.store, self.registry, lambda: self.push.committed,
@@ -90,6 +92,7 @@ class App:
                 len(snap.resources(t, PROBE).items))
         self.convergence.published(snap.generation, change_seen)
         self._count_rejections()
+        self.analysis.published(snap.generation)
 
     def _count_rejections(self) -> None:
         by = Counter(r.by for r in self.store.rejections.values())
@@ -115,11 +118,12 @@ class App:
         await admin.start()
         self._servers = [xds, admin]
         http = HttpEndpoints(self.store, self.registry, self.cache, self.metrics,
-                             source_problems=self._source_problems)
+                             source_problems=self._source_problems, analysis=self.analysis)
         self._http, self.http_port = await http.start(s.http_address)
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)
                       for src in self.sources]
         self.tasks.append(asyncio.create_task(self.push.run(), name="push"))
+        self.tasks.append(asyncio.create_task(self.analysis.run(), name="analysis"))
         log.info("serving", xds_port=self.xds_port, admin_port=self.admin_port,
                  http_port=self.http_port, sources=[type(x).__name__ for x in self.sources])
 

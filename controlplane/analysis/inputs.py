@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from controlplane.model.errors import FieldError
-from controlplane.model.mesh import Mesh, build_mesh
+from controlplane.model.mesh import LabelIndex, Mesh, build_mesh
 from controlplane.model.meta import Key
 from controlplane.model.parse import Object
+from controlplane.model.workload import Pod
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,24 @@ class Inputs:
     mesh: Mesh  # built from `objects` (model.mesh.build_mesh)
     objects: Mapping[Key, Object]  # every object as parsed (valid ones only)
     invalid: tuple[Invalid, ...] = ()
+
+    @cached_property
+    def by_kind(self) -> dict[str, list[Object]]:
+        """The objects grouped by kind, once for every check."""
+        out: dict[str, list[Object]] = defaultdict(list)
+        for key, obj in self.objects.items():
+            out[key.kind].append(obj)
+        return out
+
+    @cached_property
+    def pods(self) -> dict[str, LabelIndex]:
+        """Each namespace's Pods, indexed by label as the Mesh build indexes them (only
+        namespaces holding Pods)."""
+        by_ns: dict[str, dict[str, Pod]] = defaultdict(dict)
+        for pod in self.by_kind.get("Pod", ()):
+            assert isinstance(pod, Pod)
+            by_ns[pod.meta.namespace][pod.meta.name] = pod
+        return {ns: LabelIndex(pods) for ns, pods in by_ns.items()}
 
     @classmethod
     def of(cls, objects: Mapping[Key, Object], invalid: tuple[Invalid, ...] = ()) -> Inputs:

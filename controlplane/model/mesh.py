@@ -125,7 +125,7 @@ def _pod_hostname(service: Service, pod: Pod) -> str:
     return pod.hostname or pod.meta.name
 
 
-def _pod_hostnames(index: MeshIndex, service: Service, labels: _LabelIndex
+def _pod_hostnames(index: MeshIndex, service: Service, labels: LabelIndex
                    ) -> tuple[str, ...]:
     """A headless service's per-pod hostnames: those its endpoint objects publish, ready
     or not, and those of the pods it selects that name it as their subdomain, in any
@@ -150,7 +150,7 @@ def _pod_hostnames(index: MeshIndex, service: Service, labels: _LabelIndex
     return tuple(sorted(names))
 
 
-class _LabelIndex:
+class LabelIndex:
     """Pods of one namespace by label pair, built on first use: a selector then scans
     the pods carrying one of its labels, not the whole namespace."""
 
@@ -168,7 +168,7 @@ class _LabelIndex:
         return [p for p in smallest if selector <= p.meta.labels]
 
 
-def _service_endpoints(index: MeshIndex, service: Service, labels: _LabelIndex
+def _service_endpoints(index: MeshIndex, service: Service, labels: LabelIndex
                        ) -> dict[int, tuple[Endpoint, ...]]:
     ns = service.meta.namespace
     ident = (ns, service.meta.name)
@@ -256,11 +256,11 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
     else:
         services = {s.fqdn: s for s in sorted(index.services.values(),
                                               key=lambda s: (s.meta.namespace, s.meta.name))}
-    labels: dict[str, _LabelIndex] = {}
+    labels: dict[str, LabelIndex] = {}
 
-    def label_index(ns: str) -> _LabelIndex:
+    def label_index(ns: str) -> LabelIndex:
         if ns not in labels:
-            labels[ns] = _LabelIndex(index.pods_by_ns.get(ns, {}))
+            labels[ns] = LabelIndex(index.pods_by_ns.get(ns, {}))
         return labels[ns]
 
     incremental = previous is not None and changes is not None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import TypeVar
 
 from controlplane.analysis.findings import CODES, Finding
+from controlplane.analysis.inputs import Inputs
 from controlplane.model.meta import Key
 from controlplane.model.parse import Object, key_of
 
@@ -17,11 +18,9 @@ def finding(code: str, obj: Object | Key, path: str, message: str, fix: str) -> 
                    fix)
 
 
-def of_kind(objects: Mapping[Key, Object], kind: type[T]) -> Iterator[T]:
-    """The objects of one kind, in (namespace, name) order: findings come out stable."""
-    for key in sorted((k for k in objects if k.kind == kind.__name__),
-                      key=lambda k: (k.namespace, k.name)):
-        obj = objects[key]
+def of_kind(inputs: Inputs, kind: type[T]) -> Iterator[T]:
+    """The objects of one kind (in no particular order: `analyze` sorts the findings)."""
+    for obj in inputs.by_kind.get(kind.__name__, ()):
         assert isinstance(obj, kind)
         yield obj
 

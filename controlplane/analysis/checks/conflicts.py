@@ -86,7 +86,7 @@ def virtual_services(inputs: Inputs) -> Iterator[Finding]:
 
 def destination_rules(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    for dr in of_kind(inputs.objects, DestinationRule):
+    for dr in of_kind(inputs, DestinationRule):
         fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
         winner = mesh.destination_rules.get(fqdn)
         if winner is None or winner is dr or (winner.meta.namespace, winner.meta.name) == (
@@ -102,7 +102,7 @@ def destination_rules(inputs: Inputs) -> Iterator[Finding]:
 
 def tcp_on_tls(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    for vs in of_kind(inputs.objects, VirtualService):
+    for vs in of_kind(inputs, VirtualService):
         if not vs.tcp or not vs.applies_to_sidecars:
             continue
         for host in vs.hosts:

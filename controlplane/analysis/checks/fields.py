@@ -20,11 +20,12 @@ def invalid(inputs: Inputs) -> Iterator[Finding]:
 
 
 def ignored(inputs: Inputs) -> Iterator[Finding]:
-    for key in sorted(inputs.objects, key=lambda k: (k.kind, k.namespace, k.name)):
-        for warning in getattr(inputs.objects[key], "warnings", ()):
-            error = field_error(warning)
-            yield finding("CP0002", key, error.path, error.message,
-                          "remove the field, or use the one the message names")
+    for kind in ("VirtualService", "DestinationRule", "Sidecar"):  # those with warnings
+        for obj in inputs.by_kind.get(kind, ()):
+            for warning in getattr(obj, "warnings", ()):
+                error = field_error(warning)
+                yield finding("CP0002", obj, error.path, error.message,
+                              "remove the field, or use the one the message names")
 
 
 CHECKS = [invalid, ignored]

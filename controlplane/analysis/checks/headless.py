@@ -25,7 +25,7 @@ from controlplane.model.virtual_service import VirtualService
 
 def headless(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    for vs in of_kind(inputs.objects, VirtualService):
+    for vs in of_kind(inputs, VirtualService):
         if not vs.http or not vs.applies_to_sidecars:
             continue
         for k, host in enumerate(vs.hosts):
@@ -40,7 +40,7 @@ def headless(inputs: Inputs) -> Iterator[Finding]:
                 f"to a pod's own name ({example}) go straight to that pod without them",
                 "if the per-pod names need these policies, add them to the callers or "
                 "reach the pods through the service name")
-    for service in of_kind(inputs.objects, Service):
+    for service in of_kind(inputs, Service):
         if not service.headless or not mesh.pod_hostnames.get(service.fqdn):
             continue
         for i, port in enumerate(service.ports):

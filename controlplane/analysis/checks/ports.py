@@ -24,7 +24,7 @@ _FIX_NAME = ("name the port `<protocol>[-<suffix>]` (http, http2, grpc, grpc-web
 
 
 def port_protocols(inputs: Inputs) -> Iterator[Finding]:
-    for service in of_kind(inputs.objects, Service):
+    for service in of_kind(inputs, Service):
         for i, port in enumerate(service.ports):
             if port.protocol != "TCP" or named_protocol(port.name, port.app_protocol):
                 continue

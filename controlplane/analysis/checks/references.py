@@ -45,7 +45,7 @@ def destinations(vs: VirtualService) -> Iterator[tuple[str, str, Destination]]:
 
 def route_references(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    for vs in of_kind(inputs.objects, VirtualService):
+    for vs in of_kind(inputs, VirtualService):
         if not vs.applies_to_sidecars:
             continue
         for section, path, dest in destinations(vs):
@@ -82,7 +82,7 @@ def route_references(inputs: Inputs) -> Iterator[Finding]:
 
 def host_references(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    for vs in of_kind(inputs.objects, VirtualService):
+    for vs in of_kind(inputs, VirtualService):
         if not vs.applies_to_sidecars:
             continue
         for k, host in enumerate(vs.hosts):
@@ -93,7 +93,7 @@ def host_references(inputs: Inputs) -> Iterator[Finding]:
                     f"host {host!r} ({fqdn}) matches no service: its routes apply to no "
                     "request (ServiceEntries and wildcard hosts are not served)",
                     "name an existing Service's host, or create the Service")
-    for dr in of_kind(inputs.objects, DestinationRule):
+    for dr in of_kind(inputs, DestinationRule):
         if "*" in dr.host:
             continue  # a wildcard host: the parser's warning (CP0002) says it is unmatched
         fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
@@ -108,7 +108,7 @@ def host_references(inputs: Inputs) -> Iterator[Finding]:
 
 def delegates(inputs: Inputs) -> Iterator[Finding]:
     default_export = inputs.mesh.config.default_virtual_service_export_to
-    for vs in of_kind(inputs.objects, VirtualService):
+    for vs in of_kind(inputs, VirtualService):
         if vs.is_delegate:
             continue
         for i, route in enumerate(vs.http):

@@ -43,7 +43,7 @@ def tls_settings(dr: DestinationRule) -> Iterator[tuple[str, str, int | None, Cl
 
 def tls_modes(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    for dr in of_kind(inputs.objects, DestinationRule):
+    for dr in of_kind(inputs, DestinationRule):
         service = mesh.services.get(mesh.resolve_host(dr.host, dr.meta.namespace))
         for path, subset, number, tls in tls_settings(dr):
             if tls.mode not in ORIGINATING:

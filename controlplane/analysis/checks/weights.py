@@ -26,7 +26,7 @@ def _served(dests: tuple[WeightedDestination, ...], total: int) -> str:
 
 
 def weights(inputs: Inputs) -> Iterator[Finding]:
-    for vs in of_kind(inputs.objects, VirtualService):
+    for vs in of_kind(inputs, VirtualService):
         sections = [("http", [r.route for r in vs.http]), ("tcp", [r.route for r in vs.tcp]),
                     ("tls", [r.route for r in vs.tls])]
         for section, routes in sections:

@@ -12,7 +12,6 @@ and not at all when the service has none (CP0150 says so once).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator
 
 from controlplane.analysis.checks.common import finding, of_kind, ref
@@ -21,37 +20,33 @@ from controlplane.analysis.inputs import Inputs
 from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.service import Service
 from controlplane.model.sidecar import Sidecar
-from controlplane.model.workload import Pod
 
 Labels = frozenset[tuple[str, str]]
-
-
-def _labels_by_namespace(inputs: Inputs) -> dict[str, list[Labels]]:
-    out: dict[str, list[Labels]] = defaultdict(list)
-    for pod in of_kind(inputs.objects, Pod):
-        out[pod.meta.namespace].append(pod.meta.labels)
-    return out
 
 
 def _show(labels: Labels) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels))
 
 
+def _selects_none(inputs: Inputs, namespace: str, selector: Labels) -> bool:
+    """Whether the namespace holds Pods and none carries the selector's labels (an
+    empty selector selects every pod)."""
+    index = inputs.pods.get(namespace)
+    return index is not None and bool(selector) and not index.matching(selector)
+
+
 def selectors(inputs: Inputs) -> Iterator[Finding]:
-    pods = _labels_by_namespace(inputs)
-    for service in of_kind(inputs.objects, Service):
-        selector = service.selector
-        known = pods.get(service.meta.namespace)
-        if selector and known and not any(selector <= labels for labels in known):
+    for service in of_kind(inputs, Service):
+        if service.selector and _selects_none(inputs, service.meta.namespace,
+                                              service.selector):
             yield finding(
                 "CP0150", service, "spec.selector",
                 f"no pod in namespace {service.meta.namespace} has the labels "
-                f"{_show(selector)}: the service has no endpoints, and requests to it "
-                "answer 503", "fix the selector (or the pods' labels)")
-    for sidecar in of_kind(inputs.objects, Sidecar):
+                f"{_show(service.selector)}: the service has no endpoints, and requests "
+                "to it answer 503", "fix the selector (or the pods' labels)")
+    for sidecar in of_kind(inputs, Sidecar):
         chosen = sidecar.workload_selector
-        known = pods.get(sidecar.meta.namespace)
-        if chosen is not None and known and not any(chosen <= labels for labels in known):
+        if chosen is not None and _selects_none(inputs, sidecar.meta.namespace, chosen):
             yield finding(
                 "CP0151", sidecar, "spec.workloadSelector",
                 f"no pod in namespace {sidecar.meta.namespace} has the labels "
@@ -61,15 +56,16 @@ def selectors(inputs: Inputs) -> Iterator[Finding]:
 
 def subsets(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    pods = _labels_by_namespace(inputs)
-    for dr in of_kind(inputs.objects, DestinationRule):
+    for dr in of_kind(inputs, DestinationRule):
         fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
         service = mesh.services.get(fqdn)
         if service is None or not dr.subsets:
             continue
+        index = inputs.pods.get(service.meta.namespace)
+        members: list[Labels]
         if service.selector:
-            members = [labels for labels in pods.get(service.meta.namespace, ())
-                       if service.selector <= labels]
+            members = ([p.meta.labels for p in index.matching(service.selector)]
+                       if index is not None else [])
         else:  # endpoints by hand: the pods they name, as the Mesh read them
             members = [ep.labels for port in service.ports
                        for ep in mesh.endpoints.get((fqdn, port.port), ()) if ep.labels]
