@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from controlplane.analysis.findings import CODES, Finding
 from controlplane.analysis.inputs import Inputs
+from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.meta import Key
 from controlplane.model.parse import Object, key_of
 
@@ -23,6 +24,12 @@ def of_kind(inputs: Inputs, kind: type[T]) -> Iterator[T]:
     for obj in inputs.by_kind.get(kind.__name__, ()):
         assert isinstance(obj, kind)
         yield obj
+
+
+def destination_rules(inputs: Inputs) -> Iterator[tuple[DestinationRule, str]]:
+    """Each DestinationRule with the FQDN its host means (Mesh.resolve_host)."""
+    for dr in of_kind(inputs, DestinationRule):
+        yield dr, inputs.mesh.resolve_host(dr.host, dr.meta.namespace)
 
 
 def ref(obj: Object) -> str:

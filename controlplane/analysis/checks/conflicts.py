@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 
-from controlplane.analysis.checks.common import finding, of_kind, ref
+from controlplane.analysis.checks.common import destination_rules, finding, of_kind, ref
 from controlplane.analysis.findings import Finding
 from controlplane.analysis.inputs import Inputs
-from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.mesh import tcp_routes_on_tls_ports
 from controlplane.model.scoping import vs_key
 from controlplane.model.virtual_service import VirtualService
@@ -84,11 +83,9 @@ def virtual_services(inputs: Inputs) -> Iterator[Finding]:
             "wins), or narrow exportTo so each namespace sees one VirtualService per host")
 
 
-def destination_rules(inputs: Inputs) -> Iterator[Finding]:
-    mesh = inputs.mesh
-    for dr in of_kind(inputs, DestinationRule):
-        fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
-        winner = mesh.destination_rules.get(fqdn)
+def rules_per_host(inputs: Inputs) -> Iterator[Finding]:
+    for dr, fqdn in destination_rules(inputs):
+        winner = inputs.mesh.destination_rules.get(fqdn)
         if winner is None or winner is dr or (winner.meta.namespace, winner.meta.name) == (
                 dr.meta.namespace, dr.meta.name):
             continue
@@ -118,4 +115,4 @@ def tcp_on_tls(inputs: Inputs) -> Iterator[Finding]:
                     f"write a `tls` route with match sniHosts (and port {port}) instead")
 
 
-CHECKS = [virtual_services, destination_rules, tcp_on_tls]
+CHECKS = [virtual_services, rules_per_host, tcp_on_tls]

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from controlplane.analysis.checks.common import finding, of_kind, ref
+from controlplane.analysis.checks.common import destination_rules, finding, of_kind, ref
 from controlplane.analysis.findings import Finding
 from controlplane.analysis.inputs import Inputs
-from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.meta import Key
 from controlplane.model.virtual_service import Destination, VirtualService
 
@@ -93,11 +92,9 @@ def host_references(inputs: Inputs) -> Iterator[Finding]:
                     f"host {host!r} ({fqdn}) matches no service: its routes apply to no "
                     "request (ServiceEntries and wildcard hosts are not served)",
                     "name an existing Service's host, or create the Service")
-    for dr in of_kind(inputs, DestinationRule):
-        if "*" in dr.host:
-            continue  # a wildcard host: the parser's warning (CP0002) says it is unmatched
-        fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
-        if fqdn not in mesh.services:
+    for dr, fqdn in destination_rules(inputs):
+        # A wildcard host: the parser's warning (CP0002) says it is not matched.
+        if "*" not in dr.host and fqdn not in mesh.services:
             yield finding(
                 "CP0105", dr, "spec.host",
                 f"host {dr.host!r} ({fqdn}) matches no service: its subsets and policies "

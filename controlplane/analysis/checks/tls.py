@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from controlplane.analysis.checks.common import finding, of_kind
+from controlplane.analysis.checks.common import destination_rules, finding
 from controlplane.analysis.findings import Finding
 from controlplane.analysis.inputs import Inputs
 from controlplane.model.destination_rule import ClientTls, DestinationRule, TrafficPolicy
@@ -43,8 +43,8 @@ def tls_settings(dr: DestinationRule) -> Iterator[tuple[str, str, int | None, Cl
 
 def tls_modes(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    for dr in of_kind(inputs, DestinationRule):
-        service = mesh.services.get(mesh.resolve_host(dr.host, dr.meta.namespace))
+    for dr, fqdn in destination_rules(inputs):
+        service = mesh.services.get(fqdn)
         for path, subset, number, tls in tls_settings(dr):
             if tls.mode not in ORIGINATING:
                 continue

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from controlplane.analysis.checks.common import finding, of_kind, ref
+from controlplane.analysis.checks.common import destination_rules, finding, of_kind, ref
 from controlplane.analysis.findings import Finding
 from controlplane.analysis.inputs import Inputs
-from controlplane.model.destination_rule import DestinationRule
 from controlplane.model.service import Service
 from controlplane.model.sidecar import Sidecar
 
@@ -56,8 +55,7 @@ def selectors(inputs: Inputs) -> Iterator[Finding]:
 
 def subsets(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
-    for dr in of_kind(inputs, DestinationRule):
-        fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)
+    for dr, fqdn in destination_rules(inputs):
         service = mesh.services.get(fqdn)
         if service is None or not dr.subsets:
             continue
