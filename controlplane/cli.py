@@ -238,7 +238,8 @@ def analyze(args: argparse.Namespace) -> int:
         objects = overlay(cluster, files)
     invalid = tuple(Invalid(k, tuple(field_error(e) for e in r.errors))
                     for k, r in sorted(files.rejected.items(), key=lambda i: str(i[0])))
-    findings = run_checks(Inputs.of(objects, invalid), files.where)
+    findings = run_checks(Inputs.of(objects, invalid, tuple(sorted(
+        files.unserved.items(), key=lambda i: str(i[0])))), files.where)
     sys.stdout.write(render(findings, args.output))
     return 2 if files.errors else exit_code(findings, args.strict)
 

@@ -36,7 +36,8 @@ status: {phase: Running, podIP: 10.0.0.2, conditions: [{type: Ready, status: "Tr
 
 def inputs_of(files: DirectoryRead) -> Inputs:
     return Inputs.of(files.objects, tuple(
-        Invalid(k, tuple(field_error(e) for e in r.errors)) for k, r in files.rejected.items()))
+        Invalid(k, tuple(field_error(e) for e in r.errors)) for k, r in files.rejected.items()),
+        tuple(files.unserved.items()))
 
 
 def run(tmp_path: Path, case: str, base: str = BASE) -> list[Finding]:

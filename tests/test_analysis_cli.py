@@ -98,6 +98,9 @@ def test_usage_and_unreadable_input_exit_2(tmp_path: Path,
     (tmp_path / "bad.yaml").write_text("a: [unclosed\n")
     code, _, err = analyze(capsys, "-f", str(tmp_path))
     assert code == 2 and "invalid YAML" in err
+    (tmp_path / "bad.yaml").write_text("- a list, not an object\n")
+    code, _, err = analyze(capsys, "-f", str(tmp_path))
+    assert code == 2 and "not a mapping" in err
     with pytest.raises(SystemExit) as exc:
         main(["analyze", "-o", "xml"])
     assert exc.value.code == 2

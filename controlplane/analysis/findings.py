@@ -64,6 +64,10 @@ CODES: dict[str, Code] = _codes(
     Code("CP0001", "InvalidObject", E, "the object fails validation and is not served "
          "(its last good version is, if any)", "IST0106"),
     Code("CP0002", "IgnoredField", W, "a field is accepted but has no effect here"),
+    Code("CP0003", "UnknownKind", W, "a document's kind is none this control plane or "
+         "Kubernetes/Istio knows (a typo?); it is ignored"),
+    Code("CP0004", "KindNotServed", Severity.INFO, "an Istio or Gateway API kind this "
+         "control plane does not serve; it is ignored"),
     Code("CP0101", "RouteToUnknownHost", E, "a route's destination host matches no "
          "service", "IST0101"),
     Code("CP0102", "RouteToUnknownSubset", E, "a route's destination subset is not "

@@ -28,6 +28,9 @@ class Inputs:
     mesh: Mesh  # built from `objects` (model.mesh.build_mesh)
     objects: Mapping[Key, Object]  # every object as parsed (valid ones only)
     invalid: tuple[Invalid, ...] = ()
+    # Documents of kinds not served (their keys), and whether the kind is a real
+    # Kubernetes/Istio one (else most likely a typo).
+    unserved: tuple[tuple[Key, bool], ...] = ()
 
     @cached_property
     def by_kind(self) -> dict[str, list[Object]]:
@@ -48,8 +51,9 @@ class Inputs:
         return {ns: LabelIndex(pods) for ns, pods in by_ns.items()}
 
     @classmethod
-    def of(cls, objects: Mapping[Key, Object], invalid: tuple[Invalid, ...] = ()) -> Inputs:
-        return cls(build_mesh(objects), objects, invalid)
+    def of(cls, objects: Mapping[Key, Object], invalid: tuple[Invalid, ...] = (),
+           unserved: tuple[tuple[Key, bool], ...] = ()) -> Inputs:
+        return cls(build_mesh(objects), objects, invalid, unserved)
 
 
 def field_error(text: str) -> FieldError:

@@ -33,6 +33,8 @@ class DirectoryRead:
     objects: dict[Key, Object] = field(default_factory=dict)
     rejected: dict[Key, Rejected] = field(default_factory=dict)
     lines: dict[Key, DocumentLines] = field(default_factory=dict)  # of the version used
+    # Documents of kinds not served: key -> whether the kind is a real one (manifests.py)
+    unserved: dict[Key, bool] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # "path: why" for files not read
 
     def where(self, key: Key, path: str) -> tuple[str, int]:
@@ -63,6 +65,11 @@ def read_directory(directory: Path, into: DirectoryRead | None = None,
             out.errors.append(f"{path}: {exc}")
             continue
         lines = locate(text, str(path))
+        out.errors.extend(f"{path}: {reason}" for reason in manifest.malformed)
+        for item in manifest.ignored:
+            out.unserved[item.key] = item.known
+            if item.key in lines:
+                out.lines[item.key] = lines[item.key]
         for rejected in manifest.rejected:
             out.objects.pop(rejected.key, None)
             out.rejected[rejected.key] = rejected
