@@ -68,7 +68,7 @@ def sarif(findings: Sequence[Finding]) -> dict[str, Any]:
     for f in findings:
         location: dict[str, Any] = {"logicalLocations": [{
             "fullyQualifiedName": f"{f.object}".replace(" ", "/", 1)
-            + (f"#{f.path}" if f.path else ""), "kind": "object"}]}
+            + (f"#{f.path}" if f.path else ""), "kind": "resource"}]}
         if f.file:
             location["physicalLocation"] = {
                 "artifactLocation": {"uri": f.file},
