@@ -114,3 +114,20 @@ def test_every_code_has_its_tests() -> None:
     tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_analysis_*.py"))
     untested = [c for c in CODES if c not in tests and c not in ("CP0110", "CP0111")]
     assert not untested
+
+
+def test_no_check_fails_on_any_golden_case() -> None:
+    """Every golden case's input (the widest variety of valid configuration the project
+    has) is analysed without a check failing, and the findings come out sorted."""
+    from controlplane.sources.snapshot import read_directory
+    from tests.analysis_helpers import inputs_of
+
+    cases = sorted((Path(__file__).parent / "golden").glob("*/in.yaml"))
+    assert len(cases) > 20
+    for case in cases:
+        files = read_directory(case)
+        found = analyze(inputs_of(files), files.where)
+        assert not only(found, "CP0999"), (case, only(found, "CP0999"))
+        assert found == sorted(found, key=lambda f: (f.file, f.line, f.code.code,
+                                                     f.object.kind, f.object.namespace,
+                                                     f.object.name, f.path))
