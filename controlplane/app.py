@@ -18,6 +18,7 @@ from controlplane.admin.http import HttpEndpoints
 from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import AdminService, add_to_server
 from controlplane.model.mesh import Mesh
+from controlplane.model.meta import Key
 from controlplane.pipeline import PushLoop
 from controlplane.quarantine import Quarantine
 from controlplane.status.convergence import Convergence
@@ -63,7 +64,7 @@ class App:
         self.metrics.large_held.set_function(lambda: self.ads.large.held)
         self.metrics.large_waiting.set_function(lambda: self.ads.large.waiting)
         self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
-        self.analysis = LiveAnalysis(self.store, self.metrics)
+        self.analysis = LiveAnalysis(self.store, self.metrics, self._source_invalid)
         self.push.on_publish.append(self._published)
         self.quarantine = (
             Quarantine(self.store, self.registry, lambda: self.push.committed,
@@ -107,6 +108,15 @@ class App:
             problems = getattr(source, "problems", None)
             if callable(problems):
                 out.extend(problems())
+        return out
+
+    def _source_invalid(self) -> dict[Key, tuple[str, ...]]:
+        """Objects the sources refused (validation), for the analysis (CP0001)."""
+        out: dict[Key, tuple[str, ...]] = {}
+        for source in self.sources:
+            invalid = getattr(source, "invalid", None)
+            if callable(invalid):
+                out.update(invalid())
         return out
 
     async def start(self) -> None:

@@ -226,6 +226,7 @@ def analyze(args: argparse.Namespace) -> int:
     for error in files.errors:
         print(f"controlplane analyze: {error}", file=sys.stderr)
     objects = dict(files.objects)
+    refused = {k: r.errors for k, r in files.rejected.items()}
     if args.kubeconfig:
         namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip())
         try:
@@ -235,9 +236,9 @@ def analyze(args: argparse.Namespace) -> int:
             print(f"controlplane analyze: cannot list {args.kubeconfig}: "
                   f"{type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
-        objects = overlay(cluster, files)
-    invalid = tuple(Invalid(k, tuple(field_error(e) for e in r.errors))
-                    for k, r in sorted(files.rejected.items(), key=lambda i: str(i[0])))
+        objects, refused = overlay(cluster, files)
+    invalid = tuple(Invalid(k, tuple(field_error(e) for e in errors))
+                    for k, errors in sorted(refused.items(), key=lambda i: str(i[0])))
     findings = run_checks(Inputs.of(objects, invalid, tuple(sorted(
         files.unserved.items(), key=lambda i: str(i[0])))), files.where)
     sys.stdout.write(render(findings, args.output))

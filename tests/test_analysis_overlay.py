@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from controlplane.cli import main
 from controlplane.sources.kubernetes import load_api_client
@@ -53,21 +54,33 @@ def test_cluster_then_files_over_it(kubeconfig: str, tmp_path: Path,
     create(api, virtual_service("reviews", ["reviews"], [
         {"route": [{"destination": {"host": "reviews", "subset": "v3"}}]}], ns="shop"))
 
-    # The cluster alone: the live VirtualService routes to a subset nobody defines.
-    code, found = analyze(capsys, "--kubeconfig", kubeconfig)
-    [f] = found
-    assert code == 1 and (f["code"], f["object"]["name"], f["file"]) == (
-        "CP0102", "reviews", "")
+    broken = virtual_service("broken", ["reviews"], [
+        {"timeout": "1.5x", "route": [{"destination": {"host": "reviews"}}]}], ns="shop")
+    create(api, broken)
 
-    # The fix, as a file: overlaid, the cluster's version is replaced and nothing is left.
+    # The cluster alone: the live VirtualService routes to a subset nobody defines, and
+    # another one the API server took fails our validation.
+    code, found = analyze(capsys, "--kubeconfig", kubeconfig)
+    assert code == 1 and [(f["code"], f["object"]["name"], f["path"], f["file"])
+                          for f in found] == [
+        ("CP0001", "broken", "spec.http[0].timeout", ""),
+        ("CP0102", "reviews", "spec.http[0].route[0].destination.subset", "")]
+    # The broken one replaced by a file's valid version: it is no longer reported.
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(
+        {**broken, "spec": {**broken["spec"], "http": [{"route": [
+            {"destination": {"host": "reviews", "subset": "v1"}}]}]}}))
+
+    # The fix, as a file: overlaid, the cluster's version is replaced. What is left is
+    # the two VirtualServices for one host (the files' broken is the younger).
     (tmp_path / "fix.yaml").write_text(ROUTE % "v1")
-    assert analyze(capsys, "--kubeconfig", kubeconfig, "-f", str(tmp_path)) == (0, [])
+    code, found = analyze(capsys, "--kubeconfig", kubeconfig, "-f", str(tmp_path))
+    assert (code, [f["code"] for f in found]) == (0, ["CP0106"])
 
     # A change that breaks it again is found in the file, at its line, against the
     # cluster's DestinationRule (which the files do not hold).
     (tmp_path / "fix.yaml").write_text(ROUTE % "v2")
     code, found = analyze(capsys, "--kubeconfig", kubeconfig, "-f", str(tmp_path))
-    [f] = found
+    [f] = [f for f in found if f["code"] != "CP0106"]
     assert code == 1 and f["code"] == "CP0102" and "shop/reviews" in f["message"]
     assert (f["file"], f["line"]) == (str(tmp_path / "fix.yaml"), 7)
 

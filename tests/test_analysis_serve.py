@@ -62,6 +62,18 @@ def test_findings_follow_the_published_mesh(plane: ControlPlane, tmp_path: Path)
     assert gauge(plane, "CP0101") == 0
 
 
+def test_objects_the_source_refused(plane: ControlPlane, tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text((ROUTE % ("default", "reviews")).replace(
+        "name: r,", "name: bad,").replace("  - route:", "  - timeout: 1.5x\n    route:"))
+    found = wait_until(lambda: [f for f in analysis(plane, "?code=CP0001") or []],
+                       what="the refused object")
+    [f] = found
+    assert f["object"]["name"] == "bad" and f["path"] == "spec.http[0].timeout"
+    assert gauge(plane, "CP0001") == 1
+    (tmp_path / "bad.yaml").unlink()
+    wait_until(lambda: analysis(plane, "?code=CP0001") == [], what="it to go")
+
+
 def test_filters(plane: ControlPlane, tmp_path: Path) -> None:
     (tmp_path / "other.yaml").write_text((ROUTE % ("team", "gone")).replace("name: r,",
                                                                            "name: t,"))

@@ -6,30 +6,39 @@ Analysing 1,000 services and 1,000 VirtualServices takes about 0.1 s
 path. So a publish only marks the analysis stale; one task runs it in a worker thread on
 the published Mesh and the objects it was built from (both immutable, read and never
 moved forward: `store.published`), at most once per `interval`, and a burst of
-publishes costs one run. Findings are of the last analysed publish; `generation` says
-which.
+publishes costs one run. Objects the sources refused (CP0001) change nothing
+published: they are looked at once per `interval`. Findings are of the last analysed
+publish; `generation` says which.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
 from controlplane.admin.metrics import Metrics
 from controlplane.analysis import analyze
 from controlplane.analysis.findings import CODES, Finding
-from controlplane.analysis.inputs import Inputs, Invalid
+from controlplane.analysis.inputs import Inputs, Invalid, field_error
 from controlplane.model.errors import FieldError
+from controlplane.model.meta import Key
 from controlplane.store import Store
 
 log = structlog.get_logger("controlplane.admin.analysis")
 
 
 class LiveAnalysis:
-    def __init__(self, store: Store, metrics: Metrics, interval: float = 1.0) -> None:
+    def __init__(self, store: Store, metrics: Metrics,
+                 refused: Callable[[], dict[Key, tuple[str, ...]]] = dict,
+                 interval: float = 1.0) -> None:
+        """`refused`: the objects the sources refused (validation), key -> "path:
+        message" errors; the push loop's rejections come from the store."""
         self.store, self.metrics, self.interval = store, metrics, interval
+        self.refused = refused
+        self._refused_seen: dict[Key, tuple[str, ...]] = {}
         self.findings: list[Finding] | None = None  # None: not analysed yet
         self.generation = 0  # of the publish analysed
         self._published = 0  # generation of the newest publish
@@ -48,17 +57,27 @@ class LiveAnalysis:
         mesh = self.store.published
         if mesh is None:
             return None
-        invalid = tuple(
-            Invalid(key, (FieldError("", f"refused ({r.by}): {r.reason}; serving "
-                                     + ("its last good version" if r.serving is not None
-                                        else "nothing")),))
-            for key, r in sorted(self.store.rejections.items(), key=lambda i: str(i[0])))
-        return Inputs(mesh, self.store.published_objects(), invalid)
+        self._refused_seen = self.refused()
+        invalid = {key: Invalid(key, tuple(field_error(e) for e in errors))
+                   for key, errors in self._refused_seen.items()}
+        for key, r in self.store.rejections.items():
+            invalid[key] = Invalid(key, (FieldError("", f"refused ({r.by}): {r.reason}; serving "
+                                          + ("its last good version" if r.serving is not None
+                                             else "nothing")),))
+        return Inputs(mesh, self.store.published_objects(),
+                      tuple(invalid[k] for k in sorted(invalid, key=str)))
 
     async def run(self) -> None:
-        """The analysis task (App.tasks): cancelled with the push loop."""
+        """The analysis task (App.tasks): cancelled with the push loop. Wakes on a
+        publish, and once per `interval` to see whether the sources refused other
+        objects (an invalid document changes nothing published, so no publish says
+        so)."""
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                if self.findings is None or self.refused() == self._refused_seen:
+                    continue
             self._wake.clear()
             generation = self._published
             inputs = self.inputs()

@@ -118,6 +118,8 @@ class FileState:
     ignored: set[Key] = field(default_factory=set)  # unserved kinds already warned about
     error: str = ""  # why the last read was refused (its objects are from before)
     problems: list[str] = field(default_factory=list)  # what the last good read reported
+    # Documents of the last good read that failed validation: key -> "path: message"s
+    invalid: dict[Key, tuple[str, ...]] = field(default_factory=dict)
     # (without the path: a renamed file keeps them)
 
 
@@ -281,6 +283,7 @@ class FileSource:
                             served=list(KINDS), hint="a typo? the object is ignored")
         state.ignored = set(ignored)
         state.problems = problems
+        state.invalid = {r.key: r.errors for r in result.rejected}
         self._set_objects(path, objects)
         log.info("file_loaded", file=str(path), objects=len(objects))
 
@@ -341,6 +344,14 @@ class FileSource:
         for key, conflict in sorted(self.conflicts.items(), key=lambda c: str(c[0])):
             out.append(f"{key}: defined differently in "
                        f"{', '.join(str(p) for p in conflict.files)}; using {conflict.used}")
+        return out
+
+    def invalid(self) -> dict[Key, tuple[str, ...]]:
+        """The documents that fail validation now (key -> "path: message" errors), for
+        the analysis (CP0001); a key invalid in several files: the last file's."""
+        out: dict[Key, tuple[str, ...]] = {}
+        for _, state in sorted(self.files.items()):
+            out.update(state.invalid)
         return out
 
     async def run(self) -> None:

@@ -8,7 +8,6 @@ sync), and the one overlaid on the other.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,8 +82,14 @@ def read_directory(directory: Path, into: DirectoryRead | None = None,
     return out
 
 
+@dataclass
+class ClusterRead:
+    objects: dict[Key, Object]
+    invalid: dict[Key, tuple[str, ...]]  # objects failing validation: "path: message"s
+
+
 async def _list_cluster(api_client: Any, namespaces: frozenset[str] | None,
-                        timeout: float) -> dict[Key, Object]:
+                        timeout: float) -> ClusterRead:
     store = Store()
     source = KubernetesSource(store, api_client, namespaces=namespaces, crd_retry=timeout)
     task = asyncio.create_task(source.run())
@@ -94,21 +99,25 @@ async def _list_cluster(api_client: Any, namespaces: frozenset[str] | None,
         source.stop.set()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    return {key_of(obj): obj for obj in store.objects()}
+    return ClusterRead({key_of(obj): obj for obj in store.objects()}, source.invalid())
 
 
 def list_cluster(api_client: Any, namespaces: frozenset[str] | None = None,
-                 timeout: float = 30.0) -> dict[Key, Object]:
+                 timeout: float = 30.0) -> ClusterRead:
     """Every object serve would mirror from this API server, listed once: the
     Kubernetes source run into a store of its own until its initial sync, then stopped.
     Raises TimeoutError when the lists do not complete within `timeout` seconds."""
     return asyncio.run(_list_cluster(api_client, namespaces, timeout))
 
 
-def overlay(cluster: Mapping[Key, Object], files: DirectoryRead) -> dict[Key, Object]:
+def overlay(cluster: ClusterRead, files: DirectoryRead
+            ) -> tuple[dict[Key, Object], dict[Key, tuple[str, ...]]]:
     """What applying the files would make of the cluster: a file's object replaces the
     cluster's of the same key. A file's invalid object would be refused, so the
-    cluster's version stays (and the file's errors are reported on their own)."""
-    out = dict(cluster)
-    out.update(files.objects)
-    return out
+    cluster's version stays. Returns the objects and the invalid ones (key -> errors):
+    the files', and the cluster's that no file replaces."""
+    objects = dict(cluster.objects)
+    objects.update(files.objects)
+    invalid = {k: e for k, e in cluster.invalid.items() if k not in files.objects}
+    invalid.update((k, r.errors) for k, r in files.rejected.items())
+    return objects, invalid
