@@ -5,12 +5,15 @@ whole mesh, per check, so it is known whether serve may run them on the publish 
 
 `--vs-every 1` gives every service a VirtualService (1,000 services, 1,000
 VirtualServices). Times are the median of the repeats, in milliseconds: the Mesh build
-(which serve already has, published) is reported apart from the checks.
+(which serve already has, published) is reported apart from the checks. Last, as serve
+runs it (admin/analysis.py: in a worker thread), how late an event loop's 10 ms ticks
+get meanwhile: what the xDS streams feel of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
@@ -26,6 +29,24 @@ from controlplane.model.parse import key_of, parse_object
 
 def _ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:8.1f} ms"
+
+
+async def _lateness(inputs: Inputs, tick: float = 0.01) -> list[float]:
+    """How late each 10 ms tick of the loop is while analyze runs in a worker thread."""
+    late: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(tick)
+            late.append(time.perf_counter() - start - tick)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.to_thread(analyze, inputs)
+    done.set()
+    await task
+    return late
 
 
 def main() -> None:
@@ -60,6 +81,9 @@ def main() -> None:
     print(f"  analyze (all)       {_ms(runs)}")
     for name, samples in sorted(per_check.items(), key=lambda i: -statistics.median(i[1])):
         print(f"    {name:<28}{_ms(samples)}")
+    late = asyncio.run(_lateness(Inputs(build_mesh(objects), objects)))
+    print(f"  loop ticks during analyze in a thread: {len(late)}, late by median "
+          f"{statistics.median(late) * 1000:.1f} ms, max {max(late) * 1000:.1f} ms")
     print(f"reproduce: python -m benchmarks.analyze --services {args.services} "
           f"--vs-every {args.vs_every} --repeats {args.repeats}")
 
