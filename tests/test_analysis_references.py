@@ -133,7 +133,7 @@ spec:
 def test_delegate_not_found(tmp_path: Path) -> None:
     [f] = only(run(tmp_path, ROOT), "CP0108")
     assert (f.path, str(f.object)) == ("spec.http[0].delegate", "VirtualService default/root")
-    assert "no VirtualService team/api" in f.message
+    assert "no delegate VirtualService team/api" in f.message
     assert f.line == line_of(tmp_path, "delegate:")
 
 
@@ -145,7 +145,7 @@ def test_delegate_not_exported_to_the_root(tmp_path: Path) -> None:
 def test_delegate_with_hosts_is_no_delegate(tmp_path: Path) -> None:
     case = ROOT + (DELEGATE % '"*"').replace("spec:\n", "spec:\n  hosts: [x.example]\n")
     [f] = only(run(tmp_path, case), "CP0108")
-    assert "has hosts" in f.message
+    assert "no delegate VirtualService team/api (one without hosts)" in f.message
 
 
 def test_delegate_found_and_exported(tmp_path: Path) -> None:

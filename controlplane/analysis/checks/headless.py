@@ -10,6 +10,11 @@ Here a headless service gets an EDS cluster of its pods and each pod hostname
   port number, no Host header), and a headless service has no cluster IP to be told
   apart by: connections to `web-0.web` on a TCP port reach whichever service the
   port's listener serves, not that pod.
+
+A DestinationRule's load balancer, outlier detection or subsets on a headless service are
+not reported: Istio passes headless traffic through to the address the client resolved
+(so those settings do nothing there), but here the service's cluster is an EDS cluster of
+its pods and they apply as written (README, headless services).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from controlplane.analysis.checks.common import destination_rules, finding, of_kind, ref
 from controlplane.analysis.findings import Finding
 from controlplane.analysis.inputs import Inputs
-from controlplane.model.meta import Key
+from controlplane.model.delegate import find_delegate
 from controlplane.model.virtual_service import Destination, VirtualService
 
 # What each section's broken destination does to traffic.
@@ -105,29 +105,21 @@ def host_references(inputs: Inputs) -> Iterator[Finding]:
 
 def delegates(inputs: Inputs) -> Iterator[Finding]:
     default_export = inputs.mesh.config.default_virtual_service_export_to
-    for vs in of_kind(inputs, VirtualService):
+    vses = list(of_kind(inputs, VirtualService))
+    # As the Mesh build finds them (model/delegate.py): only hostless ones are delegates.
+    targets = {(v.meta.namespace, v.meta.name): v for v in vses if v.is_delegate}
+    for vs in vses:
         if vs.is_delegate:
             continue
         for i, route in enumerate(vs.http):
             if route.delegate is None:
                 continue
-            ns = route.delegate.namespace or vs.meta.namespace
-            name = f"{ns}/{route.delegate.name}"
-            target = inputs.objects.get(Key("VirtualService", ns, route.delegate.name))
-            why = ""
-            if not isinstance(target, VirtualService):
-                why = f"there is no VirtualService {name}"
-            elif not target.is_delegate:
-                why = (f"VirtualService {name} has hosts: it is a root of its own, never a "
-                       "delegate")
-            elif not target.exported_to(vs.meta.namespace, default_export):
-                why = (f"VirtualService {name} is not exported to namespace "
-                       f"{vs.meta.namespace}")
-            if why:
+            target, why = find_delegate(vs, route.delegate, targets, default_export)
+            if target is None:
+                name = f"{route.delegate.namespace or vs.meta.namespace}/{route.delegate.name}"
                 yield finding(
                     "CP0108", vs, f"spec.http[{i}].delegate",
-                    f"{why}; the route is left out, so its requests fall to the next "
-                    "route",
+                    f"{why}; the route is left out, so its requests fall to the next route",
                     f"create {name} without hosts (exported to {vs.meta.namespace}), or fix "
                     "the delegate's name and namespace")
 
