@@ -131,3 +131,16 @@ def test_no_check_fails_on_any_golden_case() -> None:
         assert found == sorted(found, key=lambda f: (f.file, f.line, f.code.code,
                                                      f.object.kind, f.object.namespace,
                                                      f.object.name, f.path))
+
+
+def test_list_items_and_a_single_file_are_located(tmp_path: Path) -> None:
+    from controlplane.sources.snapshot import read_directory
+
+    path = tmp_path / "list.yaml"
+    path.write_text("kind: List\nitems:\n- apiVersion: v1\n  kind: Service\n"
+                    "  metadata: {name: a, namespace: default}\n"
+                    "  spec: {ports: [{name: web, port: 80}]}\n")
+    files = read_directory(path)
+    [key] = files.objects
+    assert files.where(key, "spec.ports[0].name") == (str(path), 6)
+    assert files.where(key, "") == (str(path), 3)
