@@ -17,6 +17,7 @@ from controlplane.admin.analysis import LiveAnalysis
 from controlplane.admin.http import HttpEndpoints
 from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import AdminService, add_to_server
+from controlplane.analysis import Locate
 from controlplane.model.mesh import Mesh
 from controlplane.model.meta import Key
 from controlplane.pipeline import PushLoop
@@ -64,7 +65,8 @@ class App:
         self.metrics.large_held.set_function(lambda: self.ads.large.held)
         self.metrics.large_waiting.set_function(lambda: self.ads.large.waiting)
         self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
-        self.analysis = LiveAnalysis(self.store, self.metrics, self._source_invalid)
+        self.analysis = LiveAnalysis(self.store, self.metrics, self._source_invalid,
+                                     self._source_locator)
         self.push.on_publish.append(self._published)
         self.quarantine = (
             Quarantine(self.store, self.registry, lambda: self.push.committed,
@@ -118,6 +120,22 @@ class App:
             if callable(invalid):
                 out.update(invalid())
         return out
+
+    def _source_locator(self) -> Locate | None:
+        """Where the sources' objects are written (file, line), for the analysis: the
+        first source that knows. Taken on the loop; the result is used in a thread."""
+        locators = [loc() for source in self.sources
+                    if callable(loc := getattr(source, "locator", None))]
+        if not locators:
+            return None
+
+        def where(key: Key, path: str) -> tuple[str, int]:
+            for locate in locators:
+                found = locate(key, path)
+                if found[0]:
+                    return found
+            return "", 0
+        return where
 
     async def start(self) -> None:
         s = self.settings

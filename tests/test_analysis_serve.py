@@ -53,7 +53,9 @@ def test_findings_follow_the_published_mesh(plane: ControlPlane, tmp_path: Path)
     found = wait_until(lambda: analysis(plane), what="first analysis")
     [f] = [f for f in found if f["code"] == "CP0101"]
     assert f["object"] == {"kind": "VirtualService", "namespace": "default", "name": "r"}
-    assert f["path"] == "spec.http[0].route[0].destination.host" and f["file"] == ""
+    assert f["path"] == "spec.http[0].route[0].destination.host"
+    # Where it is written, as analyze -f says it.
+    assert (f["file"], f["line"]) == (str(tmp_path / "route.yaml"), 8)
     assert gauge(plane, "CP0101") == 1 and gauge(plane, "CP0150") == 0
 
     # Fixed: the finding and the gauge go, without a restart.
@@ -69,6 +71,7 @@ def test_objects_the_source_refused(plane: ControlPlane, tmp_path: Path) -> None
                        what="the refused object")
     [f] = found
     assert f["object"]["name"] == "bad" and f["path"] == "spec.http[0].timeout"
+    assert (f["file"], f["line"]) == (str(tmp_path / "bad.yaml"), 8)
     assert gauge(plane, "CP0001") == 1
     (tmp_path / "bad.yaml").unlink()
     wait_until(lambda: analysis(plane, "?code=CP0001") == [], what="it to go")

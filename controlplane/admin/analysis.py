@@ -20,7 +20,7 @@ from collections.abc import Callable
 import structlog
 
 from controlplane.admin.metrics import Metrics
-from controlplane.analysis import analyze
+from controlplane.analysis import Locate, analyze
 from controlplane.analysis.findings import CODES, Finding
 from controlplane.analysis.inputs import Inputs, Invalid, field_error
 from controlplane.model.errors import FieldError
@@ -33,11 +33,14 @@ log = structlog.get_logger("controlplane.admin.analysis")
 class LiveAnalysis:
     def __init__(self, store: Store, metrics: Metrics,
                  refused: Callable[[], dict[Key, tuple[str, ...]]] = dict,
+                 locator: Callable[[], Locate | None] = lambda: None,
                  interval: float = 1.0) -> None:
         """`refused`: the objects the sources refused (validation), key -> "path:
-        message" errors; the push loop's rejections come from the store."""
+        message" errors; the push loop's rejections come from the store. `locator`:
+        called on the loop before each run, where the sources' objects are written (a
+        function the analysis thread may call), or None."""
         self.store, self.metrics, self.interval = store, metrics, interval
-        self.refused = refused
+        self.refused, self.locator = refused, locator
         self._refused_seen: dict[Key, tuple[str, ...]] = {}
         self.findings: list[Finding] | None = None  # None: not analysed yet
         self.generation = 0  # of the publish analysed
@@ -83,7 +86,7 @@ class LiveAnalysis:
             inputs = self.inputs()
             if inputs is not None:
                 started = time.monotonic()
-                findings = await asyncio.to_thread(analyze, inputs)
+                findings = await asyncio.to_thread(analyze, inputs, self.locator())
                 self._record(findings, generation)
                 log.debug("analysed", generation=generation, findings=len(findings),
                           took_ms=round((time.monotonic() - started) * 1000, 1))

@@ -10,13 +10,15 @@ parent, then to the document's first line.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
 from controlplane.model.meta import DEFAULT_NAMESPACE, Key
-from controlplane.sources.manifests import LOADER
+from controlplane.sources.manifests import LOADER, ManifestError, read_text
 
 _LAST_STEP = re.compile(r"(\[[^\[\]]*\]|\.[^.\[\]]*)$")
 
@@ -100,3 +102,27 @@ def locate(text: str, file: str) -> dict[Key, DocumentLines]:
             _walk(doc, "", lines.line, lines.paths)
             out[_key(doc)] = lines
     return out
+
+
+class FileLines:
+    """Lines of files read again on demand, each file once per version (size, mtime):
+    for findings about objects a watched directory serves, which are few, so the
+    loader's parse is not slowed down for everything else. Used by one thread at a
+    time (the analysis')."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._files: dict[str, tuple[tuple[int, int], dict[Key, DocumentLines]]] = {}
+
+    def where(self, file: str, key: Key, path: str) -> tuple[str, int]:
+        try:
+            st = os.stat(file)
+            version = (st.st_mtime_ns, st.st_size)
+            cached = self._files.get(file)
+            if cached is None or cached[0] != version:
+                cached = (version, locate(read_text(Path(file), self.max_bytes), file))
+                self._files[file] = cached
+        except (OSError, ManifestError):
+            return file, 0
+        lines = cached[1].get(key)
+        return (file, lines.line_of(path)) if lines is not None else (file, 0)
