@@ -13,10 +13,13 @@ import grpc
 import structlog
 from prometheus_client import Gauge
 
+from controlplane.admin.analysis import LiveAnalysis
 from controlplane.admin.http import HttpEndpoints
 from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import AdminService, add_to_server
+from controlplane.analysis import Locate
 from controlplane.model.mesh import Mesh
+from controlplane.model.meta import Key
 from controlplane.pipeline import PushLoop
 from controlplane.quarantine import Quarantine
 from controlplane.status.convergence import Convergence
@@ -62,6 +65,8 @@ class App:
         self.metrics.large_held.set_function(lambda: self.ads.large.held)
         self.metrics.large_waiting.set_function(lambda: self.ads.large.waiting)
         self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
+        self.analysis = LiveAnalysis(self.store, self.metrics, self._source_invalid,
+                                     self._source_locator)
         self.push.on_publish.append(self._published)
         self.quarantine = (
             Quarantine(self.store, self.registry, lambda: self.push.committed,
@@ -90,6 +95,7 @@ class App:
                 len(snap.resources(t, PROBE).items))
         self.convergence.published(snap.generation, change_seen)
         self._count_rejections()
+        self.analysis.published(snap.generation)
 
     def _count_rejections(self) -> None:
         by = Counter(r.by for r in self.store.rejections.values())
@@ -106,6 +112,31 @@ class App:
                 out.extend(problems())
         return out
 
+    def _source_invalid(self) -> dict[Key, tuple[str, ...]]:
+        """Objects the sources refused (validation), for the analysis (CP0001)."""
+        out: dict[Key, tuple[str, ...]] = {}
+        for source in self.sources:
+            invalid = getattr(source, "invalid", None)
+            if callable(invalid):
+                out.update(invalid())
+        return out
+
+    def _source_locator(self) -> Locate | None:
+        """Where the sources' objects are written (file, line), for the analysis: the
+        first source that knows. Taken on the loop; the result is used in a thread."""
+        locators = [loc() for source in self.sources
+                    if callable(loc := getattr(source, "locator", None))]
+        if not locators:
+            return None
+
+        def where(key: Key, path: str) -> tuple[str, int]:
+            for locate in locators:
+                found = locate(key, path)
+                if found[0]:
+                    return found
+            return "", 0
+        return where
+
     async def start(self) -> None:
         s = self.settings
         xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
@@ -115,11 +146,12 @@ class App:
         await admin.start()
         self._servers = [xds, admin]
         http = HttpEndpoints(self.store, self.registry, self.cache, self.metrics,
-                             source_problems=self._source_problems)
+                             source_problems=self._source_problems, analysis=self.analysis)
         self._http, self.http_port = await http.start(s.http_address)
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)
                       for src in self.sources]
         self.tasks.append(asyncio.create_task(self.push.run(), name="push"))
+        self.tasks.append(asyncio.create_task(self.analysis.run(), name="analysis"))
         log.info("serving", xds_port=self.xds_port, admin_port=self.admin_port,
                  http_port=self.http_port, sources=[type(x).__name__ for x in self.sources])
 

@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 import yaml
@@ -37,6 +38,7 @@ EPILOG = """\
 most common:
   controlplane serve --config-dir DIR     serve the manifests in DIR (watched)
   controlplane proxy-status               has every connected Envoy taken its config?
+  controlplane analyze -f DIR             what in DIR is valid but will not work?
 
 `controlplane COMMAND --help` lists a command's flags. The log flags go before or
 after the command (after wins)."""
@@ -177,9 +179,75 @@ def parser() -> argparse.ArgumentParser:
     explain_p = sub.add_parser("explain", help="where would this request go through this "
                                                "proxy, and why? (exit 1: not routed)")
     explain_arguments(explain_p)
-    for command in (serve_p, bootstrap_p, ps, demo, explain_p):
+    analyze_p = _analyze_args(sub)
+    for command in (serve_p, bootstrap_p, ps, demo, explain_p, analyze_p):
         _log_args(command, command=True)
     return p
+
+
+# -- controlplane analyze -------------------------------------------------------------------
+
+def _analyze_args(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "analyze", help="find what is valid but will not work (exit 1 on errors)",
+        description="Analyse manifests (-f), a live cluster (--kubeconfig), or both: the "
+                    "files overlaid on the cluster's objects, i.e. what applying them would "
+                    "do. Exit 0: no errors (no warnings either with --strict); 1: findings "
+                    "that fail; 2: bad arguments or unreadable input.")
+    p.add_argument("-f", "--filename", action="append", metavar="PATH",
+                   help="a directory of YAML (read as serve --config-dir reads it) or one "
+                        "file; repeatable, later ones win an object defined twice")
+    p.add_argument("--kubeconfig", help="list the objects of this kubeconfig's API server")
+    p.add_argument("--namespaces", default="",
+                   help="with --kubeconfig: comma-separated namespaces to list (default: all)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long listing the cluster may take (default %(default)s)")
+    p.add_argument("-o", "--output", choices=["text", "json", "sarif"], default="text",
+                   help="text: a line per finding and a summary; json; sarif: SARIF 2.1.0 "
+                        "for code-scanning tools (default %(default)s)")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    return p
+
+
+def analyze(args: argparse.Namespace) -> int:
+    from controlplane.analysis import analyze as run_checks
+    from controlplane.analysis.inputs import Inputs, Invalid, field_error
+    from controlplane.analysis.report import exit_code, render
+    from controlplane.sources.snapshot import (
+        DirectoryRead,
+        list_cluster,
+        overlay,
+        read_directory,
+    )
+
+    args.filename = args.filename or []
+    if not args.filename and not args.kubeconfig:
+        print("controlplane analyze: give -f PATH, --kubeconfig FILE, or both",
+              file=sys.stderr)
+        return 2
+    files = DirectoryRead()
+    for path in args.filename:
+        read_directory(Path(path), files)
+    for error in files.errors:
+        print(f"controlplane analyze: {error}", file=sys.stderr)
+    objects = dict(files.objects)
+    refused = {k: r.errors for k, r in files.rejected.items()}
+    if args.kubeconfig:
+        namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip())
+        try:
+            cluster = list_cluster(load_api_client(args.kubeconfig), namespaces or None,
+                                   args.timeout)
+        except Exception as exc:  # unreachable server, bad kubeconfig, timeout
+            print(f"controlplane analyze: cannot list {args.kubeconfig}: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        objects, refused = overlay(cluster, files)
+    invalid = tuple(Invalid(k, tuple(field_error(e) for e in errors))
+                    for k, errors in sorted(refused.items(), key=lambda i: str(i[0])))
+    findings = run_checks(Inputs.of(objects, invalid, tuple(sorted(
+        files.unserved.items(), key=lambda i: str(i[0])))), files.where)
+    sys.stdout.write(render(findings, args.output))
+    return 2 if files.errors else exit_code(findings, args.strict)
 
 
 def _sources(args: argparse.Namespace, store: Store) -> list[Source]:
@@ -251,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from controlplane.explain.command import run as explain
 
         return explain(args)
+    if args.command == "analyze":
+        return analyze(args)
     if args.command == "demo":
         from controlplane.demo.story import run  # the demo needs Envoy: a test extra
 

@@ -204,6 +204,11 @@ class Store:
     def objects(self, kind: str | None = None) -> list[Object]:
         return [o for k, o in self._objects.items() if kind is None or k.kind == kind]
 
+    def published_objects(self) -> dict[Key, Object]:
+        """The objects the last published Mesh was built from (a copy: a reader may hand
+        it to another thread while the push loop goes on)."""
+        return dict(self._good)
+
     @property
     def rejections(self) -> Mapping[Key, Rejection]:
         return self._rejected

@@ -97,7 +97,7 @@ def test_serve_takes_log_flags_after_the_command(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, log.read_text()
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
-    assert events[0] == "serving" and events[-1] == "stopping"
+    assert events[0] == "serving" and events[-1] == "stopping", log.read_text()
 
 
 def test_help_says_what_it_is_and_how_to_start() -> None:

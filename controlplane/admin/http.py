@@ -17,8 +17,10 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 
 from controlplane.admin import views
+from controlplane.admin.analysis import LiveAnalysis
 from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import newest
+from controlplane.analysis.report import as_dict
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
 from controlplane.xds.cache import SnapshotCache
@@ -58,9 +60,11 @@ def _json(value: Any, status: int = 200) -> Response:
 class HttpEndpoints:
     def __init__(self, store: Store, registry: SyncRegistry, cache: SnapshotCache,
                  metrics: Metrics,
-                 source_problems: Callable[[], list[str]] = lambda: []) -> None:
+                 source_problems: Callable[[], list[str]] = lambda: [],
+                 analysis: LiveAnalysis | None = None) -> None:
         self.store, self.registry, self.cache, self.metrics = store, registry, cache, metrics
         self.source_problems = source_problems
+        self.analysis = analysis
         self.routes: dict[str, Callable[[dict[str, list[str]]], Response]] = {
             "/healthz": lambda q: (200, "text/plain", b"ok\n"),
             "/readyz": self.readyz,
@@ -68,6 +72,7 @@ class HttpEndpoints:
             "/debug/syncz": self.syncz,
             "/debug/configz": self.configz,
             "/debug/config_dump": self.config_dump,
+            "/debug/analyze": self.analyze,
         }
 
     def readyz(self, query: dict[str, list[str]]) -> Response:
@@ -101,6 +106,18 @@ class HttpEndpoints:
         if proxy is None:
             return _json({"error": f"no proxy with node id {node_id!r} is connected"}, 404)
         return _json(views.to_json(views.config_dump(*views.current(self.cache.snapshot, proxy))))
+
+    def analyze(self, query: dict[str, list[str]]) -> Response:
+        """The findings of the published mesh, as `controlplane analyze -o json` prints
+        them; `?code=CP0101` and `?namespace=ns` (repeatable) keep only those."""
+        if self.analysis is None or self.analysis.findings is None:
+            return _json({"error": "not analysed yet: no snapshot published, or the first "
+                                   "analysis is running"}, 503)
+        codes = set(query.get("code", []))
+        namespaces = set(query.get("namespace", []))
+        return _json([as_dict(f) for f in self.analysis.findings
+                      if (not codes or f.code.code in codes)
+                      and (not namespaces or f.object.namespace in namespaces)])
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -70,6 +70,10 @@ class Metrics:
         self.large_held = Gauge(
             "controlplane_large_pushes_unanswered", "proxies holding a place for a large "
             "response (--large-push-limit) until they answer it", registry=r)
+        self.analysis_findings = Gauge(
+            "controlplane_analysis_findings", "findings of the analysis of the published "
+            "mesh (/debug/analyze), by code; every code is present, 0 when none",
+            ["code", "severity"], registry=r)
         self.large_waiting = Gauge(
             "controlplane_large_pushes_waiting", "proxies whose large response waits for a "
             "place (--large-push-limit)", registry=r)

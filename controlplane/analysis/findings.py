@@ -56,13 +56,18 @@ E, W = Severity.ERROR, Severity.WARNING
 
 # The registry. Ranges: CP00xx objects as written (validation, ignored fields); CP01xx
 # routing references and conflicts; CP011x route reachability; CP012x ports and
-# protocols; CP013x TLS; CP014x headless services; CP015x workloads and selectors.
+# protocols; CP013x TLS; CP014x headless services; CP015x workloads and selectors;
+# CP09xx the analysis itself.
 # A code added here needs a test with the smallest YAML that triggers it and one that
 # does not (tests/test_analysis_*.py).
 CODES: dict[str, Code] = _codes(
     Code("CP0001", "InvalidObject", E, "the object fails validation and is not served "
          "(its last good version is, if any)", "IST0106"),
     Code("CP0002", "IgnoredField", W, "a field is accepted but has no effect here"),
+    Code("CP0003", "UnknownKind", W, "a document's kind is none this control plane or "
+         "Kubernetes/Istio knows (a typo?); it is ignored"),
+    Code("CP0004", "KindNotServed", Severity.INFO, "an Istio or Gateway API kind this "
+         "control plane does not serve; it is ignored"),
     Code("CP0101", "RouteToUnknownHost", E, "a route's destination host matches no "
          "service", "IST0101"),
     Code("CP0102", "RouteToUnknownSubset", E, "a route's destination subset is not "
@@ -72,7 +77,7 @@ CODES: dict[str, Code] = _codes(
     Code("CP0104", "VirtualServiceUnknownHost", W, "a VirtualService host matches no "
          "service, so its routes apply nowhere"),
     Code("CP0105", "DestinationRuleUnknownHost", W, "a DestinationRule host matches no "
-         "service"),
+         "service", "IST0174"),
     Code("CP0106", "ConflictingVirtualServices", W, "two VirtualServices name one host "
          "for the same clients; only the older applies", "IST0109"),
     Code("CP0107", "ConflictingDestinationRules", W, "two DestinationRules name one host; "
@@ -94,9 +99,16 @@ CODES: dict[str, Code] = _codes(
          "protocols; the sidecar's listener on that port serves one"),
     Code("CP0130", "TlsModeMismatch", E, "a DestinationRule's TLS mode cannot work with "
          "what the destination port speaks"),
+    # Istio has one message per level (rule, port); ours names the field instead.
     Code("CP0131", "NoServerVerification", W, "TLS origination without a CA: the "
-         "server's certificate is not verified", "IST0128"),
+         "server's certificate is not verified", "IST0128/IST0129"),
     Code("CP0140", "HeadlessPitfall", W, "a setting that a headless service ignores or "
          "serves differently than written"),
     Code("CP0150", "ServiceSelectsNoPods", W, "a Service's selector matches no pod"),
+    Code("CP0151", "SidecarSelectsNoPods", W, "a Sidecar's workloadSelector matches no "
+         "pod of its namespace, so it applies to nothing", "IST0127"),
+    # Not a finding about the configuration: a check failed (a bug here), and its subject
+    # went unchecked.
+    Code("CP0999", "AnalysisFailed", E, "a check failed on this input; what it looks for "
+         "was not checked", "IST0001"),
 )

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envoy-admin", metavar="URL",
                    help="walk this Envoy's live /config_dump instead")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
-                   help="a request header (repeatable; Host overrides the URL's)")
+                   help="a request header (repeatable; Host overrides the URL's) (default: none)")
     p.add_argument("--method", "-X", default="GET", help="the request method (default GET)")
     p.add_argument("--sni", default="", help="the TLS server name (tls:// URLs: the host)")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text",

@@ -22,6 +22,7 @@ from dataclasses import replace
 from controlplane.model.istio_common import StringMatch
 from controlplane.model.meta import Key
 from controlplane.model.virtual_service import (
+    Delegate,
     Destination,
     HTTPMatch,
     HTTPRoute,
@@ -168,6 +169,20 @@ def merge_route(root: HTTPRoute, leaf: HTTPRoute, delegate: VirtualService,
     )
 
 
+def find_delegate(vs: VirtualService, delegate: Delegate, delegates: Delegates,
+                  default_export_to: tuple[str, ...] = ("*",)
+                  ) -> tuple[VirtualService | None, str]:
+    """The delegate VirtualService a route of `vs` names, or None and why not: none of
+    that name without hosts, or not exported to the root's namespace."""
+    ns = delegate.namespace or vs.meta.namespace
+    target = delegates.get((ns, delegate.name))
+    if target is None:
+        return None, f"no delegate VirtualService {ns}/{delegate.name} (one without hosts)"
+    if not target.exported_to(vs.meta.namespace, default_export_to):
+        return None, f"{_ref(target)} is not exported to namespace {vs.meta.namespace}"
+    return target, ""
+
+
 def merge_delegates(vs: VirtualService, delegates: Delegates, resolve: Resolve,
                     problems: list[str], default_export_to: tuple[str, ...] = ("*",)
                     ) -> VirtualService:
@@ -180,16 +195,10 @@ def merge_delegates(vs: VirtualService, delegates: Delegates, resolve: Resolve,
         if route.delegate is None:
             out.append(route)
             continue
-        ns = route.delegate.namespace or vs.meta.namespace
         where = f"{_ref(vs)}: spec.http[{i}].delegate"
-        target = delegates.get((ns, route.delegate.name))
+        target, why = find_delegate(vs, route.delegate, delegates, default_export_to)
         if target is None:
-            problems.append(f"{where}: no delegate VirtualService {ns}/{route.delegate.name} "
-                            "(one without hosts); the route is left out")
-            continue
-        if not target.exported_to(vs.meta.namespace, default_export_to):
-            problems.append(f"{where}: {_ref(target)} is not exported to namespace "
-                            f"{vs.meta.namespace}; the route is left out")
+            problems.append(f"{where}: {why}; the route is left out")
             continue
         for j, leaf in enumerate(target.http):
             merged = merge_route(route, leaf, target, resolve, (i, j))

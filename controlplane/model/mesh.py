@@ -125,7 +125,7 @@ def _pod_hostname(service: Service, pod: Pod) -> str:
     return pod.hostname or pod.meta.name
 
 
-def _pod_hostnames(index: MeshIndex, service: Service, labels: _LabelIndex
+def _pod_hostnames(index: MeshIndex, service: Service, labels: LabelIndex
                    ) -> tuple[str, ...]:
     """A headless service's per-pod hostnames: those its endpoint objects publish, ready
     or not, and those of the pods it selects that name it as their subdomain, in any
@@ -150,7 +150,7 @@ def _pod_hostnames(index: MeshIndex, service: Service, labels: _LabelIndex
     return tuple(sorted(names))
 
 
-class _LabelIndex:
+class LabelIndex:
     """Pods of one namespace by label pair, built on first use: a selector then scans
     the pods carrying one of its labels, not the whole namespace."""
 
@@ -168,7 +168,7 @@ class _LabelIndex:
         return [p for p in smallest if selector <= p.meta.labels]
 
 
-def _service_endpoints(index: MeshIndex, service: Service, labels: _LabelIndex
+def _service_endpoints(index: MeshIndex, service: Service, labels: LabelIndex
                        ) -> dict[int, tuple[Endpoint, ...]]:
     ns = service.meta.namespace
     ident = (ns, service.meta.name)
@@ -256,11 +256,11 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
     else:
         services = {s.fqdn: s for s in sorted(index.services.values(),
                                               key=lambda s: (s.meta.namespace, s.meta.name))}
-    labels: dict[str, _LabelIndex] = {}
+    labels: dict[str, LabelIndex] = {}
 
-    def label_index(ns: str) -> _LabelIndex:
+    def label_index(ns: str) -> LabelIndex:
         if ns not in labels:
-            labels[ns] = _LabelIndex(index.pods_by_ns.get(ns, {}))
+            labels[ns] = LabelIndex(index.pods_by_ns.get(ns, {}))
         return labels[ns]
 
     incremental = previous is not None and changes is not None
@@ -333,19 +333,12 @@ def build_mesh(objects: Mapping[Key, object] | MeshIndex, previous: Mesh | None 
                 secrets=secrets, secrets_changed=secrets_changed)
 
 
-def _tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[str]:
-    """As in Istio, a TLS port is routed by `tls` routes only: a `tcp` route that would
-    match it does nothing there (before TLS ports were told apart, it did)."""
-    out = []
-    for port in service.ports:
-        if port.l7 is not Protocol.TLS:
-            continue
-        for i, route in enumerate(vs.tcp):
-            if not route.ports or port.port in route.ports:
-                out.append(f"VirtualService {vs.meta.namespace}/{vs.meta.name}: spec.tcp[{i}] "
-                           f"does not apply to port {port.port} of {service.fqdn}: a TLS "
-                           "port is routed by `tls` routes (by SNI)")
-    return out
+def tcp_routes_on_tls_ports(vs: VirtualService, service: Service) -> list[tuple[int, int]]:
+    """(tcp route index, port) for each `tcp` route that would match a TLS port of the
+    service: as in Istio, a TLS port is routed by `tls` routes only, so such a route does
+    nothing there (before TLS ports were told apart, it did)."""
+    return [(i, port.port) for port in service.ports if port.l7 is Protocol.TLS
+            for i, route in enumerate(vs.tcp) if not route.ports or port.port in route.ports]
 
 
 def _routing(mesh: Mesh, index: MeshIndex
@@ -401,7 +394,10 @@ def _routing(mesh: Mesh, index: MeshIndex
                                 f"{host!r} matches no service")
                 continue
             vs_by_host[fqdn] = vs
-            problems.extend(_tcp_routes_on_tls_ports(vs, services[fqdn]))
+            problems.extend(
+                f"VirtualService {vs.meta.namespace}/{vs.meta.name}: spec.tcp[{i}] does not "
+                f"apply to port {port} of {fqdn}: a TLS port is routed by `tls` routes (by SNI)"
+                for i, port in tcp_routes_on_tls_ports(vs, services[fqdn]))
     dr_by_host: dict[str, DestinationRule] = {}
     for dr in _oldest_first(index.destination_rules.values()):
         fqdn = mesh.resolve_host(dr.host, dr.meta.namespace)

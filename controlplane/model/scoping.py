@@ -190,13 +190,15 @@ class Scopes:
         for fqdn, vses in self.candidates.items():
             if fqdn in hidden:
                 continue
-            winner = self._winner(vses, ns, sidecar)
+            winner = self.winner(vses, ns, sidecar)
             if winner is not self.default.get(fqdn):
                 overrides[fqdn] = winner
         return HostChoices(overrides, hidden)
 
-    def _winner(self, vses: list[VirtualService], ns: str, sidecar: Sidecar | None
-                ) -> VirtualService | None:
+    def winner(self, vses: list[VirtualService], ns: str, sidecar: Sidecar | None = None
+               ) -> VirtualService | None:
+        """Which of a host's VirtualServices (oldest first) proxies of namespace `ns`
+        (with this Sidecar) route by; None: none of them."""
         tiers: tuple[list[VirtualService], list[VirtualService], list[VirtualService]] = (
             [], [], [])
         for vs in vses:

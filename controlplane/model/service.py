@@ -50,17 +50,23 @@ _PROTOCOLS = {
 }
 
 
-def detect_protocol(name: str, app_protocol: str, transport: str) -> Protocol:
-    if transport != "TCP":
-        return Protocol.UNSUPPORTED
+def named_protocol(name: str, app_protocol: str) -> Protocol | None:
+    """The protocol a port's appProtocol, else its name's prefix, says (Istio's naming
+    convention: `<protocol>[-<suffix>]`); None when neither names one."""
     if app_protocol:
-        return _PROTOCOLS.get(app_protocol.lower(), Protocol.TCP)
+        return _PROTOCOLS.get(app_protocol.lower())
     lowered = name.lower()
     # The longest prefix first, so "grpc-web-x" is grpc-web and not grpc.
     for prefix in sorted(_PROTOCOLS, key=len, reverse=True):
         if lowered == prefix or lowered.startswith(prefix + "-"):
             return _PROTOCOLS[prefix]
-    return Protocol.TCP
+    return None
+
+
+def detect_protocol(name: str, app_protocol: str, transport: str) -> Protocol:
+    if transport != "TCP":
+        return Protocol.UNSUPPORTED
+    return named_protocol(name, app_protocol) or Protocol.TCP
 
 
 @dataclass(frozen=True)

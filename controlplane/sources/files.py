@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import structlog
 
 from controlplane.model.meta import Key
 from controlplane.model.parse import KINDS, Object
+from controlplane.sources.locations import FileLines
 from controlplane.sources.manifests import (
     DEFAULT_MAX_FILE_BYTES,
     Manifest,
@@ -118,6 +120,8 @@ class FileState:
     ignored: set[Key] = field(default_factory=set)  # unserved kinds already warned about
     error: str = ""  # why the last read was refused (its objects are from before)
     problems: list[str] = field(default_factory=list)  # what the last good read reported
+    # Documents of the last good read that failed validation: key -> "path: message"s
+    invalid: dict[Key, tuple[str, ...]] = field(default_factory=dict)
     # (without the path: a renamed file keeps them)
 
 
@@ -150,6 +154,7 @@ class FileSource:
         self.conflicts: dict[Key, Conflict] = {}
         self._unsettled: dict[Path, Signature] = {}
         self._scans = 0
+        self._lines = FileLines(max_file_bytes)
         store.register_source(self.NAME)
 
     # -- the scan: walk (thread), plan (loop), read (thread), commit (loop) -----------------
@@ -281,6 +286,7 @@ class FileSource:
                             served=list(KINDS), hint="a typo? the object is ignored")
         state.ignored = set(ignored)
         state.problems = problems
+        state.invalid = {r.key: r.errors for r in result.rejected}
         self._set_objects(path, objects)
         log.info("file_loaded", file=str(path), objects=len(objects))
 
@@ -309,10 +315,7 @@ class FileSource:
             self.store.delete(key)
             self._resolved(key)
             return
-        if len(defs) == 1:  # the common case, kept cheap for files of thousands
-            [(used, definition)] = defs.items()
-        else:
-            used, definition = max(defs.items(), key=lambda d: (d[1].seen, str(d[0])))
+        used, definition = _newest(defs)
         self.store.apply(definition.obj)
         if all(d.obj == definition.obj for d in defs.values()):
             self._resolved(key)  # copies that agree are no conflict
@@ -343,6 +346,29 @@ class FileSource:
                        f"{', '.join(str(p) for p in conflict.files)}; using {conflict.used}")
         return out
 
+    def locator(self) -> Callable[[Key, str], tuple[str, int]]:
+        """Where each object served from here is written, for the analysis: taken on the
+        loop (which file serves each key, now), answered in any one thread (the file's
+        lines, read again on demand: locations.FileLines)."""
+        serving = {key: str(_newest(defs)[0]) for key, defs in self.definitions.items()}
+        for path, state in sorted(self.files.items()):
+            for key in state.invalid:  # the version being edited, not the one kept
+                serving[key] = str(path)
+        lines = self._lines
+
+        def where(key: Key, path: str) -> tuple[str, int]:
+            file = serving.get(key)
+            return lines.where(file, key, path) if file is not None else ("", 0)
+        return where
+
+    def invalid(self) -> dict[Key, tuple[str, ...]]:
+        """The documents that fail validation now (key -> "path: message" errors), for
+        the analysis (CP0001); a key invalid in several files: the last file's."""
+        out: dict[Key, tuple[str, ...]] = {}
+        for _, state in sorted(self.files.items()):
+            out.update(state.invalid)
+        return out
+
     async def run(self) -> None:
         await self.scan(settle=False)
         self.store.mark_synced(self.NAME)
@@ -352,6 +378,14 @@ class FileSource:
                 await self.scan()
             except Exception:  # a source must outlive any one bad scan
                 log.exception("scan_failed", directory=str(self.directory))
+
+
+def _newest(defs: dict[Path, Definition]) -> tuple[Path, Definition]:
+    """The definition served: the newest, ties to the path that sorts last."""
+    if len(defs) == 1:  # the common case, kept cheap for files of thousands
+        [(used, definition)] = defs.items()
+        return used, definition
+    return max(defs.items(), key=lambda d: (d[1].seen, str(d[0])))
 
 
 def _preferred_name(paths: list[Path]) -> Path:

@@ -78,6 +78,9 @@ class KubernetesSource:
         self.stop = threading.Event()
         self.watchers: list[Watcher] = []
         self.mirror: dict[Key, Object] = {}
+        # Objects whose last version failed validation: key -> "path: message" errors
+        # (written by the watcher threads; read as a copy, for the analysis)
+        self.rejected: dict[Key, tuple[str, ...]] = {}
         # --revision: the namespaces labelled for us; None until listed
         self.revision_namespaces: set[str] | None = None
         self._pending: set[str] = set()
@@ -104,12 +107,17 @@ class KubernetesSource:
 
     def _delete(self, key: Key) -> None:
         self.mirror.pop(key, None)
+        self.rejected.pop(key, None)
         self.store.delete(key)
 
     def _replace(self, kind: str, namespace: str | None, parsed: list[Object | Key]) -> None:
         """A complete LIST result: `parsed` holds objects, or the Key of an object that
         failed validation (its previous version, if any, is kept)."""
         keep = {p if isinstance(p, Key) else key_of(p) for p in parsed}
+        for key in [k for k in self.rejected
+                    if k.kind == kind and (namespace is None or k.namespace == namespace)
+                    and k not in keep]:
+            self.rejected.pop(key, None)
         for key in [k for k in self.mirror
                     if k.kind == kind and (namespace is None or k.namespace == namespace)
                     and k not in keep]:
@@ -123,12 +131,19 @@ class KubernetesSource:
             obj = parse_object(raw)
         except ValidationError as exc:
             key = _meta_key(str(raw.get("kind")), raw)
+            self.rejected[key] = tuple(str(e) for e in exc.errors)
             log.error("object_rejected", object=exc.ref, errors=[str(e) for e in exc.errors],
                       kept="previous version" if key in self.mirror else "nothing")
             return key
+        self.rejected.pop(key_of(obj), None)
         for warning in getattr(obj, "warnings", ()):
             log.warning("object_warning", object=str(key_of(obj)), warning=warning)
         return obj
+
+    def invalid(self) -> dict[Key, tuple[str, ...]]:
+        """The objects whose current version fails validation (key -> "path: message"
+        errors), for the analysis (CP0001)."""
+        return dict(self.rejected)
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None

@@ -159,3 +159,6 @@ def check(inputs: Inputs) -> Iterator[Finding]:
             continue
         verdicts = decide_in(vs.http, [sp for s in services for sp in spaces(s)])
         yield from _findings(verdicts, _origins(vs, objects, mesh))
+
+
+CHECKS = [check]
