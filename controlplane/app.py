@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import grpc
 import structlog
+from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from controlplane.admin.http import HttpEndpoints
@@ -80,6 +81,10 @@ class App:
             "result), envoy (a proxy NACKed it); their last good version, or nothing, is "
             "served instead", ["by"], registry=self.metrics.registry)
         self._count_rejections()
+        self.webhook_reviews = PromCounter(
+            "controlplane_webhook_reviews", "AdmissionReviews the webhook answered, by "
+            "outcome: allowed, refused (invalid), bad_review (not an AdmissionReview: "
+            "400), error (500)", ["outcome"], registry=self.metrics.registry)
         self.sources: list[Source] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self.xds_port = self.admin_port = self.http_port = self.webhook_port = 0
@@ -126,8 +131,9 @@ class App:
                              source_problems=self._source_problems)
         self._http, self.http_port = await http.start(s.http_address)
         if s.webhook_address:
-            self.webhook = WebhookServer(Admission(self.store),
-                                         CertificateFiles(s.webhook_cert, s.webhook_key))
+            self.webhook = WebhookServer(
+                Admission(self.store), CertificateFiles(s.webhook_cert, s.webhook_key),
+                on_review=lambda outcome: self.webhook_reviews.labels(outcome).inc())
             self.webhook_port = await self.webhook.start(s.webhook_address)
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)
                       for src in self.sources]

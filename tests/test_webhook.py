@@ -14,6 +14,7 @@ import os
 import shutil
 import ssl
 import stat
+import urllib.request
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -39,6 +40,7 @@ from controlplane.webhook.admission import Admission
 from controlplane.webhook.certs import make_pair, with_ca_bundle, write_pair
 from controlplane.webhook.review import BadReview, answer, parse
 from controlplane.webhook.server import CertificateFiles, WebhookServer
+from tests.harness import ControlPlane, wait_until
 from tests.test_model import load_invalid_objects
 from tests.tls_certs import TestCa
 
@@ -543,11 +545,14 @@ def test_without_certificate_files_handshakes_fail_until_they_appear(tmp_path: P
     async def main() -> None:
         with structlog.testing.capture_logs() as logs:
             server = await serving(certs)
-        assert any(e["event"] == "webhook_certificate_missing" for e in logs)
+        assert [e["event"] for e in logs].count("webhook_certificate_missing") == 1
         try:
-            with pytest.raises((ssl.SSLError, ConnectionError)):
-                await post(server.port, None, body,
-                           tls=ssl._create_unverified_context())
+            with structlog.testing.capture_logs() as logs:
+                for _ in range(2):
+                    with pytest.raises((ssl.SSLError, ConnectionError)):
+                        await post(server.port, None, body,
+                                   tls=ssl._create_unverified_context())
+            assert not logs  # said once, not once per call
             issue(tmp_path)
             assert (await post(server.port, tmp_path / "ca.crt", body))[0] == 200
         finally:
@@ -587,6 +592,34 @@ def test_answer_carries_warnings_only_when_there_are_some() -> None:
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "response": {"uid": "a", "allowed": True}}
     assert answer(request, Verdict(True, warnings=("w",)))["response"]["warnings"] == ["w"]
+
+
+def test_serve_wires_the_webhook_and_counts_its_answers(tmp_path: Path) -> None:
+    """The App as `serve --webhook-address` runs it: the store it analyses is the one
+    its sources fill, and every answer is counted on /metrics."""
+    certs = issue(tmp_path / "certs")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "svc.yaml").write_text(yaml.safe_dump({**SERVICE}))
+    plane = ControlPlane(config, webhook=(certs / "tls.crt", certs / "tls.key"))
+    try:
+        wait_until(lambda: plane.run(lambda: plane.store.get(
+            Key("Service", "default", "reviews"))), 10, what="the config loaded")
+        bad = vs()
+        bad["spec"] = {"hosts": [""]}
+
+        async def calls() -> list[int]:
+            return [(await post(plane.webhook_port, certs / "ca.crt", body))[0]
+                    for body in (json.dumps(review(bad)).encode(),
+                                 json.dumps(review(IGNORED)).encode(), b"junk")]
+        assert asyncio.run(calls()) == [200, 200, 400]
+        metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{plane.http_port}/metrics", timeout=10).read().decode()
+        for outcome in ("refused", "allowed", "bad_review"):
+            assert f'controlplane_webhook_reviews_total{{outcome="{outcome}"}} 1.0' in (
+                metrics), outcome
+    finally:
+        plane.stop()
 
 
 # -- webhook-certs and the flags ------------------------------------------------------------

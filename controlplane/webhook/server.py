@@ -21,6 +21,7 @@ import json
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class CertificateFiles:
         self.cert, self.key = Path(cert), Path(key)
         self._context: ssl.SSLContext | None = None
         self._stamp: _Stamp | None = None  # of the files last tried, loaded or not
+        self._missing = False  # the files were missing at the last look (and it was logged)
         self.loads = 0  # how many pairs were loaded (tests watch a rotation with it)
 
     def _stamp_now(self) -> _Stamp | None:
@@ -65,12 +67,14 @@ class CertificateFiles:
     def context(self) -> ssl.SSLContext | None:
         stamp = self._stamp_now()
         if stamp is None:
-            if self._stamp is not None or self._context is None:
+            if not self._missing:  # once per disappearance, not once per handshake
+                self._missing = True
                 log.error("webhook_certificate_missing", cert=str(self.cert),
                           key=str(self.key), serving="previous pair" if self._context
                           else "nothing: TLS handshakes fail until the files exist")
             self._stamp = None
             return self._context
+        self._missing = False
         if stamp == self._stamp:
             return self._context
         self._stamp = stamp
@@ -91,9 +95,14 @@ class CertificateFiles:
 
 
 class WebhookServer:
-    def __init__(self, admission: Admission, certificates: CertificateFiles) -> None:
+    """`on_review(outcome)` is told each review's outcome: "allowed", "refused",
+    "bad_review" (answered 400) or "error" (answered 500), for a metric."""
+
+    def __init__(self, admission: Admission, certificates: CertificateFiles,
+                 on_review: Callable[[str], None] = lambda outcome: None) -> None:
         self.admission = admission
         self.certificates = certificates
+        self.on_review = on_review
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -181,15 +190,18 @@ class WebhookServer:
             request = parse(body)
         except BadReview as exc:
             log.warning("webhook_bad_review", error=str(exc))
+            self.on_review("bad_review")
             return 400, f"{exc}\n".encode()
         try:
             verdict = self.admission.decide(request)
         except Exception:  # a bug of ours: a failed call, for the failure policy to decide
             log.exception("webhook_decision_failed", object=request.ref, uid=request.uid)
+            self.on_review("error")
             return 500, b"internal error; see the control plane's log\n"
         log.info("webhook_decision", object=request.ref, operation=request.operation,
                  uid=request.uid, allowed=verdict.allowed, why=verdict.why,
                  dry_run=request.dry_run, warnings=len(verdict.warnings),
                  **({"fields": list(verdict.fields)} if verdict.fields else {}),
                  took_ms=round((time.perf_counter() - started) * 1000, 2))
+        self.on_review("allowed" if verdict.allowed else "refused")
         return 200, json.dumps(answer(request, verdict)).encode()
