@@ -119,6 +119,15 @@ class App:
                 out.extend(problems())
         return out
 
+    def _serves(self, namespace: str, kind: str) -> bool:
+        """Whether every source that scopes what it serves (`--namespaces`, `--revision`)
+        serves this namespace: the store then holds the mesh an object there is part of."""
+        for src in self.sources:
+            served = getattr(src, "served", None)
+            if callable(served) and not served(namespace, kind):
+                return False
+        return True
+
     async def start(self) -> None:
         s = self.settings
         xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
@@ -132,7 +141,8 @@ class App:
         self._http, self.http_port = await http.start(s.http_address)
         if s.webhook_address:
             self.webhook = WebhookServer(
-                Admission(self.store), CertificateFiles(s.webhook_cert, s.webhook_key),
+                Admission(self.store, self._serves),
+                CertificateFiles(s.webhook_cert, s.webhook_key),
                 on_review=lambda outcome: self.webhook_reviews.labels(outcome).inc())
             self.webhook_port = await self.webhook.start(s.webhook_address)
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)

@@ -31,6 +31,7 @@ from controlplane import log as logsetup
 from controlplane.analysis import checks
 from controlplane.analysis.findings import CODES, Finding
 from controlplane.analysis.inputs import Inputs
+from controlplane.app import App, Settings
 from controlplane.model.errors import ValidationError
 from controlplane.model.meta import Key
 from controlplane.model.parse import parse_object
@@ -331,6 +332,42 @@ def test_no_analysis_before_the_initial_load(registered: list[Any]) -> None:
     store.mark_synced("kubernetes")
     decide(review(IGNORED), store)
     assert len(calls) == 1
+
+
+def test_objects_of_namespaces_the_control_plane_does_not_serve_are_not_analysed(
+        registered: list[Any]) -> None:
+    """With --namespaces or --revision the store holds part of the cluster: an object
+    elsewhere would be analysed against a mesh it is not part of (every route to an
+    'unknown' host). It is validated only."""
+    calls: list[Inputs] = []
+    register(registered, lambda inputs: calls.append(inputs) or [])
+    store = synced_store(SERVICE)
+    admission = Admission(store, serves=lambda namespace, kind: namespace == "served")
+    server = WebhookServer(admission, CertificateFiles("/x", "/x"))
+    elsewhere = {**IGNORED, "metadata": {"name": "reviews", "namespace": "elsewhere"}}
+    status, out = server.review(json.dumps(review(elsewhere, namespace="elsewhere")).encode())
+    assert status == 200 and not calls
+    assert [w.split()[0] for w in json.loads(out)["response"]["warnings"]] == ["CP0002"]
+    served = {**IGNORED, "metadata": {"name": "reviews", "namespace": "served"}}
+    server.review(json.dumps(review(served, namespace="served")).encode())
+    assert len(calls) == 1
+
+
+def test_the_app_asks_its_scoping_sources_what_they_serve() -> None:
+    class Scoped:
+        async def run(self) -> None: ...
+
+        def served(self, namespace: str, kind: str = "") -> bool:
+            return namespace == "mine"
+
+    class Unscoped:  # a FileSource: serves whatever its files hold
+        async def run(self) -> None: ...
+    app = App(Settings())
+    app.sources = [Unscoped()]
+    assert app._serves("anything", "VirtualService")
+    app.sources.append(Scoped())
+    assert app._serves("mine", "VirtualService")
+    assert not app._serves("theirs", "VirtualService")
 
 
 def test_an_ignored_field_a_check_reports_is_not_reported_twice(

@@ -11,6 +11,7 @@ more than this webhook validates).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from controlplane.model.errors import ValidationError
@@ -27,10 +28,15 @@ VALIDATED = {(ISTIO_GROUP, "VirtualService"), (ISTIO_GROUP, "DestinationRule"),
 
 class Admission:
     """`decide(request)`. With a store, valid objects get the analysis's findings about
-    them as warnings; without one (or before its initial load), validation only."""
+    them as warnings; without one (or before its initial load), validation only.
+    `serves(namespace, kind)`: whether the store holds that namespace's objects (a
+    control plane with `--namespaces` or `--revision` does not hold them all); an object
+    elsewhere is validated only, not analysed against a mesh it is not part of."""
 
-    def __init__(self, store: Store | None = None) -> None:
+    def __init__(self, store: Store | None = None,
+                 serves: Callable[[str, str], bool] = lambda namespace, kind: True) -> None:
         self.store = store
+        self.serves = serves
 
     def decide(self, request: Request) -> Verdict:
         if request.operation not in ("CREATE", "UPDATE"):
@@ -54,7 +60,8 @@ class Admission:
         except ValidationError as exc:
             return Verdict(False, message=str(exc), why="invalid",
                            fields=tuple(e.path for e in exc.errors))
-        return Verdict(True, warnings=tuple(advice.warnings(self.store, obj)), why="valid")
+        store = self.store if self.serves(obj.meta.namespace, request.kind) else None
+        return Verdict(True, warnings=tuple(advice.warnings(store, obj)), why="valid")
 
 
 def _with_namespace(request: Request) -> dict[str, Any]:
