@@ -413,6 +413,29 @@ def test_what_if_leaves_the_store_as_it_was() -> None:
     assert not store.unpublished
 
 
+def test_what_if_includes_changes_not_published_yet() -> None:
+    """Built from the published Mesh plus the journal: a Service delivered since the last
+    push is in the what-if mesh (incremental builds must be given every change)."""
+    store = synced_store(vs())
+    store.apply(parse_object(SERVICE))  # not published
+    mesh, objects = store.what_if(Key("VirtualService", "default", "reviews"),
+                                  parse_object(vs()))
+    assert "reviews.default.svc.cluster.local" in mesh.services
+    assert Key("Service", "default", "reviews") in objects
+    assert store.unpublished  # and still to be published
+
+
+def test_what_if_of_the_mesh_config_and_of_kinds_it_cannot_overlay() -> None:
+    store = synced_store(SERVICE)
+    config = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": "istio", "namespace": "istio-system"},
+              "data": {"mesh": "outboundTrafficPolicy: {mode: REGISTRY_ONLY}"}}
+    mesh, _ = store.what_if(Key("ConfigMap", "istio-system", "istio"), parse_object(config))
+    assert mesh.config != store.mesh().config
+    with pytest.raises(ValueError, match="not a routing kind"):
+        store.what_if(Key("Service", "default", "reviews"), parse_object(SERVICE))
+
+
 # -- the HTTPS server ----------------------------------------------------------------------
 
 def run(coro: Any) -> Any:
