@@ -319,6 +319,18 @@ def test_a_check_that_raises_costs_its_warnings_only(registered: list[Any]) -> N
     assert any(e["event"] == "webhook_check_failed" and e["check"] == "broken" for e in logs)
 
 
+def test_a_failing_what_if_costs_the_warnings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Store, key: Key, obj: Any) -> Any:
+        raise RuntimeError("a bug in the mesh build")
+    store = synced_store(SERVICE)
+    monkeypatch.setattr(Store, "what_if", broken)
+    with structlog.testing.capture_logs() as logs:
+        response = decide(review(IGNORED), store)
+    assert response["allowed"] is True
+    assert [w.split()[0] for w in response["warnings"]] == ["CP0002"]
+    assert any(e["event"] == "webhook_analysis_failed" for e in logs)
+
+
 def test_no_analysis_before_the_initial_load(registered: list[Any]) -> None:
     """Before every source has listed, a route to a service not loaded yet would be
     reported as unknown: the analysis waits; the parser's remarks do not need it."""

@@ -45,7 +45,11 @@ def findings(store: Store, obj: Object) -> list[Finding]:
     that raises is logged and skipped: a warning left out never refuses an object."""
     key = key_of(obj)
     started = time.perf_counter()
-    mesh, objects = store.what_if(key, obj)
+    try:
+        mesh, objects = store.what_if(key, obj)
+    except Exception:  # a bug of ours: the object is valid, only its warnings are lost
+        log.exception("webhook_analysis_failed", object=str(key))
+        return []
     inputs = Inputs(mesh=mesh, objects=objects)
     out: list[Finding] = []
     for check in checks.CHECKS:  # read now: the registry is the analysis's to fill
