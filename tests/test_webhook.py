@@ -702,6 +702,7 @@ def test_webhook_certs_writes_a_pair_for_the_service_and_prints_the_ca_bundle(
     assert cli.main(["webhook-certs", "--service", "controlplane", "--namespace", "cp",
                      "--out", str(out), "--san", "127.0.0.1", "--san", "webhook.local",
                      "--webhook-config", str(WEBHOOK_CONFIG)]) == 0
+    logsetup.configure("warning", cache=False)  # cli.main's caches loggers; no more
     printed = capsys.readouterr().out.strip()
     assert base64.b64decode(printed) == (out / "ca.crt").read_bytes()
     assert stat.S_IMODE((out / "tls.key").stat().st_mode) == 0o600

@@ -22,6 +22,7 @@ import yaml
 from kubernetes import client
 
 from controlplane import cli
+from controlplane import log as logsetup
 from controlplane.model.meta import Key
 from controlplane.sources.kubernetes import load_api_client
 from tests.harness import ControlPlane, wait_until
@@ -82,6 +83,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert cli.main(["webhook-certs", "--service", "controlplane", "--namespace",
                      "controlplane", "--out", str(out), "--san", "127.0.0.1",
                      "--webhook-config", str(WEBHOOK_CONFIG)]) == 0
+    # cli.main configured logging for a process (cached loggers): back to the tests'
+    # before the control plane below logs, or later captures would miss its loggers.
+    logsetup.configure("warning", cache=False)
     return out
 
 
