@@ -3,8 +3,9 @@ tools/kube/build.sh at the API server's version).
 
 The control plane runs here with its Kubernetes source and `--webhook-address` on
 loopback; config/kubernetes/validating-webhook.yaml is applied as shipped, its caBundle
-filled by `controlplane webhook-certs`, with one test-only change: the API server calls
-the webhook by URL (https://127.0.0.1:PORT/validate) instead of through the Service.
+filled by `controlplane webhook-certs`, with two test-only changes: the API server calls
+the webhook by URL (https://127.0.0.1:PORT/validate) instead of through the Service, and
+the namespaces of the failure-policy test are left to a configuration of their own.
 """
 
 from __future__ import annotations
