@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import grpc
 import structlog
+from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from controlplane.admin.analysis import LiveAnalysis
@@ -26,6 +27,8 @@ from controlplane.status.convergence import Convergence
 from controlplane.status.sync import SyncRegistry
 from controlplane.store import Store
 from controlplane.translation import PROBE
+from controlplane.webhook.admission import Admission
+from controlplane.webhook.server import CertificateFiles, WebhookServer
 from controlplane.xds import types
 from controlplane.xds.cache import Snapshot, SnapshotCache
 from controlplane.xds.server import AdsServer, start_grpc_server
@@ -48,6 +51,11 @@ class Settings:
     stale_after: float = 5.0
     large_push_limit: int = 128  # see xds.flow.LargeResponses
     nack_quarantine: bool = True  # see quarantine.py
+    # The validating admission webhook (webhook/): HTTPS at /validate when an address is
+    # given; the certificate and key files are read again when they change.
+    webhook_address: str = ""
+    webhook_cert: str = ""
+    webhook_key: str = ""
 
 
 class App:
@@ -78,9 +86,14 @@ class App:
             "result), envoy (a proxy NACKed it); their last good version, or nothing, is "
             "served instead", ["by"], registry=self.metrics.registry)
         self._count_rejections()
+        self.webhook_reviews = PromCounter(
+            "controlplane_webhook_reviews", "AdmissionReviews the webhook answered, by "
+            "outcome: allowed, refused (invalid), bad_review (not an AdmissionReview: "
+            "400), error (500)", ["outcome"], registry=self.metrics.registry)
         self.sources: list[Source] = []
         self.tasks: list[asyncio.Task[Any]] = []
-        self.xds_port = self.admin_port = self.http_port = 0
+        self.xds_port = self.admin_port = self.http_port = self.webhook_port = 0
+        self.webhook: WebhookServer | None = None
         self._servers: list[grpc.aio.Server] = []
         self._http: asyncio.Server | None = None
 
@@ -137,6 +150,15 @@ class App:
             return "", 0
         return where
 
+    def _serves(self, namespace: str, kind: str) -> bool:
+        """Whether every source that scopes what it serves (`--namespaces`, `--revision`)
+        serves this namespace: the store then holds the mesh an object there is part of."""
+        for src in self.sources:
+            served = getattr(src, "served", None)
+            if callable(served) and not served(namespace, kind):
+                return False
+        return True
+
     async def start(self) -> None:
         s = self.settings
         xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
@@ -148,12 +170,19 @@ class App:
         http = HttpEndpoints(self.store, self.registry, self.cache, self.metrics,
                              source_problems=self._source_problems, analysis=self.analysis)
         self._http, self.http_port = await http.start(s.http_address)
+        if s.webhook_address:
+            self.webhook = WebhookServer(
+                Admission(self.store, self._serves),
+                CertificateFiles(s.webhook_cert, s.webhook_key),
+                on_review=lambda outcome: self.webhook_reviews.labels(outcome).inc())
+            self.webhook_port = await self.webhook.start(s.webhook_address)
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)
                       for src in self.sources]
         self.tasks.append(asyncio.create_task(self.push.run(), name="push"))
         self.tasks.append(asyncio.create_task(self.analysis.run(), name="analysis"))
         log.info("serving", xds_port=self.xds_port, admin_port=self.admin_port,
-                 http_port=self.http_port, sources=[type(x).__name__ for x in self.sources])
+                 http_port=self.http_port, webhook_port=self.webhook_port or None,
+                 sources=[type(x).__name__ for x in self.sources])
 
     async def stop(self, phase_timeout: float = 3.0) -> None:
         """Each phase is bounded: a stop that hangs (it happened, rarely, in tests; where
@@ -165,6 +194,8 @@ class App:
                             asyncio.gather(*self.tasks, return_exceptions=True))
         if self._http is not None:
             self._http.close()
+        if self.webhook is not None:
+            self.webhook.close()
         await self._bounded("grpc_servers", phase_timeout,
                             asyncio.gather(*(srv.stop(grace=0.5) for srv in self._servers)))
 

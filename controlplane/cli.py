@@ -25,6 +25,7 @@ from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource, load_api_client
 from controlplane.sources.manifests import DEFAULT_MAX_FILE_BYTES
 from controlplane.store import Store
+from controlplane.webhook import commands as webhook_commands
 
 log = structlog.get_logger("controlplane")
 
@@ -167,6 +168,9 @@ def parser() -> argparse.ArgumentParser:
                          "(default %(default)s)")
     ps.add_argument("--envoy-admin", metavar="URL",
                     help="with NODE_ID: diff against this Envoy's live /config_dump")
+    # The admission webhook: serve's --webhook-* flags, the webhook-certs command.
+    webhook_commands.add_serve_args(serve_p)
+    certs_p = webhook_commands.add_certs_command(sub)
     demo = sub.add_parser("demo", help="run the local demo: workloads, Envoy, traffic shifts")
     demo.add_argument("--no-interactive", action="store_true",
                       help="run every step unattended; exit 0 only if all saw the "
@@ -180,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
                                                "proxy, and why? (exit 1: not routed)")
     explain_arguments(explain_p)
     analyze_p = _analyze_args(sub)
-    for command in (serve_p, bootstrap_p, ps, demo, explain_p, analyze_p):
+    for command in (serve_p, bootstrap_p, ps, demo, explain_p, analyze_p, certs_p):
         _log_args(command, command=True)
     return p
 
@@ -274,7 +278,8 @@ async def serve(args: argparse.Namespace) -> None:
         http_address=args.http_address, debounce_quiet=args.debounce_quiet,
         debounce_max=args.debounce_max, answer_timeout=args.answer_timeout,
         stale_after=args.stale_after, large_push_limit=args.large_push_limit,
-        nack_quarantine=args.nack_quarantine))
+        nack_quarantine=args.nack_quarantine, webhook_address=args.webhook_address,
+        webhook_cert=args.webhook_cert, webhook_key=args.webhook_key))
     app.sources = _sources(args, app.store)
     # Handlers first: `start` logs "serving", and a SIGTERM sent on seeing that line
     # must stop the server cleanly, not kill it with the default handler.
@@ -293,9 +298,13 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     logsetup.configure(args.log_level, args.log_format)
+    if args.command == "webhook-certs":
+        return webhook_commands.run_certs(args)
     if args.command == "serve":
+        webhook_commands.check_serve_args(p, args)
         asyncio.run(serve(args))
         return 0
     if args.command == "bootstrap":

@@ -78,7 +78,8 @@ class ControlPlane:
                  quiet: float = 0.05, max_delay: float = 0.5, answer_timeout: float = 5.0,
                  stale_after: float = 5.0, large_push_limit: int = 128,
                  pending_sources: tuple[str, ...] = (),
-                 kubernetes: dict[str, Any] | None = None) -> None:
+                 kubernetes: dict[str, Any] | None = None,
+                 webhook: tuple[Path, Path] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -89,7 +90,11 @@ class ControlPlane:
                 xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
                 http_address="127.0.0.1:0", debounce_quiet=quiet, debounce_max=max_delay,
                 answer_timeout=answer_timeout, stale_after=stale_after,
-                large_push_limit=large_push_limit))
+                large_push_limit=large_push_limit,
+                # The admission webhook, with this certificate and key: (cert, key).
+                webhook_address="127.0.0.1:0" if webhook else "",
+                webhook_cert=str(webhook[0]) if webhook else "",
+                webhook_key=str(webhook[1]) if webhook else ""))
             self.store, self.cache = self.app.store, self.app.cache
             self.registry, self.ads = self.app.registry, self.app.ads
             for name in pending_sources:  # sources that will report their initial load later
@@ -104,6 +109,7 @@ class ControlPlane:
             self.port = self.app.xds_port
             self.admin_port = self.app.admin_port
             self.http_port = self.app.http_port
+            self.webhook_port = self.app.webhook_port
 
         self.call(setup())
 

@@ -63,6 +63,7 @@ KUBERNETES = ROOT / "config" / "kubernetes"
 EXAMPLE = KUBERNETES / "example"
 DEMO_MANIFESTS = ROOT / "controlplane" / "demo" / "manifests"
 PORTS = {"xds": 15010, "admin": 15011, "http": 15014}
+WEBHOOK_PORT = 15017  # in the Deployment only: the image's CMD has no certificate to serve
 
 
 def envoy_validate(config: Path) -> None:
@@ -585,10 +586,38 @@ def check_deployment(deployment: dict[str, Any], docs: list[dict[str, Any]]) -> 
     assert not args.config_dir and not args.kubeconfig, "in-cluster config"
     assert args.xds_address == f"0.0.0.0:{PORTS['xds']}"
     assert args.http_address == f"0.0.0.0:{PORTS['http']}"
+    assert args.webhook_address == f"0.0.0.0:{WEBHOOK_PORT}"
     service = find(docs, "Service", deployment["metadata"]["name"])
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     targets = {ports.get(p["targetPort"], p["targetPort"]) for p in service["spec"]["ports"]}
-    assert targets == {PORTS["xds"], PORTS["http"]}
+    assert targets == {PORTS["xds"], PORTS["http"], WEBHOOK_PORT}
+    check_webhook_wiring(deployment, service, docs)
+
+
+def check_webhook_wiring(deployment: dict[str, Any], service: dict[str, Any],
+                         docs: list[dict[str, Any]]) -> None:
+    """The webhook configuration calls the Service port that leads to --webhook-address,
+    and the certificate files are those of the (optional) Secret volume."""
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = serve_args(container["args"])
+    [volume] = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["optional"] is True, "the pod must start without the Secret"
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    assert {args.webhook_cert, args.webhook_key} == {
+        f"{mount['mountPath']}/tls.crt", f"{mount['mountPath']}/tls.key"}
+    config = find(docs, "ValidatingWebhookConfiguration")
+    named = {p["name"]: p for p in container["ports"]}
+    for hook in config["webhooks"]:
+        assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
+        assert hook["admissionReviewVersions"] == ["v1"]
+        ref = hook["clientConfig"]["service"]
+        assert (ref["name"], ref["namespace"]) == (
+            service["metadata"]["name"], service["metadata"]["namespace"])
+        assert ref["path"] == "/validate"
+        [port] = [p for p in service["spec"]["ports"] if p["port"] == ref["port"]]
+        assert named[port["targetPort"]]["containerPort"] == WEBHOOK_PORT
 
 
 def test_deployment_probes_resources_and_least_privilege() -> None:

@@ -6,6 +6,7 @@ it and never writes it.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -98,6 +99,27 @@ class MeshIndex:
             self.service_pods[service] = named
         for pod_name in named:
             self.pod_services[(ns, pod_name)].add(service)
+
+    def overlay(self, key: Key, new: object | None) -> MeshIndex:
+        """This index as it would be with `new` in force for `key` (None: deleted), for a
+        what-if build (the admission webhook's analysis); this index is not touched. Only
+        the table the kind lives in is copied, everything else is shared, read-only: a
+        routing object costs one dict copy. Routing kinds and the mesh config only (the
+        other kinds feed tables that are linked to each other)."""
+        tables = {"VirtualService": "virtual_services", "DestinationRule": "destination_rules",
+                  "Sidecar": "sidecars"}
+        if key.kind not in (*tables, "ConfigMap"):
+            raise ValueError(f"overlay: {key.kind} is not a routing kind")
+        out = copy.copy(self)
+        ident = (key.namespace, key.name)
+        if key.kind in tables:
+            table: dict[ServiceId, Any] = dict(getattr(self, tables[key.kind]))
+            setattr(out, tables[key.kind], table)
+            old = table.get(ident)
+        else:
+            old = None  # update() reads only `new` for the mesh config
+        out.update(key, old, new)
+        return out
 
     @classmethod
     def of(cls, objects: Mapping[Key, object]) -> MeshIndex:

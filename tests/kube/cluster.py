@@ -74,15 +74,16 @@ def bin_dir(version: str = KUBE_VERSION) -> Path:
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 
 
-def find_binaries(build: bool = True, version: str = KUBE_VERSION) -> Path:
-    """Return the bin dir holding etcd/kube-apiserver/kube-controller-manager.
+def find_binaries(build: bool = True, version: str = KUBE_VERSION,
+                  names: Iterable[str] = BINARIES) -> Path:
+    """Return the bin dir holding `names` (etcd/kube-apiserver/kube-controller-manager).
 
     Env overrides: KUBE_BIN_DIR (a dir with all three binaries); KUBE_BUILD=0
     (never build).  If missing and ``build`` is true, runs build.sh (slow the
     first time: 10-25 min; its output goes to <cache>/kube/<version>/build.log)."""
     override = os.environ.get("KUBE_BIN_DIR")
     d = Path(override) if override else bin_dir(version)
-    missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+    missing = [b for b in names if not os.access(d / b, os.X_OK)]
     if not missing:
         return d
     if override or not build:
@@ -105,10 +106,16 @@ def find_binaries(build: bool = True, version: str = KUBE_VERSION) -> Path:
         raise ClusterError(f"{BUILD_SH} failed (exit {proc.returncode}); log {build_log}:\n"
                            f"{_tail(build_log)}")
     d = Path(proc.stdout.strip().splitlines()[-1])
-    missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+    missing = [b for b in names if not os.access(d / b, os.X_OK)]
     if missing:
         raise ClusterError(f"{BUILD_SH} finished but {missing} are not in {d}")
     return d
+
+
+def kubectl_binary(build: bool = True, version: str = KUBE_VERSION) -> Path:
+    """kubectl of the API server's version, built by build.sh next to it (the Debian
+    package's kubectl is older, and not on every machine)."""
+    return find_binaries(build, version, names=("kubectl",)) / "kubectl"
 
 
 def free_port() -> int:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build a real kube-apiserver, kube-controller-manager and etcd from Go modules
+# Build a real kube-apiserver, kube-controller-manager, etcd and kubectl from Go modules
 # (module proxy only, no git, no Docker) into a cache directory OUTSIDE the repo:
 #
 #   ${CONTROLPLANE_CACHE:-$HOME/.cache/controlplane}/kube/<KUBE_VERSION>/bin/
-#       kube-apiserver  kube-controller-manager  etcd
+#       kube-apiserver  kube-controller-manager  etcd  kubectl
 #
-# Idempotent: if all three binaries exist, nothing is built (use --force to rebuild).
+# Idempotent: only the binaries that are missing are built; if all exist, nothing is
+# (use --force to rebuild all).
 # The last line printed on stdout is the bin directory.
 #
 # Environment:
@@ -31,7 +32,7 @@ FORCE=0
 
 log() { echo "[kube/build.sh] $*" >&2; }
 
-BINARIES=(kube-apiserver kube-controller-manager etcd)
+BINARIES=(kube-apiserver kube-controller-manager etcd kubectl)
 
 have_all() {
   local b
@@ -168,7 +169,7 @@ build_one() {
   # How many packages the binary needs, for "N/TOTAL" (about a second; it downloads what
   # the build would). Those an earlier binary compiled are cached and not counted.
   total=$("$GO" list -deps "$pkg" | wc -l) || total="?"
-  log "[$step/${#BINARIES[@]}] building $name ($pkg: $total packages, those already" \
+  log "[$step/${#TODO[@]}] building $name ($pkg: $total packages, those already" \
       "compiled are cached); $(elapsed "$start") so far"
   # sleep holds no pipe of ours: killed mid-sleep, the loop leaves nothing that would
   # keep a caller reading our output waiting.
@@ -205,12 +206,26 @@ build_one() {
 # on one 2-core machine with empty module and build caches (its cache's timestamps), 17
 # min reported from another (issue 13), 10.5 min in NOTES.md. One binary at a time: the later binaries reuse most of what the
 # earlier ones compiled (the build cache), and a person sees which one is under way.
-log "building ${BINARIES[*]} (-p $PARALLEL); the first time takes up to about" \
+# The binaries to build: all with --force, else only those missing (kubectl was added
+# after the others; a cache that holds the first three builds only kubectl).
+declare -A PACKAGE=(
+  [etcd]=go.etcd.io/etcd/server/v3
+  [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
+  [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
+  [kubectl]=k8s.io/kubernetes/cmd/kubectl
+)
+TODO=()
+for b in etcd kube-apiserver kube-controller-manager kubectl; do
+  if [[ $FORCE -eq 1 || ! -x "$BIN_DIR/$b" ]]; then TODO+=("$b"); fi
+done
+log "building ${TODO[*]} (-p $PARALLEL); the first time takes up to about" \
     "20 minutes on 2 cores, progress every ${HEARTBEAT}s"
-build_one 1 etcd go.etcd.io/etcd/server/v3
-build_one 2 kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
-build_one 3 kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
-for b in "${BINARIES[@]}"; do
+step=0
+for b in "${TODO[@]}"; do
+  step=$((step + 1))
+  build_one "$step" "$b" "${PACKAGE[$b]}"
+done
+for b in "${TODO[@]}"; do
   [[ -x "$TMP_OUT/$b" ]] || { log "ERROR: $b was not produced"; exit 1; }
   mv -f "$TMP_OUT/$b" "$BIN_DIR/$b"
 done
