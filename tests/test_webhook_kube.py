@@ -216,8 +216,6 @@ spec:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="NEEDS the shadowed-route check (code CP0110, "
-                   "branch i16-sh): remove this mark once it is merged")
 def test_a_valid_object_with_a_shadowed_route_is_admitted_with_a_warning(
         kubectl: Kubectl, ns: str) -> None:
     result = kubectl.apply(SHADOWED.replace("NS", ns))

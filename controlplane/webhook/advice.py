@@ -68,7 +68,10 @@ def warnings(store: Store | None, obj: Object) -> list[str]:
     once the store holds the whole mesh: before its initial load a route to a service
     not loaded yet would be reported as unknown), then the fields its parser ignored."""
     found = findings(store, obj) if store is not None and store.synced else []
-    lines = [line(f.code.code, f.path, f.message) for f in found]
+    once: dict[tuple[str, str], Finding] = {}  # two checks may say one thing of one field
+    for f in found:
+        once.setdefault((f.code.code, f.path), f)
+    lines = [line(f.code.code, f.path, f.message) for f in once.values()]
     reported = {f.path for f in found if f.code.code == IGNORED_FIELD.code}
     for remark in getattr(obj, "warnings", ()):
         path, _, message = remark.partition(": ")
