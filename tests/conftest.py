@@ -13,11 +13,22 @@ from tests.harness import ControlPlane, Envoy, Upstream, iter_ips
 logsetup.configure("warning", cache=False)
 
 
+_configure = logsetup.configure
+
+
 @pytest.fixture(autouse=True)
-def _test_logging() -> None:
+def _test_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test that runs the CLI in-process reconfigures logging; every test starts from
-    the tests' configuration (uncached, so capture_logs sees every logger)."""
-    logsetup.configure("warning", cache=False)
+    the tests' configuration (uncached, so capture_logs sees every logger). And the CLI's
+    own configuration is never cached here: a logger cached on first use keeps that
+    test's captured stderr for good, and once pytest closes it every later log call
+    through that logger raises inside whatever was logging (a Kubernetes source that
+    then never syncs)."""
+    _configure("warning", cache=False)
+
+    def uncached(level: str = "info", fmt: str = "console", *, cache: bool = True) -> None:
+        _configure(level, fmt, cache=False)
+    monkeypatch.setattr(logsetup, "configure", uncached)
 
 _IPS = iter_ips(10)
 
