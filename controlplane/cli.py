@@ -40,6 +40,7 @@ most common:
   controlplane serve --config-dir DIR     serve the manifests in DIR (watched)
   controlplane proxy-status               has every connected Envoy taken its config?
   controlplane analyze -f DIR             what in DIR is valid but will not work?
+  controlplane explain --proxy NODE URL   where would this request go, and why?
 
 `controlplane COMMAND --help` lists a command's flags. The log flags go before or
 after the command (after wins)."""
