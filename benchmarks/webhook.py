@@ -28,6 +28,7 @@ from controlplane.model.mesh import MeshIndex, build_mesh
 from controlplane.model.parse import key_of, parse_object
 from controlplane.store import Store
 from controlplane.webhook.admission import Admission
+from controlplane.webhook.review import parse
 from controlplane.webhook.server import CertificateFiles, WebhookServer
 
 
@@ -62,6 +63,8 @@ async def main(services: int, repeats: int) -> None:
     everything = {key_of(o): o for o in objects}
     rows = [
         ("what-if mesh (Store.what_if)", lambda: store.what_if(key, candidate)),
+        ("on the event loop (parse, validate, what-if, copy)",
+         lambda: server.admission.validate(parse(body))),
         ("whole answer (POST body in, JSON out)", lambda: server.review(body)),
         ("naive: a Mesh from a copy of every object",
          lambda: build_mesh(MeshIndex.of({**everything, key: candidate}))),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -227,18 +226,22 @@ class Store:
         """The Mesh and the objects in force as they would be with `obj` in force for
         `key` (None: deleted): for checking a change before it is made (the admission
         webhook). Built from the published Mesh, so only what the change and the
-        unpublished changes can affect is recomputed. Reads only: nothing moves forward.
+        unpublished changes can affect is recomputed. Reads only: nothing moves forward; the
+        objects are a copy, so they may be read in another thread.
         Routing kinds and the mesh config only (`MeshIndex.overlay`)."""
         index = self._index.overlay(key, obj)
         # The journal's convention: key -> the object in force as the published Mesh saw it.
         changes = dict(self._changes)
         changes.setdefault(key, self._index_objects.get(key))
-        objects: dict[Key, Object] = {key: obj} if obj is not None else {}
-        view: Mapping[Key, Object] = ChainMap(objects, {
-            k: o for k, o in self._index_objects.items() if k != key}
-            if obj is None and key in self._index_objects else self._index_objects)
+        # A copy (a dict's costs ~1 ms at 13,000 objects; a ChainMap over the live dict
+        # cost 40 to copy later): the caller may read it in another thread.
+        objects = dict(self._index_objects)
+        if obj is None:
+            objects.pop(key, None)
+        else:
+            objects[key] = obj
         mesh = build_mesh(index, self.published, changes if self.published else None)
-        return mesh, view
+        return mesh, objects
 
     def mesh(self) -> Mesh:
         """The last published Mesh (readers); before the first publish, one built from

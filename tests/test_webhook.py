@@ -14,6 +14,7 @@ import os
 import shutil
 import ssl
 import stat
+import threading
 import urllib.request
 import uuid
 import warnings
@@ -37,6 +38,7 @@ from controlplane.model.meta import Key
 from controlplane.model.parse import parse_object
 from controlplane.store import Store
 from controlplane.webhook import advice
+from controlplane.webhook import server as server_module
 from controlplane.webhook.admission import Admission
 from controlplane.webhook.certs import make_pair, with_ca_bundle, write_pair
 from controlplane.webhook.review import BadReview, answer, parse
@@ -652,7 +654,7 @@ def test_a_bug_in_the_decision_is_a_500_not_an_answer(monkeypatch: pytest.Monkey
                                                       ) -> None:
     def broken(self: Admission, request: Any) -> Any:
         raise RuntimeError("bug")
-    monkeypatch.setattr(Admission, "decide", broken)
+    monkeypatch.setattr(Admission, "validate", broken)
     server = WebhookServer(Admission(), CertificateFiles("/x", "/x"))
     status, _ = server.review(json.dumps(review(vs())).encode())
     assert status == 500
@@ -733,3 +735,43 @@ def test_serve_flags_reach_the_settings() -> None:
         "--webhook-key", "/k"])
     assert (args.webhook_address, args.webhook_cert, args.webhook_key) == (
         "0.0.0.0:15017", "/c", "/k")
+
+
+def test_the_analysis_runs_off_the_loop_and_past_its_bound_only_warnings_are_lost(
+        tmp_path: Path, registered: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow analysis neither holds the event loop (another review is answered while it
+    runs) nor the answer past ANALYSIS_TIMEOUT: the object is admitted without the
+    analysis's warnings, and says so."""
+    issue(tmp_path)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def slow(inputs: Inputs) -> Iterable[Finding]:
+        entered.set()
+        release.wait(30)  # held until the test has seen the loop answer meanwhile
+        return []
+    register(registered, slow)
+    monkeypatch.setattr(server_module, "ANALYSIS_TIMEOUT", 1.0)
+    store = synced_store(SERVICE)
+
+    async def main() -> None:
+        server = await serving(CertificateFiles(tmp_path / "tls.crt", tmp_path / "tls.key"),
+                               store)
+        try:
+            ca = tmp_path / "ca.crt"
+            slow_review = asyncio.create_task(post(
+                server.port, ca, json.dumps(review(vs(), uid="slow")).encode()))
+            assert await asyncio.to_thread(entered.wait, 10)
+            status, out = await post(server.port, ca, json.dumps(
+                review(None, "DELETE", old=vs(), uid="meanwhile")).encode())
+            assert (status, json.loads(out)["response"]["uid"]) == (200, "meanwhile")
+            assert not slow_review.done()  # answered while the analysis still ran
+            status, out = await slow_review
+            response = json.loads(out)["response"]
+            assert status == 200 and response["allowed"] is True
+            assert any("analysis took over 1 s and was left out" in w
+                       for w in response["warnings"])
+        finally:
+            release.set()
+            server.close()
+    run(main())

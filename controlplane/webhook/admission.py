@@ -11,6 +11,7 @@ more than this webhook validates).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,9 @@ from controlplane.model.parse import parse_object
 from controlplane.store import Store
 from controlplane.webhook import advice
 from controlplane.webhook.review import Request, Verdict
+
+# The verdict with the analysis's warnings: runs in a worker thread.
+Later = Callable[[], Verdict]
 
 VALIDATED = {(ISTIO_GROUP, "VirtualService"), (ISTIO_GROUP, "DestinationRule"),
              (ISTIO_GROUP, "Sidecar"), ("", "ConfigMap")}
@@ -39,29 +43,44 @@ class Admission:
         self.serves = serves
 
     def decide(self, request: Request) -> Verdict:
+        """The verdict with every warning, the analysis run here (tests; the server runs
+        it off the loop: `validate`)."""
+        verdict, later = self.validate(request)
+        return later() if later is not None else verdict
+
+    def validate(self, request: Request) -> tuple[Verdict, Later | None]:
+        """Validation's verdict (with the fields the parser ignored as warnings), and for
+        a valid object in a mesh this store holds, `later`: the verdict with the
+        analysis's warnings too. Called on the event loop (it reads the store); `later`
+        reads only what was taken here, so it may run in a worker thread."""
         if request.operation not in ("CREATE", "UPDATE"):
             # DELETE (and CONNECT): nothing is left to serve wrongly; never hold it up.
-            return Verdict(True, why=request.operation.lower())
+            return Verdict(True, why=request.operation.lower()), None
         if (request.group, request.kind) not in VALIDATED:
             return Verdict(True, why="not-validated", warnings=(advice.line(
                 "controlplane", "", f"does not validate {request.group or 'core'}/"
                 f"{request.kind}; admitted unchecked (the webhook configuration's rules "
-                "send more than it validates)"),))
+                "send more than it validates)"),)), None
         raw = _with_namespace(request)
         if request.kind == "ConfigMap" and not is_mesh_config_map(raw):
-            return Verdict(True, why="not-mesh-config")
+            return Verdict(True, why="not-mesh-config"), None
         deleting = (raw.get("metadata") or {}).get("deletionTimestamp")
         if deleting and request.operation == "UPDATE":
             # An object being deleted (a finalizer being removed): refusing would hold
             # the deletion up, and what it says is about to stop mattering.
-            return Verdict(True, why="being-deleted")
+            return Verdict(True, why="being-deleted"), None
         try:
             obj = parse_object(raw)
         except ValidationError as exc:
             return Verdict(False, message=str(exc), why="invalid",
-                           fields=tuple(e.path for e in exc.errors))
+                           fields=tuple(e.path for e in exc.errors)), None
         store = self.store if self.serves(obj.meta.namespace, request.kind) else None
-        return Verdict(True, warnings=tuple(advice.warnings(store, obj)), why="valid")
+        verdict = Verdict(True, warnings=tuple(advice.warnings([], obj)), why="valid")
+        inputs = advice.inputs(store, obj)
+        if inputs is None:
+            return verdict, None
+        return verdict, lambda: dataclasses.replace(verdict, warnings=tuple(
+            advice.warnings(advice.findings(inputs, obj), obj)))
 
 
 def _with_namespace(request: Request) -> dict[str, Any]:

@@ -3,8 +3,9 @@ each as one short line a user reads in kubectl's output (`Warning: CP0110 ...`).
 
 The object is analysed in the mesh as it would be with it in force: the store's objects
 with the candidate put in place of its key (`Store.what_if`, built from the published
-Mesh, so a routing object costs what a push of it would), every check in
-`analysis.checks.CHECKS` run over that, and the findings about the candidate kept.
+Mesh, so a routing object costs what a push of it would; taken on the event loop), every
+check in `analysis.checks.CHECKS` run over that (in a worker thread: all of them cost
+~0.1 s at 1,000 services), and the findings about the candidate kept.
 The fields the parser accepts and ignores (the object's own `warnings`) are findings
 too: CP0002.
 
@@ -40,21 +41,32 @@ def line(code: str, path: str, message: str) -> str:
     return text if len(text) <= MAX_LINE else text[:MAX_LINE - 1] + "…"
 
 
-def findings(store: Store, obj: Object) -> list[Finding]:
-    """The findings of every check about `obj`, analysed as if it were in force. A check
-    that raises is logged and skipped: a warning left out never refuses an object."""
+def inputs(store: Store | None, obj: Object) -> Inputs | None:
+    """What the analysis of `obj` reads, taken now, on the event loop (the store is not
+    thread-safe): the mesh as it would be with `obj` in force, and a copy of the objects.
+    None when there is no analysis: no store, or before its initial load (a route to a
+    service not loaded yet would be reported as unknown), or the what-if build failed."""
+    if store is None or not store.synced:
+        return None
     key = key_of(obj)
-    started = time.perf_counter()
     try:
         mesh, objects = store.what_if(key, obj)
+        return Inputs(mesh=mesh, objects=objects)  # a copy: the thread may read it
     except Exception:  # a bug of ours: the object is valid, only its warnings are lost
         log.exception("webhook_analysis_failed", object=str(key))
-        return []
-    inputs = Inputs(mesh=mesh, objects=objects)
+        return None
+
+
+def findings(taken: Inputs, obj: Object) -> list[Finding]:
+    """The findings of every check about `obj`. Reads only `taken` (immutable once
+    taken), so it may run in a worker thread. A check that raises is logged and
+    skipped: a warning left out never refuses an object."""
+    key = key_of(obj)
+    started = time.perf_counter()
     out: list[Finding] = []
     for check in checks.CHECKS:  # read now: the registry is the analysis's to fill
         try:
-            out.extend(f for f in check(inputs) if f.object == key)
+            out.extend(f for f in check(taken) if f.object == key)
         except Exception:
             log.exception("webhook_check_failed", check=getattr(check, "__name__", repr(check)),
                           object=str(key))
@@ -63,11 +75,9 @@ def findings(store: Store, obj: Object) -> list[Finding]:
     return out
 
 
-def warnings(store: Store | None, obj: Object) -> list[str]:
-    """The admission warnings for a valid `obj`: the analysis findings about it (only
-    once the store holds the whole mesh: before its initial load a route to a service
-    not loaded yet would be reported as unknown), then the fields its parser ignored."""
-    found = findings(store, obj) if store is not None and store.synced else []
+def warnings(found: list[Finding], obj: Object) -> list[str]:
+    """The admission warnings for a valid `obj`: `found` (its analysis findings), then
+    the fields its parser ignored that no finding named already."""
     once: dict[tuple[str, str], Finding] = {}  # two checks may say one thing of one field
     for f in found:
         once.setdefault((f.code.code, f.path), f)
