@@ -48,24 +48,34 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 Upstream = Workload
 
 __all__ = ["Client", "ControlPlane", "Envoy", "Upstream", "envoy_binary", "free_port", "get",
-           "iter_ips", "wait_until", "write_yaml"]
+           "http_request", "iter_ips", "wait_until", "write_yaml"]
 
 
 # -- envoy ------------------------------------------------------------------------------------
 
-def get(ip: str, port: int, host: str, path: str = "/", headers: dict[str, str] | None = None,
-        timeout: float = 5.0) -> tuple[int, dict[str, Any] | str]:
+def http_request(ip: str, port: int, host: str, path: str = "/",
+                 headers: dict[str, str] | None = None, method: str = "GET",
+                 timeout: float = 5.0) -> tuple[int, dict[str, str], Any]:
+    """One HTTP/1.1 request, the path sent as written: (status, the response headers with
+    lowercased names, the body as JSON or else text)."""
     conn = http.client.HTTPConnection(ip, port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Host": host, **(headers or {})})
+        conn.request(method, path, headers={"Host": host, **(headers or {})})
         resp = conn.getresponse()
-        body = resp.read().decode()
-        try:
-            return resp.status, json.loads(body)
-        except ValueError:
-            return resp.status, body
+        text = resp.read().decode()
+        got = {k.lower(): v for k, v in resp.getheaders()}
     finally:
         conn.close()
+    try:
+        return resp.status, got, json.loads(text)
+    except ValueError:
+        return resp.status, got, text
+
+
+def get(ip: str, port: int, host: str, path: str = "/", headers: dict[str, str] | None = None,
+        timeout: float = 5.0) -> tuple[int, dict[str, Any] | str]:
+    status, _, body = http_request(ip, port, host, path, headers, timeout=timeout)
+    return status, body
 
 
 # -- the control plane in a thread ------------------------------------------------------------

@@ -14,8 +14,6 @@ header the apps pass on, so "ratings never saw it" is asked of one request only.
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
-import json
 import math
 import time
 import uuid
@@ -37,7 +35,7 @@ from tests.bookinfo_apps import (
     App,
     Sidecar,
 )
-from tests.harness import ControlPlane, Envoy, wait_until
+from tests.harness import ControlPlane, Envoy, http_request, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -137,19 +135,10 @@ class Bookinfo:
         """One request through the sidecar, as a client in the mesh sends it, with a trace
         of its own: (trace, status, headers, JSON body or text)."""
         trace = uuid.uuid4().hex
-        headers = {"Host": host, TRACE: trace, **({"end-user": user} if user else {})}
-        conn = http.client.HTTPConnection(self.sidecar.ip, PORT, timeout=timeout)
-        try:
-            conn.request("GET", "/", headers=headers)
-            resp = conn.getresponse()
-            text = resp.read().decode()
-            got = {k.lower(): v for k, v in resp.getheaders()}
-        finally:
-            conn.close()
-        try:
-            return trace, resp.status, got, json.loads(text)
-        except ValueError:
-            return trace, resp.status, got, text
+        headers = {TRACE: trace, **({"end-user": user} if user else {})}
+        status, got, body = http_request(self.sidecar.ip, PORT, host, "/", headers,
+                                         timeout=timeout)
+        return trace, status, got, body
 
     def page(self, user: str = "") -> tuple[str, dict[str, Any]]:
         """productpage, as a browser (signed in as `user`) loads it."""

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from controlplane.explain.dump import ConfigDump, parse_dump
-from controlplane.explain.matching import header_matches, route_mismatch, select_virtual_host
+from controlplane.explain.matching import (
+    header_matches,
+    route_mismatch,
+    select_virtual_host,
+    string_match,
+)
+from controlplane.explain.paths import PathHandling, PathOutcome, handle_path
 from controlplane.explain.request import RequestError, parse_request
 from controlplane.explain.walk import explain
 
@@ -45,6 +51,20 @@ def test_virtual_host_order(host: str, chosen: str, domain: str) -> None:
 
 def test_no_virtual_host() -> None:
     assert select_virtual_host(vhosts(["a"]), "b") is None
+    # the Host is folded ASCII only, as Envoy does
+    assert select_virtual_host(vhosts(["é.example"]), "É.example") is None
+
+
+@pytest.mark.parametrize(("matcher", "value", "matches"), [
+    ({"exact": "Ab", "ignore_case": True}, "aB", True),
+    ({"exact": "é", "ignore_case": True}, "É", False),  # not ASCII: not folded
+    ({"prefix": "straße", "ignore_case": True}, "STRASSE", False),
+    ({"suffix": "Ä", "ignore_case": True}, "xä", False),
+    ({"contains": "B", "ignore_case": True}, "abc", True),
+])
+def test_string_match_folds_ascii_only(matcher: dict[str, Any], value: str,
+                                       matches: bool) -> None:
+    assert string_match(matcher, value) is matches
 
 
 def req(path: str = "/", headers: tuple[str, ...] = (), method: str = "GET") -> Any:
@@ -63,8 +83,11 @@ def req(path: str = "/", headers: tuple[str, ...] = (), method: str = "GET") -> 
     ({"path_separated_prefix": "/p"}, "/p/x", None),
     ({"path_separated_prefix": "/p"}, "/px", "path-separated prefix '/p' does not match "
      "path '/px'"),
-    ({"prefix": "/b"}, "/a/../b", None),  # normalize_path: dot segments removed
-    ({"path": "/a~b"}, "/a%7Eb", None),  # ... and unreserved characters decoded
+    ({"path": "/é"}, "/é", None),
+    # case folding is ASCII only, as Envoy's
+    ({"path": "/é", "case_sensitive": False}, "/É", "path '/é' (any case) does not match "
+     "path '/É'"),
+    ({"path": "/a/../b"}, "/a/../b", None),  # the path as given: the walk normalizes it
 ])
 def test_path_matching(match: dict[str, Any], path: str, why: str | None) -> None:
     assert route_mismatch(match, req(path)) == why
@@ -102,12 +125,62 @@ def test_query_parameters() -> None:
     assert route_mismatch(match, req("/?v=x&p=1")) == "query v is 'a b': got 'x'"
 
 
+OURS = PathHandling(normalize=True)  # what translate/listeners.py sets
+MERGE = PathHandling(normalize=True, merge_slashes=True)
+
+
+@pytest.mark.parametrize(("handling", "raw", "outcome"), [
+    (OURS, "/a/../b", PathOutcome("/b")),  # dot segments removed
+    (OURS, "/a%7Eb", PathOutcome("/a~b")),  # unreserved characters decoded
+    (OURS, "/a%2fb", PathOutcome("/a%2Fb")),  # other escapes kept, upper case
+    (OURS, "/a//b", PathOutcome("/a//b")),  # empty segments kept: no merge_slashes
+    (OURS, "//a", PathOutcome("//a")),
+    (OURS, "/a//../b", PathOutcome("/a/b")),  # `..` removes the empty segment
+    (OURS, "/a/./b/.", PathOutcome("/a/b/")),
+    (OURS, "/a/..", PathOutcome("/")),
+    (OURS, "/a\\b\\..\\c", PathOutcome("/a/c")),  # a backslash is a slash
+    (OURS, "/../..", PathOutcome("/")),
+    (OURS, "/p?q=/../x//y", PathOutcome("/p?q=/../x//y")),  # the query untouched
+    (MERGE, "/a//b///c/", PathOutcome("/a/b/c/")),
+    (MERGE, "/a/..//b?x=//", PathOutcome("/b?x=//")),
+    (PathHandling(), "/a/../b//c", PathOutcome("/a/../b//c")),  # nothing set: as sent
+    (PathHandling(merge_slashes=True), "/a//b", PathOutcome("/a/b")),
+    (PathHandling(escaped_slashes="UNESCAPE_AND_FORWARD"), "/a%2Fb%5cc",
+     PathOutcome("/a/b\\c")),  # unescaped only: no normalize_path
+    (PathHandling(normalize=True, escaped_slashes="UNESCAPE_AND_FORWARD"), "/a%5cb",
+     PathOutcome("/a/b")),
+    (PathHandling(escaped_slashes="REJECT_REQUEST"), "/a%2fb",
+     PathOutcome("/a%2fb", 400, "escaped slashes in the path are refused "
+                 "(path_with_escaped_slashes_action REJECT_REQUEST)")),
+    (PathHandling(escaped_slashes="REJECT_REQUEST"), "/a/b?x=%2F", PathOutcome("/a/b?x=%2F")),
+    (PathHandling(normalize=True, escaped_slashes="UNESCAPE_AND_REDIRECT"), "/a/b%2F..%2Fc",
+     PathOutcome("/a/c", 307, "escaped slashes in the path are redirected "
+                 "(path_with_escaped_slashes_action UNESCAPE_AND_REDIRECT)")),
+])
+def test_path_handling(handling: PathHandling, raw: str, outcome: PathOutcome) -> None:
+    assert handle_path(handling, raw) == outcome
+
+
+@pytest.mark.parametrize(("hcm", "handling"), [
+    ({}, PathHandling()),
+    ({"normalize_path": True}, OURS),
+    ({"normalize_path": {"value": True}, "merge_slashes": True}, MERGE),
+    ({"path_with_escaped_slashes_action": "IMPLEMENTATION_SPECIFIC_DEFAULT"}, PathHandling()),
+    ({"path_with_escaped_slashes_action": "REJECT_REQUEST"},
+     PathHandling(escaped_slashes="REJECT_REQUEST")),
+])
+def test_path_handling_from_the_connection_manager(hcm: dict[str, Any],
+                                                   handling: PathHandling) -> None:
+    assert PathHandling.from_hcm(hcm) == handling
+
+
 def route(name: str, match: dict[str, Any], **action: Any) -> dict[str, Any]:
     return {"name": name, "match": match, **(action or {"route": {"cluster": C1}})}
 
 
 def dump(routes: list[dict[str, Any]], domains: list[str] | None = None,
-         clusters: dict[str, dict[str, Any]] | None = None) -> ConfigDump:
+         clusters: dict[str, dict[str, Any]] | None = None,
+         hcm: dict[str, Any] | None = None) -> ConfigDump:
     raw = {"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
          "dynamic_listeners": [{"name": "10.0.0.1_80", "active_state": {"listener": {
@@ -115,7 +188,8 @@ def dump(routes: list[dict[str, Any]], domains: list[str] | None = None,
              "address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}},
              "default_filter_chain": {"filters": [{
                  "name": "envoy.filters.network.http_connection_manager",
-                 "typed_config": {"@type": HCM, "rds": {"route_config_name": "80"}}}]}}}}]},
+                 "typed_config": {"@type": HCM, "rds": {"route_config_name": "80"},
+                                  **(hcm or {})}}]}}}}]},
         {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
          "dynamic_route_configs": [{"route_config": {"@type": RC, "name": "80",
                                                      "virtual_hosts": [
@@ -156,6 +230,41 @@ def test_first_matching_route_and_why_earlier_ones_missed() -> None:
     [d] = e.destinations
     assert [(p.address, p.health, p.pod) for p in d.endpoints] == [
         ("10.1.0.1:8080", "HEALTHY", "default/a-1"), ("10.1.0.2:8080", "UNHEALTHY", "")]
+
+
+def test_the_path_as_the_connection_manager_hands_it_on() -> None:
+    """The walk takes the path handling from the HCM in the dump, not from a default."""
+    routes = [route("b", {"path": "/a/b"}), route("rest", {"prefix": "/"},
+                                                   direct_response={"status": 404})]
+    ours = dump(routes, hcm={"normalize_path": True})
+    e = explain(ours, req("/x/../a/b"))
+    assert e.route == "b" and any("routes the path as '/a/b'" in n for n in e.notes), e
+    assert explain(ours, req("/a//b")).route == "rest"  # no merge_slashes
+    assert explain(dump(routes, hcm={"normalize_path": True, "merge_slashes": True}),
+                   req("/a//b")).route == "b"
+    assert explain(dump(routes), req("/x/../a/b")).route == "rest"  # nothing set
+    refused = explain(dump(routes, hcm={"path_with_escaped_slashes_action": "REJECT_REQUEST"}),
+                      req("/a%2Fb"))
+    assert (refused.action, refused.status, refused.routed) == ("none", 400, False)
+    moved = explain(dump(routes, hcm={"path_with_escaped_slashes_action":
+                                      "UNESCAPE_AND_REDIRECT"}), req("/a%2fb?q"))
+    assert (moved.status, moved.answer) == (307, "307 redirect to /a/b?q"), moved
+
+
+def test_authority_keeps_the_hosts_case() -> None:
+    """The virtual host is chosen by any case; :authority matchers see the Host as sent."""
+    routes = [route("lower", {"prefix": "/", "headers": [
+                  {"name": ":authority", "string_match": {"exact": "a"}}]}),
+              route("mixed", {"prefix": "/", "headers": [
+                  {"name": ":authority", "string_match": {"exact": "A"}}]}),
+              route("rest", {"prefix": "/"})]
+    d = dump(routes)
+    for url, chosen in (("http://A/", "mixed"), ("http://a:80/", "lower"),
+                        ("http://user@A:80/", "mixed")):
+        e = explain(d, parse_request(url))
+        assert (e.virtual_host, e.route) == ("a", chosen), (url, e)
+    e = explain(d, parse_request("http://A/"))
+    assert e.request["authority"] == "A" and e.request["url"] == "http://A:80/", e.request
 
 
 def test_weighted_clusters_percentages_and_missing_cluster() -> None:
@@ -293,6 +402,8 @@ def test_request_authority_and_headers() -> None:
     assert parse_request("http://reviews/").authority == "reviews"
     assert parse_request("http://reviews:9080/").authority == "reviews:9080"
     assert parse_request("http://a/", ["Host: b"]).authority == "b"
+    assert parse_request("http://Reviews:9080/").authority == "Reviews:9080"  # case kept
+    assert parse_request("http://[FE80::1]:8080/").authority == "[FE80::1]:8080"
 
 
 def test_delegate_origin_from_route_metadata() -> None:

@@ -6,7 +6,6 @@ and from the Envoy's own /config_dump — must name what really answered: the en
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from pathlib import Path
@@ -20,7 +19,7 @@ from controlplane.explain import source
 from controlplane.explain.dump import parse_dump
 from controlplane.explain.request import parse_request
 from controlplane.explain.walk import Explanation, explain
-from tests.harness import ControlPlane, wait_until, write_yaml
+from tests.harness import ControlPlane, http_request, wait_until, write_yaml
 from tests.manifests import destination_rule, pod, service, virtual_service
 
 pytestmark = pytest.mark.e2e
@@ -65,13 +64,17 @@ def manifests(ips: dict[str, str]) -> list[dict[str, Any]]:
              "route": [{**v1, "weight": 0}, {**v2, "weight": 100}]},
             {"match": [{"uri": {"prefix": "/portredirect"}}],
              "redirect": {"uri": "/x", "port": 8080}},
+            # :authority keeps the Host's case (only the virtual host is chosen by any case)
+            {"match": [{"uri": {"prefix": "/auth"}, "authority": {"exact": f"Reviews:{PORT}"}}],
+             "route": [v2]},
             {"match": [{"uri": {"prefix": "/"}, "withoutHeaders": {"x-miss": {}}}],
              "route": [v1]},
         ]),
     ]
 
 
-# (path, headers, method) and what must answer: the pod, or (status, Location)
+# (path, headers, method) and what must answer: the pod, or (status, Location). A Host
+# among the headers is the URL's authority for explain (no Host header given to it).
 CASES: list[tuple[str, dict[str, str], str, str | tuple[int, str]]] = [
     ("/", {"end-user": "jason"}, "GET", "reviews-v2"),  # a header match, first rule
     ("/exact", {}, "GET", "reviews-v1"),  # exact path
@@ -88,23 +91,19 @@ CASES: list[tuple[str, dict[str, str], str, str | tuple[int, str]]] = [
     ("/post", {}, "POST", (201, "")),  # a method match
     ("/w/1", {}, "GET", "reviews-v2"),  # a subset by weight 100
     ("/miss", {"x-miss": "1"}, "GET", (404, "")),  # no route matches: 404 NR
+    # normalize_path: dot segments removed; merge_slashes is off, so `//` stays
+    ("/x/../re/42", {}, "GET", "ratings-1"),
+    ("/re//42", {}, "GET", "reviews-v1"),
+    ("//re/42", {}, "GET", "reviews-v1"),
+    ("/re\\42", {}, "GET", "ratings-1"),  # a backslash is a slash
+    ("/%72e/42", {}, "GET", "ratings-1"),  # an escaped unreserved character decoded
+    ("/re%2F42", {}, "GET", "reviews-v1"),  # an escaped slash kept (KEEP_UNCHANGED)
+    ("/RE/42", {}, "GET", "reviews-v1"),  # the path's case kept
+    # the authority as sent: a case-sensitive match, the virtual host by any case
+    ("/auth", {"Host": f"Reviews:{PORT}"}, "GET", "reviews-v2"),
+    ("/auth", {"Host": f"reviews:{PORT}"}, "GET", "reviews-v1"),
+    ("/auth", {"Host": f"REVIEWS:{PORT}"}, "GET", "reviews-v1"),
 ]
-
-
-def fire(sidecar: str, port: int, path: str, headers: dict[str, str], method: str,
-         host: str = "reviews") -> tuple[int, dict[str, str], Any]:
-    conn = http.client.HTTPConnection(sidecar, port, timeout=10)
-    try:
-        conn.request(method, path, headers={"Host": host, **headers})
-        resp = conn.getresponse()
-        text = resp.read().decode()
-        got = {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
-    try:
-        return resp.status, got, json.loads(text)
-    except ValueError:
-        return resp.status, got, text
 
 
 def predicted(e: Explanation) -> tuple[str, int | None, list[str]]:
@@ -154,16 +153,18 @@ def test_explain_agrees_with_envoy(file_cp: ControlPlane, mesh: dict[str, str], 
     server = f"127.0.0.1:{file_cp.http_port}"
     # The last rule's answer means the sidecar holds the whole VirtualService and the
     # endpoints (all in one file, so one snapshot).
-    wait_until(lambda: fire(sidecar, PORT, "/w", {}, "GET")[2]["pod"] == "reviews-v2", 10,
-               what="the sidecar routing by the VirtualService")
+    wait_until(lambda: http_request(sidecar, PORT, "reviews", "/w")[2]["pod"] == "reviews-v2",
+               10, what="the sidecar routing by the VirtualService")
     pods = source.pod_names(server)
     views = {"control plane": parse_dump(source.control_plane_dump(server, "explain-e2e")),
              "envoy": parse_dump(source.envoy_dump(f"127.0.0.1:{proxy.admin_port}"))}
     for path, headers, method, want in CASES:
-        req = parse_request(f"http://reviews:{PORT}{path}",
-                            [f"{k}: {v}" for k, v in headers.items()] + ["host: reviews"],
-                            method)
-        status, got, body = fire(sidecar, PORT, path, headers, method)
+        host = headers.get("Host")
+        url = f"http://{host}{path}" if host else f"http://reviews:{PORT}{path}"
+        req = parse_request(url, [f"{k}: {v}" for k, v in headers.items() if k != "Host"]
+                            + ([] if host else ["host: reviews"]), method)
+        status, got, body = http_request(sidecar, PORT, "reviews", path, headers, method,
+                                         timeout=10)
         answers = {name: explain(dump, req, pods) for name, dump in views.items()}
         for name, e in answers.items():
             try:
@@ -174,7 +175,7 @@ def test_explain_agrees_with_envoy(file_cp: ControlPlane, mesh: dict[str, str], 
 
     # A Host no service takes: the catch-all virtual host (ALLOW_ANY), PassthroughCluster,
     # which has no original destination here: 503.
-    status, _, body = fire(sidecar, PORT, "/", {}, "GET", host="nothing.example")
+    status, _, body = http_request(sidecar, PORT, "nothing.example", "/", timeout=10)
     for dump in views.values():
         e = explain(dump, parse_request(f"http://nothing.example:{PORT}/",
                                         ["host: nothing.example"]), pods)
@@ -205,8 +206,8 @@ def test_explain_command(file_cp: ControlPlane, mesh: dict[str, str], envoy: Any
     sidecar = ip()
     proxy = envoy("explain-cli", file_cp.port, instance_ip=sidecar)
     server = f"127.0.0.1:{file_cp.http_port}"
-    wait_until(lambda: fire(sidecar, PORT, "/w", {}, "GET")[2]["pod"] == "reviews-v2", 10,
-               what="the sidecar routing by the VirtualService")
+    wait_until(lambda: http_request(sidecar, PORT, "reviews", "/w")[2]["pod"] == "reviews-v2",
+               10, what="the sidecar routing by the VirtualService")
     base = ["explain", "--proxy", "explain-cli", "--server", server]
     assert run_cli([*base, f"http://reviews:{PORT}/exact/more", "-H", "x-miss: 1"]) == 1
     out = capsys.readouterr().out

@@ -16,6 +16,12 @@ from controlplane.explain.request import Request
 
 _RE2 = re2.Options()
 _RE2.log_errors = False
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(s: str) -> str:
+    """Envoy's case folding (absl::AsciiStrToLower): A-Z only, so `É` and `é` differ."""
+    return s.translate(_ASCII_LOWER)
 
 
 def regex_full_match(pattern: str, value: str) -> bool:
@@ -31,10 +37,10 @@ def string_match(m: Json, value: str) -> bool:
     if "safe_regex" in m:
         return regex_full_match(m["safe_regex"].get("regex", ""), value)
     ignore = bool(m.get("ignore_case"))
-    v = value.lower() if ignore else value
+    v = ascii_lower(value) if ignore else value
     for kind in ("exact", "prefix", "suffix", "contains"):
         if kind in m:
-            want = str(m[kind]).lower() if ignore else str(m[kind])
+            want = ascii_lower(str(m[kind])) if ignore else str(m[kind])
             if kind == "exact":
                 return v == want
             if kind == "prefix":
@@ -141,10 +147,10 @@ def path_matches(match: Json, path: str) -> bool:
     """The route's path condition (router/config_impl.cc: Prefix/Path/Regex/
     PathSeparatedPrefixRouteEntryImpl) on the normalized path without its query."""
     sensitive = match.get("case_sensitive", True)
-    p = path if sensitive else path.lower()
+    p = path if sensitive else ascii_lower(path)
 
     def c(s: str) -> str:
-        return s if sensitive else s.lower()
+        return s if sensitive else ascii_lower(s)
     if "prefix" in match:
         return p.startswith(c(match["prefix"]))
     if "path" in match:
@@ -159,7 +165,8 @@ def path_matches(match: Json, path: str) -> bool:
 
 def route_mismatch(match: Json, req: Request) -> str | None:
     """None when the route matches the request, else the first condition that failed,
-    in Envoy's order (path, then headers, query parameters, runtime fraction)."""
+    in Envoy's order (path, then headers, query parameters, runtime fraction). The
+    request's path is as the routes see it (`paths.handle_path` has been applied)."""
     path = req.path_only()
     if not path_matches(match, path):
         return f"{path_condition(match)} does not match path {path!r}"
@@ -198,18 +205,19 @@ def fraction_percent(f: Json) -> float:
 
 def select_virtual_host(vhosts: Iterable[Json], authority: str
                         ) -> tuple[Json, str, str] | None:
-    """RouteMatcher::findVirtualHost: the host lowercased; an exact domain first, then the
+    """RouteMatcher::findVirtualHost: a copy of the Host lowercased (ASCII; the request's
+    :authority itself keeps its case for header matchers); an exact domain first, then the
     longest suffix wildcard (`*.example.com`, `*-bar.example.com`; the `*` must cover at
     least one character), then the longest prefix wildcard (`example.*`), then `*`.
     Returns (virtual host, the domain that matched, how)."""
-    host = authority.lower()
+    host = ascii_lower(authority)
     exact: dict[str, Json] = {}
     suffixes: list[tuple[str, Json]] = []
     prefixes: list[tuple[str, Json]] = []
     default: Json | None = None
     for vh in vhosts:
         for domain in vh.get("domains", []):
-            d = domain.lower()
+            d = ascii_lower(domain)
             if d == "*":
                 default = default or vh
             elif d.startswith("*"):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import posixpath
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "tcp": 0, "tls": 443}
-_UNRESERVED = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
 class RequestError(ValueError):
@@ -19,7 +16,7 @@ class RequestError(ValueError):
 @dataclass(frozen=True)
 class Request:
     scheme: str  # http, tcp or tls
-    host: str  # as in the URL (no port)
+    host: str  # as in the URL, case kept (no port, no brackets)
     port: int
     path: str = "/"  # with its query, as :path
     method: str = "GET"
@@ -41,18 +38,14 @@ class Request:
         return ",".join(values) if values else None
 
     def path_only(self) -> str:
-        """The path routes match: the query and fragment removed, normalized as the
-        listeners' `normalize_path` does (percent-encoded unreserved characters decoded,
-        dot segments removed)."""
-        path = self.path.split("#", 1)[0].split("?", 1)[0] or "/"
-        path = _UNRESERVED.sub(_decode_unreserved, path)
-        trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
-        norm = posixpath.normpath(path)
-        if norm.startswith("//"):  # normpath keeps a leading "//"; RFC 3986 does not
-            norm = "/" + norm.lstrip("/")
-        if trailing and norm != "/":
-            norm += "/"
-        return norm
+        """The path routes match: the :path without its query and fragment (the
+        connection manager's normalization is `paths.handle_path`, applied by the walk
+        with the listener's settings)."""
+        return self.path.split("#", 1)[0].split("?", 1)[0] or "/"
+
+    def with_path(self, path: str) -> Request:
+        """The request with another :path (the one the routes see)."""
+        return replace(self, path=path, headers={**self.headers, ":path": [path]})
 
     def query(self) -> list[tuple[str, str]]:
         """The query parameters in order, percent-decoded (Envoy decodes them before
@@ -63,11 +56,6 @@ class Request:
             name, _, value = part.partition("=")
             out.append((unquote(name), unquote(value)))
         return out
-
-
-def _decode_unreserved(m: re.Match[str]) -> str:
-    c = chr(int(m.group(1), 16))
-    return c if (c.isalnum() and c.isascii()) or c in "-._~" else "%" + m.group(1).upper()
 
 
 def parse_request(url: str, headers: Sequence[str] = (), method: str = "GET",
@@ -100,9 +88,12 @@ def parse_request(url: str, headers: Sequence[str] = (), method: str = "GET",
         if key == "host":
             key = ":authority"  # HTTP/1's Host is HTTP/2's :authority, and Envoy's
         hdrs.setdefault(key, []).append(value.strip())
+    hostname = _host_as_written(parts.netloc)
     if ":authority" not in hdrs:
+        # The Host a client sends: the URL's, case kept (urlsplit's hostname is
+        # lowercased, but `:authority` header matchers are case-sensitive).
         default = _DEFAULT_PORTS[scheme]
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        host = hostname if ":" not in hostname else f"[{hostname}]"
         hdrs[":authority"] = [host if parts.port in (None, default) else f"{host}:{port}"]
     path = parts.path or "/"
     if parts.query:
@@ -111,5 +102,13 @@ def parse_request(url: str, headers: Sequence[str] = (), method: str = "GET",
     hdrs[":method"] = [method]
     hdrs[":path"] = [path]
     hdrs[":scheme"] = ["http"]
-    return Request(scheme=scheme, host=parts.hostname, port=port, path=path, method=method,
+    return Request(scheme=scheme, host=hostname, port=port, path=path, method=method,
                    headers=hdrs, sni=sni or (parts.hostname if scheme == "tls" else ""))
+
+
+def _host_as_written(netloc: str) -> str:
+    """The host of `[user@]host[:port]` with its case kept; an IPv6 address unbracketed."""
+    hostport = netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        return hostport[1:].partition("]")[0]
+    return hostport.partition(":")[0]

@@ -19,6 +19,7 @@ from controlplane.explain.matching import (
     select_filter_chain,
     select_virtual_host,
 )
+from controlplane.explain.paths import PathHandling, handle_path
 from controlplane.explain.request import Request
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -467,6 +468,20 @@ def _verdict_for_destinations(out: Explanation) -> None:
 
 def _explain_http(dump: ConfigDump, req: Request, hcm: Json, out: Explanation,
                   pods: dict[str, str]) -> Explanation:
+    # The path as this connection manager hands it to routing: its own settings, so a
+    # dump with other ones (merge_slashes, escaped-slash actions) is followed too.
+    handling = PathHandling.from_hcm(hcm)
+    handled = handle_path(handling, req.path)
+    if handled.status is not None:
+        out.action, out.status = "none", handled.status
+        out.answer = (f"{handled.status} redirect to {handled.path}" if handled.status == 307
+                      else f"{handled.status} (the connection manager refuses the path)")
+        out.verdict = f"answered by the connection manager: {handled.why}"
+        return out
+    if handled.path != req.path:
+        out.notes.append(f"the connection manager ({handling.describe()}) routes the path "
+                         f"as {handled.path!r}")
+        req = req.with_path(handled.path)
     if "rds" in hcm:
         name = str(hcm["rds"].get("route_config_name", ""))
         config = dump.route_configs.get(name)
