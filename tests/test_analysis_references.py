@@ -90,6 +90,35 @@ def test_virtual_service_for_known_host(tmp_path: Path) -> None:
     assert not only(run(tmp_path, VS % "reviews"), "CP0104")
 
 
+TLS_VS = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r, namespace: default}
+spec:
+  hosts: [%s, "*.api.example"]
+  tls:
+  - match: [{sniHosts: [%s]}]
+    route: [{destination: {host: reviews}}]
+"""
+
+
+def test_host_that_scopes_sni_hosts_is_not_unknown(tmp_path: Path) -> None:
+    # Istio requires each sniHost within a host: the wildcard is needed, and the routes
+    # apply on reviews' port by SNI (tests/golden/tls-routes).
+    assert not only(run(tmp_path, TLS_VS % ("reviews", "v2.api.example")), "CP0104")
+
+
+def test_sni_wildcard_host_holding_no_sni_host_is_unknown(tmp_path: Path) -> None:
+    [f] = only(run(tmp_path, TLS_VS % ("reviews", "reviews")), "CP0104")
+    assert f.path == "spec.hosts[1]" and "*.api.example" in f.message
+
+
+def test_sni_host_scoping_needs_a_served_host(tmp_path: Path) -> None:
+    # Neither host is a service: the tls routes apply nowhere, whatever their SNI.
+    found = only(run(tmp_path, TLS_VS % ("ratings", "v2.api.example")), "CP0104")
+    assert [f.path for f in found] == ["spec.hosts[0]", "spec.hosts[1]"]
+
+
 def test_gateway_only_virtual_service_is_not_checked(tmp_path: Path) -> None:
     case = (VS % "nowhere").replace("hosts: [reviews]",
                                     "hosts: [example.com]\n  gateways: [ingress]")
