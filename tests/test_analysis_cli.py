@@ -11,6 +11,7 @@ import pytest
 
 from controlplane.analysis.findings import CODES
 from controlplane.cli import main
+from tests.analysis_helpers import virtual_service
 
 EXAMPLE = Path(__file__).parents[1] / "config" / "analyze-example"
 
@@ -128,16 +129,12 @@ kind: Service
 metadata: {name: web, namespace: default}
 spec: {selector: {app: web}, ports: [{name: http, port: 8080}]}
 ---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: web, namespace: default}
-spec:
-  hosts: [web]
-  http:
-  - match: [{uri: {regex: "/[[:alpha:]]+"}}]
-    route: [{destination: {host: web}}]
-  - route: [{destination: {host: web}}]
-""")
+""" + virtual_service("""\
+        http:
+        - match: [{uri: {regex: "/[[:alpha:]]+"}}]
+          route: [{destination: {host: web}}]
+        - route: [{destination: {host: web}}]
+        """, name="web", hosts="[web]"))
     done = subprocess.run(
         [sys.executable, "-W", "default", "-c",
          "import sys; from controlplane.cli import main; sys.exit(main(sys.argv[1:]))",

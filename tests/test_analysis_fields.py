@@ -12,19 +12,14 @@ import pytest
 from controlplane.analysis import analyze
 from controlplane.analysis.inputs import Inputs
 from controlplane.sources.locations import locate
-from tests.analysis_helpers import line_of, only, run
+from tests.analysis_helpers import line_of, only, run, virtual_service
 
-BAD = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: r, namespace: default}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews}
-      weight: -1
-"""
+BAD = virtual_service("""\
+    http:
+    - route:
+      - destination: {host: reviews}
+        weight: -1
+    """)
 
 
 def test_invalid_object(tmp_path: Path) -> None:
