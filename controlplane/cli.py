@@ -216,7 +216,7 @@ def _analyze_args(sub: Any) -> argparse.ArgumentParser:
 
 def analyze(args: argparse.Namespace) -> int:
     from controlplane.analysis import analyze as run_checks
-    from controlplane.analysis.inputs import Inputs, Invalid, field_error
+    from controlplane.analysis.inputs import Duplicate, Inputs, Invalid, field_error
     from controlplane.analysis.report import exit_code, render
     from controlplane.sources.snapshot import (
         DirectoryRead,
@@ -249,8 +249,12 @@ def analyze(args: argparse.Namespace) -> int:
         objects, refused = overlay(cluster, files)
     invalid = tuple(Invalid(k, tuple(field_error(e) for e in errors))
                     for k, errors in sorted(refused.items(), key=lambda i: str(i[0])))
+    duplicates = tuple(
+        Duplicate(key, files.first_line(key, c.used),
+                  tuple(files.first_line(key, p) for p in c.files if p != c.used))
+        for key, c in sorted(files.conflicts().items(), key=lambda i: str(i[0])))
     findings = run_checks(Inputs.of(objects, invalid, tuple(sorted(
-        files.unserved.items(), key=lambda i: str(i[0])))), files.where)
+        files.unserved.items(), key=lambda i: str(i[0]))), duplicates), files.where)
     sys.stdout.write(render(findings, args.output))
     return 2 if files.errors else exit_code(findings, args.strict)
 

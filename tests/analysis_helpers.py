@@ -34,6 +34,23 @@ status: {phase: Running, podIP: 10.0.0.2, conditions: [{type: Ready, status: "Tr
 """
 
 
+# Text, not tests/manifests.py's dicts: findings are located by the file's lines.
+def virtual_service(spec: str, name: str = "r", hosts: str = "[reviews]") -> str:
+    """A VirtualService default/`name` for `hosts`; `spec` (dedented) is the rest of its
+    spec: what the test is about, kept in the test."""
+    return ("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+            f"metadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: {hosts}\n"
+            + textwrap.indent(textwrap.dedent(spec), "  "))
+
+
+def destination_rule(spec: str, host: str = "reviews") -> str:
+    """A DestinationRule default/`host` for `host`; `spec` (dedented) is the rest of its
+    spec."""
+    return ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+            f"metadata: {{name: {host}, namespace: default}}\nspec:\n  host: {host}\n"
+            + textwrap.indent(textwrap.dedent(spec), "  "))
+
+
 def inputs_of(files: DirectoryRead) -> Inputs:
     return Inputs.of(files.objects, tuple(
         Invalid(k, tuple(field_error(e) for e in r.errors)) for k, r in files.rejected.items()),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.analysis_helpers import line_of, only, run
+from tests.analysis_helpers import line_of, only, run, virtual_service
 
 
 def vs(name: str, ns: str = "default", created: str = "", export: str = "",
@@ -91,16 +91,11 @@ spec:
   ports: [{name: %s, port: 443}]
 """
 
-TCP_VS = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: secure, namespace: default}
-spec:
-  hosts: [secure]
-  tcp:
-  - match: [{port: 443}]
-    route: [{destination: {host: secure}}]
-"""
+TCP_VS = virtual_service("""\
+    tcp:
+    - match: [{port: 443}]
+      route: [{destination: {host: secure}}]
+    """, name="secure", hosts="[secure]")
 
 
 def test_tcp_route_on_tls_port(tmp_path: Path) -> None:

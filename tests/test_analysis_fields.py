@@ -4,24 +4,22 @@ nearest written parent."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from controlplane.analysis import analyze
 from controlplane.analysis.inputs import Inputs
 from controlplane.sources.locations import locate
-from tests.analysis_helpers import line_of, only, run
+from tests.analysis_helpers import line_of, only, run, virtual_service
 
-BAD = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: r, namespace: default}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews}
-      weight: -1
-"""
+BAD = virtual_service("""\
+    http:
+    - route:
+      - destination: {host: reviews}
+        weight: -1
+    """)
 
 
 def test_invalid_object(tmp_path: Path) -> None:
@@ -143,3 +141,35 @@ def test_list_items_and_a_single_file_are_located(tmp_path: Path) -> None:
     [key] = files.objects
     assert files.where(key, "spec.ports[0].name") == (str(path), 6)
     assert files.where(key, "") == (str(path), 3)
+
+
+DUP = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {selector: {app: web}, ports: [{name: http, port: %d}]}
+"""
+
+
+def test_object_defined_differently_by_two_files(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from controlplane.cli import main
+
+    (tmp_path / "a.yaml").write_text("# the old one\n" + DUP % 80)
+    (tmp_path / "b.yaml").write_text(DUP % 8080)
+    assert main(["analyze", "-f", str(tmp_path), "-o", "json"]) == 0
+    [f] = [f for f in json.loads(capsys.readouterr().out) if f["code"] == "CP0005"]
+    # On the definition not served, at its own line, naming the one served.
+    assert (f["file"], f["line"]) == (str(tmp_path / "a.yaml"), 2)
+    assert f"{tmp_path / 'b.yaml'}:1" in f["message"] and "served" in f["message"]
+    assert f["object"] == {"kind": "Service", "namespace": "default", "name": "web"}
+
+
+def test_same_object_twice_alike_is_no_conflict(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from controlplane.cli import main
+
+    (tmp_path / "a.yaml").write_text("# a copy\n" + DUP % 80)
+    (tmp_path / "b.yaml").write_text(DUP % 80)
+    assert main(["analyze", "-f", str(tmp_path)]) == 0
+    assert "CP0005" not in capsys.readouterr().out

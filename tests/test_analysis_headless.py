@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.analysis_helpers import line_of, only, run
+from tests.analysis_helpers import line_of, only, run, virtual_service
 
 BASE = """\
 apiVersion: v1
@@ -22,16 +22,11 @@ spec: {hostname: db-0, subdomain: %s, containers: [{name: app, image: demo}]}
 status: {phase: Running, podIP: 10.0.0.5, conditions: [{type: Ready, status: "True"}]}
 """
 
-VS = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: db, namespace: default}
-spec:
-  hosts: [db]
-  http:
-  - timeout: 2s
-    route: [{destination: {host: db}}]
-"""
+VS = virtual_service("""\
+    http:
+    - timeout: 2s
+      route: [{destination: {host: db}}]
+    """, name="db", hosts="[db]")
 
 
 def test_virtual_service_does_not_reach_pod_names(tmp_path: Path) -> None:

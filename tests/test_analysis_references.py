@@ -4,30 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.analysis_helpers import line_of, only, run
+from tests.analysis_helpers import destination_rule, line_of, only, run, virtual_service
 
-VS = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: r, namespace: default}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: %s}
-"""
+VS = virtual_service("""\
+    http:
+    - route:
+      - destination: {host: %s}
+    """)
 
-DR = """\
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: default}
-spec:
-  host: reviews
-  subsets:
-  - name: v1
-    labels: {version: v1}
-"""
+DR = "---\n" + destination_rule("""\
+    subsets:
+    - name: v1
+      labels: {version: v1}
+    """)
 
 
 def test_route_to_unknown_host(tmp_path: Path) -> None:
@@ -44,18 +33,13 @@ def test_route_to_known_host_by_any_name(tmp_path: Path) -> None:
 
 
 def test_tcp_tls_routes_and_mirrors_are_checked(tmp_path: Path) -> None:
-    found = run(tmp_path, """\
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: r, namespace: default}
-        spec:
-          hosts: [reviews]
-          http:
-          - route: [{destination: {host: reviews}}]
-            mirror: {host: shadow}
-          tcp:
-          - route: [{destination: {host: gone-tcp}}]
-        """)
+    found = run(tmp_path, virtual_service("""\
+        http:
+        - route: [{destination: {host: reviews}}]
+          mirror: {host: shadow}
+        tcp:
+        - route: [{destination: {host: gone-tcp}}]
+        """))
     assert {f.path for f in only(found, "CP0101")} == {
         "spec.http[0].mirror.host", "spec.tcp[0].route[0].destination.host"}
     mirror = next(f for f in found if "mirror" in f.path)
@@ -90,6 +74,30 @@ def test_virtual_service_for_known_host(tmp_path: Path) -> None:
     assert not only(run(tmp_path, VS % "reviews"), "CP0104")
 
 
+TLS_VS = virtual_service("""\
+    tls:
+    - match: [{sniHosts: [%s]}]
+      route: [{destination: {host: reviews}}]
+    """, hosts='[%s, "*.api.example"]')
+
+
+def test_host_that_scopes_sni_hosts_is_not_unknown(tmp_path: Path) -> None:
+    # Istio requires each sniHost within a host: the wildcard is needed, and the routes
+    # apply on reviews' port by SNI (tests/golden/tls-routes).
+    assert not only(run(tmp_path, TLS_VS % ("reviews", "v2.api.example")), "CP0104")
+
+
+def test_sni_wildcard_host_holding_no_sni_host_is_unknown(tmp_path: Path) -> None:
+    [f] = only(run(tmp_path, TLS_VS % ("reviews", "reviews")), "CP0104")
+    assert f.path == "spec.hosts[1]" and "*.api.example" in f.message
+
+
+def test_sni_host_scoping_needs_a_served_host(tmp_path: Path) -> None:
+    # Neither host is a service: the tls routes apply nowhere, whatever their SNI.
+    found = only(run(tmp_path, TLS_VS % ("ratings", "v2.api.example")), "CP0104")
+    assert [f.path for f in found] == ["spec.hosts[0]", "spec.hosts[1]"]
+
+
 def test_gateway_only_virtual_service_is_not_checked(tmp_path: Path) -> None:
     case = (VS % "nowhere").replace("hosts: [reviews]",
                                     "hosts: [example.com]\n  gateways: [ingress]")
@@ -106,17 +114,12 @@ def test_destination_rule_for_known_host(tmp_path: Path) -> None:
     assert not only(run(tmp_path, DR), "CP0105")
 
 
-ROOT = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: root, namespace: default}
-spec:
-  hosts: [reviews]
-  http:
-  - match: [{uri: {prefix: /api}}]
-    delegate: {name: api, namespace: team}
-  - route: [{destination: {host: reviews}}]
-"""
+ROOT = virtual_service("""\
+    http:
+    - match: [{uri: {prefix: /api}}]
+      delegate: {name: api, namespace: team}
+    - route: [{destination: {host: reviews}}]
+    """, name="root")
 
 DELEGATE = """\
 ---

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.analysis_helpers import line_of, only, run
+from tests.analysis_helpers import destination_rule, line_of, only, run
 
 BASE = """\
 apiVersion: v1
@@ -15,17 +15,12 @@ spec:
   ports: [{name: https, port: 443}, {name: http, port: 80}]
 """
 
-DR = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: api, namespace: default}
-spec:
-  host: api
-  trafficPolicy:
-    portLevelSettings:
-    - port: {number: %d}
-      tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}
-"""
+DR = destination_rule("""\
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: %d}
+        tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}
+    """, host="api")
 
 
 def test_origination_to_a_port_speaking_tls(tmp_path: Path) -> None:
@@ -41,18 +36,13 @@ def test_origination_to_an_http_port(tmp_path: Path) -> None:
 
 
 def test_rule_level_tls_overridden_on_the_tls_port(tmp_path: Path) -> None:
-    case = """\
-        apiVersion: networking.istio.io/v1
-        kind: DestinationRule
-        metadata: {name: api, namespace: default}
-        spec:
-          host: api
-          trafficPolicy:
-            tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}
-            portLevelSettings:
-            - port: {number: 443}
-              tls: {mode: DISABLE}
-        """
+    case = destination_rule("""\
+        trafficPolicy:
+          tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}
+          portLevelSettings:
+          - port: {number: 443}
+            tls: {mode: DISABLE}
+        """, host="api")
     assert not only(run(tmp_path, case, BASE), "CP0130")
     broken = case.replace("{number: 443}", "{number: 80}")
     [f] = only(run(tmp_path, broken, BASE), "CP0130")

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.analysis_helpers import line_of, only, run
+from tests.analysis_helpers import line_of, only, run, virtual_service
 
-CASE = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: r, namespace: default}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - {destination: {host: reviews}, weight: %d}
-    - {destination: {host: reviews}, weight: 20}
-"""
+CASE = virtual_service("""\
+    http:
+    - route:
+      - {destination: {host: reviews}, weight: %d}
+      - {destination: {host: reviews}, weight: 20}
+    """)
 
 
 def test_weights_not_adding_up(tmp_path: Path) -> None:

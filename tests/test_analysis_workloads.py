@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.analysis_helpers import line_of, only, run
+from tests.analysis_helpers import destination_rule, line_of, only, run
 
-DR = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: default}
-spec:
-  host: reviews
-  subsets:
-  - name: v1
-    labels: {version: v1}
-  - name: v3
-    labels: {version: %s}
-"""
+DR = destination_rule("""\
+    subsets:
+    - name: v1
+      labels: {version: v1}
+    - name: v3
+      labels: {version: %s}
+    """)
 
 
 def test_subset_selecting_no_pods(tmp_path: Path) -> None:

@@ -49,6 +49,9 @@ def analyze(inputs: Inputs, locate: Locate | None = None,
     if locate is not None:
         located = []
         for f in found:
+            if f.file:  # the check knows better (CP0005: a definition not served)
+                located.append(f)
+                continue
             try:
                 file, line = locate(f.object, f.path)
             except Exception:

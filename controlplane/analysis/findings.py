@@ -68,6 +68,8 @@ CODES: dict[str, Code] = _codes(
          "Kubernetes/Istio knows (a typo?); it is ignored"),
     Code("CP0004", "KindNotServed", Severity.INFO, "an Istio or Gateway API kind this "
          "control plane does not serve; it is ignored"),
+    Code("CP0005", "DuplicateObject", W, "several files define one object differently; "
+         "one is served, the others are ignored"),
     Code("CP0101", "RouteToUnknownHost", E, "a route's destination host matches no "
          "service", "IST0101"),
     Code("CP0102", "RouteToUnknownSubset", E, "a route's destination subset is not "

@@ -24,6 +24,16 @@ class Invalid:
 
 
 @dataclass(frozen=True)
+class Duplicate:
+    """An object several files define differently: which one is served, and the others
+    (each (file, 1-based line of its document))."""
+
+    key: Key
+    used: tuple[str, int]
+    others: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
 class Inputs:
     mesh: Mesh  # built from `objects` (model.mesh.build_mesh)
     objects: Mapping[Key, Object]  # every object as parsed (valid ones only)
@@ -31,6 +41,7 @@ class Inputs:
     # Documents of kinds not served (their keys), and whether the kind is a real
     # Kubernetes/Istio one (else most likely a typo).
     unserved: tuple[tuple[Key, bool], ...] = ()
+    duplicates: tuple[Duplicate, ...] = ()  # objects defined differently by several files
 
     @cached_property
     def by_kind(self) -> dict[str, list[Object]]:
@@ -52,8 +63,9 @@ class Inputs:
 
     @classmethod
     def of(cls, objects: Mapping[Key, Object], invalid: tuple[Invalid, ...] = (),
-           unserved: tuple[tuple[Key, bool], ...] = ()) -> Inputs:
-        return cls(build_mesh(objects), objects, invalid, unserved)
+           unserved: tuple[tuple[Key, bool], ...] = (),
+           duplicates: tuple[Duplicate, ...] = ()) -> Inputs:
+        return cls(build_mesh(objects), objects, invalid, unserved, duplicates)
 
 
 def field_error(text: str) -> FieldError:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -70,6 +71,16 @@ _FRESH = "zqxjkwvy0123456789ZQXJKWVY_-~"
 _BUDGET = 200_000  # search steps per target; past it the verdict is UNKNOWN
 # Python's regex parser (private, typed Any): only to sample strings a regex matches.
 _sre: Any = importlib.import_module("re._parser")
+
+
+def _parse(pattern: str) -> Any:
+    """Python's parse of an RE2 pattern. RE2 syntax such as `[[:alpha:]]` makes Python
+    warn of its own future semantics (FutureWarning "Possible nested set"), which is
+    noise about a pattern Python never runs: that warning is dropped, for this call
+    only; every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return _sre.parse(pattern)
 
 
 @dataclass(frozen=True)
@@ -137,7 +148,7 @@ def _regex_lit(pattern: str, negated: bool = False) -> Lit:
     prefix), optionally between ^ and $. (No value a request carries holds a newline,
     the one character "." leaves out.) Anything else stays a regex."""
     try:
-        parsed = _sre.parse(pattern)
+        parsed = _parse(pattern)
     except Exception:  # an RE2-only construct: a regex it stays
         return Lit("regex", pattern, negated)
     items = list(parsed)
@@ -286,7 +297,7 @@ def _sample(pattern: str, extra: int) -> str | None:
     """A string the regex matches (repetitions at their minimum plus `extra`); None when
     the pattern uses what this small sampler does not know."""
     try:
-        return _emit(_sre.parse(pattern), extra)
+        return _emit(_parse(pattern), extra)
     except Exception:  # an RE2-only construct, or one not handled: no sample
         return None
 

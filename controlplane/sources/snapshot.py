@@ -14,7 +14,7 @@ from typing import Any
 
 from controlplane.model.meta import Key
 from controlplane.model.parse import Object, key_of
-from controlplane.sources.files import walk
+from controlplane.sources.files import Conflict, Definition, _newest, walk
 from controlplane.sources.kubernetes import KubernetesSource
 from controlplane.sources.locations import DocumentLines, locate
 from controlplane.sources.manifests import (
@@ -35,6 +35,33 @@ class DirectoryRead:
     # Documents of kinds not served: key -> whether the kind is a real one (manifests.py)
     unserved: dict[Key, bool] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # "path: why" for files not read
+    # Every file's valid definition of each key, as the watched source keeps them (the
+    # newest served: here, of the latest read), and each definition's lines.
+    definitions: dict[Key, dict[Path, Definition]] = field(default_factory=dict)
+    definition_lines: dict[tuple[Key, Path], DocumentLines] = field(default_factory=dict)
+    reads: int = 0  # read_directory calls into this
+
+    def conflicts(self) -> dict[Key, Conflict]:
+        """Objects several files of one read (-f) define differently (copies that agree
+        are none), with the file served: the watched source's rule (files.py), so
+        analyze names the file serve would use."""
+        out: dict[Key, Conflict] = {}
+        for key, all_defs in self.definitions.items():
+            if len(all_defs) < 2:
+                continue
+            # A later -f replacing an object is an override, meant: only the definitions
+            # of the read that wins can conflict.
+            last = max(d.seen for d in all_defs.values())
+            defs = {p: d for p, d in all_defs.items() if d.seen == last}
+            used, served = _newest(defs)
+            if any(d.obj != served.obj for d in defs.values()):
+                out[key] = Conflict(used, tuple(sorted(defs, key=str)))
+        return out
+
+    def first_line(self, key: Key, file: Path) -> tuple[str, int]:
+        """(file, first line) of `file`'s definition of `key`."""
+        lines = self.definition_lines.get((key, file))
+        return str(file), lines.line if lines is not None else 0
 
     def where(self, key: Key, path: str) -> tuple[str, int]:
         """(file, line) of a field of an object read here; ("", 0) when unknown."""
@@ -48,6 +75,7 @@ def read_directory(directory: Path, into: DirectoryRead | None = None,
     source decides in one scan, the file whose path sorts last wins an object defined
     twice. `into`: add to an earlier read (several -f), later directories winning."""
     out = into if into is not None else DirectoryRead()
+    out.reads += 1
     if directory.is_file():
         paths = [directory]
     else:
@@ -77,8 +105,15 @@ def read_directory(directory: Path, into: DirectoryRead | None = None,
         for key, obj in manifest.objects.items():
             out.rejected.pop(key, None)
             out.objects[key] = obj
+            out.definitions.setdefault(key, {})[path] = Definition(out.reads, obj)
             if key in lines:
-                out.lines[key] = lines[key]
+                out.lines[key] = out.definition_lines[key, path] = lines[key]
+    for key, defs in out.definitions.items():
+        if len(defs) > 1 and key in out.objects:  # the one serve would use (files.py)
+            used, served = _newest(defs)
+            out.objects[key] = served.obj
+            if (key, used) in out.definition_lines:
+                out.lines[key] = out.definition_lines[key, used]
     return out
 
 

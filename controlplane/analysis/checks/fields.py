@@ -1,10 +1,12 @@
 """Objects as written: refused by validation (CP0001), fields accepted and ignored
 (CP0002: the parsers' warnings, each "path: message"), documents of kinds not served
-(CP0003 unknown, CP0004 Istio's but not served here)."""
+(CP0003 unknown, CP0004 Istio's but not served here), one object defined differently by
+several files (CP0005)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 from controlplane.analysis.checks.common import finding
 from controlplane.analysis.findings import Finding
@@ -51,4 +53,16 @@ def kinds(inputs: Inputs) -> Iterator[Finding]:
                           "ServiceEntry; Gateways are not served)")
 
 
-CHECKS = [invalid, ignored, kinds]
+def duplicates(inputs: Inputs) -> Iterator[Finding]:
+    """One finding on each definition not served, at its own file and line."""
+    for dup in inputs.duplicates:
+        used = f"{dup.used[0]}:{dup.used[1]}"
+        for file, line in dup.others:
+            yield replace(finding(
+                "CP0005", dup.key, "", f"also defined, differently, in {used}, the definition "
+                "served (the file whose path sorts last); this one is ignored",
+                f"keep one definition of {dup.key.kind} {dup.key.namespace}/"
+                f"{dup.key.name}: delete or rename the others"), file=file, line=line)
+
+
+CHECKS = [invalid, ignored, kinds, duplicates]

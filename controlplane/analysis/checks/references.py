@@ -15,6 +15,7 @@ from controlplane.analysis.checks.common import destination_rules, finding, of_k
 from controlplane.analysis.findings import Finding
 from controlplane.analysis.inputs import Inputs
 from controlplane.model.delegate import find_delegate
+from controlplane.model.tls_route_parse import within
 from controlplane.model.virtual_service import Destination, VirtualService
 
 # What each section's broken destination does to traffic.
@@ -84,9 +85,10 @@ def host_references(inputs: Inputs) -> Iterator[Finding]:
     for vs in of_kind(inputs, VirtualService):
         if not vs.applies_to_sidecars:
             continue
-        for k, host in enumerate(vs.hosts):
-            fqdn = mesh.resolve_host(host, vs.meta.namespace)
-            if fqdn not in mesh.services:
+        fqdns = [mesh.resolve_host(host, vs.meta.namespace) for host in vs.hosts]
+        serves = any(fqdn in mesh.services for fqdn in fqdns)
+        for k, (host, fqdn) in enumerate(zip(vs.hosts, fqdns, strict=True)):
+            if fqdn not in mesh.services and not (serves and _scopes_sni(vs, host)):
                 yield finding(
                     "CP0104", vs, f"spec.hosts[{k}]",
                     f"host {host!r} ({fqdn}) matches no service: its routes apply to no "
@@ -101,6 +103,14 @@ def host_references(inputs: Inputs) -> Iterator[Finding]:
                 "apply to nothing",
                 "name an existing Service's host (short names resolve in the rule's "
                 "namespace), or create the Service")
+
+
+def _scopes_sni(vs: VirtualService, host: str) -> bool:
+    """Whether `host` holds some of the tls routes' sniHosts. Istio requires every SNI
+    name within one of the hosts, so such a host (often `*.example.com`) is needed even
+    when no service has it: the routes apply on the ports of the hosts that are
+    services, by SNI, and dropping it would make the object invalid."""
+    return any(within(sni, host) for r in vs.tls for m in r.matches for sni in m.sni_hosts)
 
 
 def delegates(inputs: Inputs) -> Iterator[Finding]:
