@@ -19,8 +19,9 @@ that contain it, so a union covers even where no single earlier match does. For 
 and prefix literals a finite set of values meets every region (`_string_values`: a walk
 down the trie of the literals' values, with one fresh character wherever a value may
 leave every literal), plus "absent" for headers and query parameters. The port takes
-the host's port and `:authority` the names that reach the host's virtual host there
-(when the caller gives them), so both are finite.
+the host's port and `:authority` the values that reach the host's virtual host there
+(when the caller gives its names): any case spelling of a name, since Envoy picks the
+virtual host case-insensitively but matches `:authority` as sent.
 
 Exact where it can be, sound where it cannot (a route called unreachable never is):
 
@@ -338,10 +339,9 @@ def _candidates(dim: Dim, target: Sequence[Lit], earlier: Sequence[Lit], space: 
         known = sorted({int(lit.value) for lit in (*target, *earlier)})
         finite = [str(p) for p in space.ports or [*known, max(known, default=0) + 1]]
         return finite, True
-    if dim == AUTHORITY and space.authorities:
-        finite = list(space.authorities)
-        return finite, True
     lits = tuple(dict.fromkeys([*target, *earlier]))
+    if dim == AUTHORITY and space.authorities:
+        return _authorities(target, lits, space.authorities)
     absent: list[Value] = [None] if dim[0] in ("header", "query") and dim not in (
         METHOD, AUTHORITY) else []
     pinned = [lit.value for lit in target
@@ -360,6 +360,29 @@ def _candidates(dim: Dim, target: Sequence[Lit], earlier: Sequence[Lit], space: 
     common = ["GET", "POST", "PUT", "DELETE", "PATCH"] if dim == METHOD else []
     seen = list(dict.fromkeys([*absent, *common, *values]))
     return seen, complete and not regex
+
+
+def _authorities(target: Sequence[Lit], lits: tuple[Lit, ...], names: tuple[str, ...]
+                 ) -> tuple[list[Value], bool]:
+    """The `:authority` values that reach the host's virtual host: Envoy picks the
+    virtual host on the ASCII-lowercased Host, but header matchers see it as sent, so
+    any string whose fold is one of the names. One case-insensitive exact literal per
+    name makes that set a union of the literals' regions; the walk then yields one value
+    in each, and those outside the names are dropped."""
+    folded = {_fold(n) for n in names}
+    pinned = [lit.value for lit in target
+              if lit.kind == "exact" and not lit.negated and not lit.ci]
+    if pinned:
+        return ([pinned[0]] if _fold(pinned[0]) in folded else []), True
+    strings, complete = _string_values(
+        tuple(dict.fromkeys([*lits, *(Lit("exact", n, ci=True) for n in sorted(folded))])), "")
+    values: list[Value] = [v for v in strings if _fold(v) in folded]
+    regex = any(lit.kind == "regex" for lit in lits)
+    if regex:
+        values += [v for v in _regex_samples(target) if _fold(v) in folded]
+    # The names as written first, so a witness reads like a request a client sends.
+    values = list(dict.fromkeys([*(n for n in names if n in values), *values]))
+    return values, complete and not regex
 
 
 def _implies(target: Sequence[Lit], lit: Lit) -> bool:
