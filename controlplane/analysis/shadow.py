@@ -56,7 +56,7 @@ from typing import Any
 import re2
 
 from controlplane.model.istio_common import StringMatch
-from controlplane.model.virtual_service import HTTPMatch, HTTPRoute
+from controlplane.model.virtual_service import HTTPMatch, HTTPRoute, query_presence
 
 PATH = ("path", "")
 PORT = ("port", "")
@@ -163,7 +163,8 @@ def _regex_lit(pattern: str, negated: bool = False) -> Lit:
 
 
 def box(m: HTTPMatch | None) -> Box:
-    """A match as translate/routes.py emits it (route_match), as constraints."""
+    """A match as translate/routes.py emits it (route_match), as constraints: both read
+    the path's case rules and the query's presence rule from the model."""
     out: dict[Dim, list[Lit]] = {}
     if m is None:
         return {}
@@ -171,15 +172,12 @@ def box(m: HTTPMatch | None) -> Box:
     def add(dim: Dim, lit: Lit) -> None:
         out.setdefault(dim, []).append(lit)
 
-    if m.uri is not None:
-        # A regex takes "(?i)" from ignoreUriCase (RE2 folds Unicode, so it is kept a
-        # regex then); exact and prefix compare ASCII-folded.
-        if m.uri.kind == "regex" and not m.ignore_uri_case:
-            add(PATH, _regex_lit(m.uri.value))
-        else:
-            add(PATH, Lit(m.uri.kind, m.uri.value, False,
-                          m.ignore_uri_case and (m.uri.kind == "regex"
-                                                 or _has_letters(m.uri.value))))
+    if m.uri_regex is not None:
+        # With ignoreUriCase it carries "(?i)" (RE2 folds Unicode, so it stays a regex).
+        add(PATH, _regex_lit(m.uri_regex))
+    elif m.uri is not None:  # exact and prefix: ignoreUriCase compares ASCII-folded
+        add(PATH, Lit(m.uri.kind, m.uri.value, False,
+                      not m.uri_case_sensitive and _has_letters(m.uri.value)))
     for name, hm in m.headers:
         add(("header", name.lower()), _lit(hm))
     for name, hm in m.without_headers:
@@ -189,10 +187,7 @@ def box(m: HTTPMatch | None) -> Box:
     if m.authority is not None:
         add(AUTHORITY, _lit(m.authority))
     for name, qm in m.query_params:
-        # translate: no value, or an empty exact value, is a presence check.
-        add(("query", name), Lit("present") if qm is None or (qm.kind == "exact"
-                                                              and not qm.value)
-            else _lit(qm))
+        add(("query", name), Lit("present") if query_presence(qm) else _lit(qm))
     if m.port is not None:
         add(PORT, Lit("exact", str(m.port)))
     return {d: tuple(lits) for d, lits in out.items()}

@@ -95,11 +95,7 @@ def spaces(service: Service) -> list[Space]:
     """Per HTTP port of the service, what its virtual host there receives: the port,
     and the Host values that reach it (each name, bare or with that port; the short
     name only from the service's namespace, which only makes a cover rarer)."""
-    name, ns = service.meta.name, service.meta.namespace
-    names = [service.fqdn, f"{service.fqdn}.", f"{name}.{ns}.svc", f"{name}.{ns}", name]
-    if service.cluster_ip:
-        names.append(f"[{service.cluster_ip}]" if ":" in service.cluster_ip
-                     else service.cluster_ip)
+    names = [*service.aliases(), service.meta.name]  # the virtual host's domains
     return [Space((p.port,), tuple([*names, *(f"{n}:{p.port}" for n in names)]))
             for p in service.ports if p.l7.is_http]
 
