@@ -221,7 +221,8 @@ def covers_clients(earlier: HTTPMatch | None, target: HTTPMatch | None) -> bool:
 @dataclass(frozen=True)
 class Space:
     """What the host's requests can carry: its HTTP ports and the names a client may
-    send as the Host (empty: any value, which only makes the decision more cautious)."""
+    send as the Host, each in any case spelling (empty: any value, which only makes the
+    decision more cautious)."""
 
     ports: tuple[int, ...] = ()
     authorities: tuple[str, ...] = ()
