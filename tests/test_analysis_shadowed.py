@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from controlplane.analysis import shadow
-from controlplane.analysis.checks import CHECKS
+from controlplane.analysis.checks import CHECKS, shadowed
 from controlplane.analysis.checks.shadowed import check
 from controlplane.analysis.inputs import Inputs
 from controlplane.analysis.shadow import Outcome, RouteVerdict, Space, decide
@@ -148,13 +148,24 @@ def test_method_and_authority() -> None:
     v = verdict(route(get), route(HTTPMatch(method=S("prefix", "G"))))
     assert v.outcome is Outcome.REACHABLE and v.witness is not None
     assert v.witness.method.startswith("G") and v.witness.method != "GET"
-    # The host's names are finite: a prefix every name starts with covers all of them.
+    # Envoy picks the virtual host case-insensitively but matches `:authority` as
+    # sent: "WEB" reaches the host and passes a prefix every lowercase name starts with.
     space = Space(ports=(80,), authorities=("web.default.svc.cluster.local", "web",
                                             "web:80"))
-    assert outcomes(route(HTTPMatch(authority=S("prefix", "web"))), route(),
-                    space=space) == [R, C]
+    v = verdict(route(HTTPMatch(authority=S("prefix", "web"))), route(), space=space)
+    assert v.outcome is Outcome.REACHABLE and v.witness is not None
+    assert v.witness.authority.lower() in space.authorities
+    assert not v.witness.authority.startswith("web")
     assert outcomes(route(HTTPMatch(authority=S("exact", "web"))), route(),
                     space=space) == [R, R]
+    # Still finite: a case-insensitive cover of every spelling is decided exactly.
+    assert outcomes(route(HTTPMatch(authority=S("regex", "(?i)web.*"))), route(),
+                    space=space)[0] == R
+    assert outcomes(route(HTTPMatch(authority=S("prefix", "web"))),
+                    route(HTTPMatch(authority=S("exact", "Web:80"))), route(),
+                    space=space) == [R, R, R]
+    # A spelling no name folds to never reaches this host.
+    assert outcomes(route(HTTPMatch(authority=S("exact", "other"))), space=space) == [C]
 
 
 def test_query_params() -> None:
@@ -328,6 +339,104 @@ spec:
     [finding] = check(_inputs(text))
     # Its cover is the delegate's own second route, merged under the root's match.
     assert "VirtualService default/web spec.http[0].match[0]" in finding.message
+
+
+def _two_roots(b_first: str) -> str:
+    """Roots web and ratings, both delegating to team/api; web first matches /api."""
+    ratings = SERVICE.replace("name: web", "name: ratings")
+    return ratings + _vs(f"""
+  - {{match: [{{uri: {{prefix: /api}}}}], {DIRECT}}}
+  - {{delegate: {{name: api, namespace: team}}}}""", extra=f"""
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings]
+  http:{b_first}
+  - {{delegate: {{name: api, namespace: team}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: team}}
+spec:
+  http:
+  - {{match: [{{uri: {{prefix: /api/v2}}}}, {{uri: {{prefix: /x}}}}], {DIRECT}}}
+  - {{match: [{{uri: {{prefix: /api/v3}}}}], {DIRECT}}}
+  - {{{DIRECT}}}
+""")
+
+
+API = Key("VirtualService", "team", "api")
+RATINGS = Key("VirtualService", "default", "ratings")
+
+
+def test_a_delegate_shared_by_two_roots_is_reported_only_if_dead_under_both() -> None:
+    # Under ratings, nothing hides api's routes: web's /api match alone says nothing
+    # about the delegate (its author cannot fix web's order).
+    assert _found(_two_roots("")) == []
+    # ratings hides /api/v3 too: api's http[1] is dead under both roots.
+    text = _two_roots(f"""
+  - {{match: [{{uri: {{prefix: /api/v3}}}}], {DIRECT}}}""")
+    found = list(check(_inputs(text)))
+    assert [(f.code.code, f.object, f.path) for f in found] == \
+        [("CP0110", API, "spec.http[1]")]
+    [finding] = found
+    # One finding for both roots, naming each.
+    assert "default/ratings spec.http[0].match[0]" in finding.message
+    assert "default/web" in finding.message.split("likewise under")[1]
+    # The same match dead under both roots is ineffective; the route still lives (/x).
+    assert _found(_two_roots(f"""
+  - {{match: [{{uri: {{prefix: /api/v2}}}}], {DIRECT}}}""")) == \
+        [("CP0111", API, "spec.http[0].match[0]")]
+
+
+def test_a_replay_that_disagrees_with_the_mesh_names_no_index(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The merged list is longer than the root's spec.http: its indexes are not the
+    # object's, so the finding names the route list only.
+    text = _vs(f"""
+  - {{match: [{{uri: {{prefix: /api}}}}], delegate: {{name: api, namespace: team}}}}
+  - {{{DIRECT}}}""", extra=f"""
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: team}}
+spec:
+  http:
+  - {{{DIRECT}}}
+  - {{match: [{{uri: {{prefix: /api/v1/x}}}}], {DIRECT}}}
+""")
+    monkeypatch.setattr(shadowed, "merge_route", lambda *_: None)
+    assert _found(text) == [("CP0110", WEB, "spec.http")]  # not spec.http[1]: live
+
+
+def test_the_authority_is_any_case_spelling_of_the_hosts_names() -> None:
+    # Envoy picks the virtual host on the lowercased Host but matches `authority:` as
+    # sent: "REVIEWS" passes neither match and reaches the catch-all, "Reviews:9080"
+    # the second route (both checked on a real Envoy).
+    reviews = """
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{authority: {prefix: reviews}}]
+    route: [{destination: {host: reviews}}]
+  - match: [{authority: {exact: "Reviews:9080"}}]
+    route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}}]
+"""
+    assert _found(reviews) == []
+    # A spelling that reaches another host only still makes its route dead here.
+    assert _found(reviews.replace('"Reviews:9080"', '"ratings"')) == \
+        [("CP0110", Key("VirtualService", "shop", "reviews"), "spec.http[1]")]
 
 
 def test_the_check_reads_ports_from_the_service() -> None:

@@ -3,7 +3,8 @@ alphabet (seeded), one VirtualService per service, every rule a direct response 
 its index, all in one config so one Envoy start checks them all (SotW and Delta).
 
 (a) A route the decision calls unreachable never answers: not for requests drawn from
-    its own matches, nor for any witness of another route.
+    its own matches (with the Host in any case spelling), nor for any witness of
+    another route.
     Two sidecars ask: one with the labels some rules' sourceLabels select, one without.
 (b) A reachable route answers its witness request — decided for each sidecar's view
     (the matches its labels take), which is what it was sent.
@@ -69,7 +70,8 @@ def _match(rng: random.Random, name: str) -> dict[str, Any]:
         m["port"] = rng.choice(PORTS)
     if rng.random() < 0.1:
         m["authority"] = rng.choice([{"exact": f"{name}.default.svc.cluster.local"},
-                                     {"prefix": name}, {"exact": name}])
+                                     {"prefix": name}, {"exact": name},
+                                     {"exact": name.upper()}, {"prefix": name.upper()}])
     if rng.random() < 0.1:
         m["sourceLabels"] = rng.choice([dict(LABELS), {"app": "other"}])
     return m
@@ -165,9 +167,17 @@ def _drawn(rng: random.Random, m: dict[str, Any], authorities: list[str]) -> Sen
                                   ["1", "42", "a"])))
     elif rng.random() < 0.3:
         query.append(("q", rng.choice(["1", "a"])))
+    # Any case spelling of a name reaches the host (Envoy picks the virtual host
+    # case-insensitively), and `authority:` matches see it as sent.
     auth = m.get("authority")
-    authority = rng.choice([a for a in authorities if _takes(auth, a)] if auth
-                           else authorities)
+    pool = [*authorities, *(_flip_case(rng, a) for a in authorities)]
+    if auth and "exact" in auth and auth["exact"].lower() in authorities:
+        pool.append(auth["exact"])
+    if auth and "prefix" in auth:  # the literal's spelling, then a name's rest
+        p = auth["prefix"]
+        pool += [p + a[len(p):] for a in authorities if a.startswith(p.lower())]
+    # (A match no spelling of a name meets: any request, which must not reach it either.)
+    authority = rng.choice([a for a in pool if _takes(auth, a)] or pool if auth else pool)
     return Sent(m.get("port") or rng.choice(PORTS), authority, method, path,
                 tuple(headers), tuple(query))
 

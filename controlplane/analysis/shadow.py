@@ -19,8 +19,9 @@ that contain it, so a union covers even where no single earlier match does. For 
 and prefix literals a finite set of values meets every region (`_string_values`: a walk
 down the trie of the literals' values, with one fresh character wherever a value may
 leave every literal), plus "absent" for headers and query parameters. The port takes
-the host's port and `:authority` the names that reach the host's virtual host there
-(when the caller gives them), so both are finite.
+the host's port and `:authority` the values that reach the host's virtual host there
+(when the caller gives its names): any case spelling of a name, since Envoy picks the
+virtual host case-insensitively but matches `:authority` as sent.
 
 Exact where it can be, sound where it cannot (a route called unreachable never is):
 
@@ -56,7 +57,7 @@ from typing import Any
 import re2
 
 from controlplane.model.istio_common import StringMatch
-from controlplane.model.virtual_service import HTTPMatch, HTTPRoute
+from controlplane.model.virtual_service import HTTPMatch, HTTPRoute, query_presence
 
 PATH = ("path", "")
 PORT = ("port", "")
@@ -173,7 +174,8 @@ def _regex_lit(pattern: str, negated: bool = False) -> Lit:
 
 
 def box(m: HTTPMatch | None) -> Box:
-    """A match as translate/routes.py emits it (route_match), as constraints."""
+    """A match as translate/routes.py emits it (route_match), as constraints: both read
+    the path's case rules and the query's presence rule from the model."""
     out: dict[Dim, list[Lit]] = {}
     if m is None:
         return {}
@@ -181,15 +183,12 @@ def box(m: HTTPMatch | None) -> Box:
     def add(dim: Dim, lit: Lit) -> None:
         out.setdefault(dim, []).append(lit)
 
-    if m.uri is not None:
-        # A regex takes "(?i)" from ignoreUriCase (RE2 folds Unicode, so it is kept a
-        # regex then); exact and prefix compare ASCII-folded.
-        if m.uri.kind == "regex" and not m.ignore_uri_case:
-            add(PATH, _regex_lit(m.uri.value))
-        else:
-            add(PATH, Lit(m.uri.kind, m.uri.value, False,
-                          m.ignore_uri_case and (m.uri.kind == "regex"
-                                                 or _has_letters(m.uri.value))))
+    if m.uri_regex is not None:
+        # With ignoreUriCase it carries "(?i)" (RE2 folds Unicode, so it stays a regex).
+        add(PATH, _regex_lit(m.uri_regex))
+    elif m.uri is not None:  # exact and prefix: ignoreUriCase compares ASCII-folded
+        add(PATH, Lit(m.uri.kind, m.uri.value, False,
+                      not m.uri_case_sensitive and _has_letters(m.uri.value)))
     for name, hm in m.headers:
         add(("header", name.lower()), _lit(hm))
     for name, hm in m.without_headers:
@@ -199,10 +198,7 @@ def box(m: HTTPMatch | None) -> Box:
     if m.authority is not None:
         add(AUTHORITY, _lit(m.authority))
     for name, qm in m.query_params:
-        # translate: no value, or an empty exact value, is a presence check.
-        add(("query", name), Lit("present") if qm is None or (qm.kind == "exact"
-                                                              and not qm.value)
-            else _lit(qm))
+        add(("query", name), Lit("present") if query_presence(qm) else _lit(qm))
     if m.port is not None:
         add(PORT, Lit("exact", str(m.port)))
     return {d: tuple(lits) for d, lits in out.items()}
@@ -236,7 +232,8 @@ def covers_clients(earlier: HTTPMatch | None, target: HTTPMatch | None) -> bool:
 @dataclass(frozen=True)
 class Space:
     """What the host's requests can carry: its HTTP ports and the names a client may
-    send as the Host (empty: any value, which only makes the decision more cautious)."""
+    send as the Host, each in any case spelling (empty: any value, which only makes the
+    decision more cautious)."""
 
     ports: tuple[int, ...] = ()
     authorities: tuple[str, ...] = ()
@@ -349,10 +346,9 @@ def _candidates(dim: Dim, target: Sequence[Lit], earlier: Sequence[Lit], space: 
         known = sorted({int(lit.value) for lit in (*target, *earlier)})
         finite = [str(p) for p in space.ports or [*known, max(known, default=0) + 1]]
         return finite, True
-    if dim == AUTHORITY and space.authorities:
-        finite = list(space.authorities)
-        return finite, True
     lits = tuple(dict.fromkeys([*target, *earlier]))
+    if dim == AUTHORITY and space.authorities:
+        return _authorities(target, lits, space.authorities)
     absent: list[Value] = [None] if dim[0] in ("header", "query") and dim not in (
         METHOD, AUTHORITY) else []
     pinned = [lit.value for lit in target
@@ -371,6 +367,29 @@ def _candidates(dim: Dim, target: Sequence[Lit], earlier: Sequence[Lit], space: 
     common = ["GET", "POST", "PUT", "DELETE", "PATCH"] if dim == METHOD else []
     seen = list(dict.fromkeys([*absent, *common, *values]))
     return seen, complete and not regex
+
+
+def _authorities(target: Sequence[Lit], lits: tuple[Lit, ...], names: tuple[str, ...]
+                 ) -> tuple[list[Value], bool]:
+    """The `:authority` values that reach the host's virtual host: Envoy picks the
+    virtual host on the ASCII-lowercased Host, but header matchers see it as sent, so
+    any string whose fold is one of the names. One case-insensitive exact literal per
+    name makes that set a union of the literals' regions; the walk then yields one value
+    in each, and those outside the names are dropped."""
+    folded = {_fold(n) for n in names}
+    pinned = [lit.value for lit in target
+              if lit.kind == "exact" and not lit.negated and not lit.ci]
+    if pinned:
+        return ([pinned[0]] if _fold(pinned[0]) in folded else []), True
+    strings, complete = _string_values(
+        tuple(dict.fromkeys([*lits, *(Lit("exact", n, ci=True) for n in sorted(folded))])), "")
+    values: list[Value] = [v for v in strings if _fold(v) in folded]
+    regex = any(lit.kind == "regex" for lit in lits)
+    if regex:
+        values += [v for v in _regex_samples(target) if _fold(v) in folded]
+    # The names as written first, so a witness reads like a request a client sends.
+    values = list(dict.fromkeys([*(n for n in names if n in values), *values]))
+    return values, complete and not regex
 
 
 def _implies(target: Sequence[Lit], lit: Lit) -> bool:

@@ -102,6 +102,24 @@ class Service:
     def port(self, number: int) -> ServicePort | None:
         return next((p for p in self.ports if p.port == number), None)
 
+    def aliases(self) -> list[str]:
+        """Every name any client may use for the service, longest first: as Istio's
+        domains, the absolute FQDN (trailing dot, which DNS resolves and clients may
+        send as the Host) and the cluster IP (an IPv6 one in brackets, as in a Host
+        header). Not the bare name, which resolves from its own namespace only. The
+        translation's virtual host domains and the shadowed-route analysis both read
+        this one list."""
+        name, ns = self.meta.name, self.meta.namespace
+        names = [self.fqdn, f"{self.fqdn}.", f"{name}.{ns}.svc", f"{name}.{ns}"]
+        if self.cluster_ip:
+            names.append(host_ip(self.cluster_ip))
+        return names
+
+
+def host_ip(ip: str) -> str:
+    """An IP as a Host header carries it: IPv6 in brackets, so a port can follow."""
+    return f"[{ip}]" if ":" in ip else ip
+
 
 def parse_service(raw: dict[str, Any], errs: Errors) -> Service:
     meta = parse_meta(raw, errs, dns_label=True)

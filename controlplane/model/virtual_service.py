@@ -40,6 +40,21 @@ class HTTPMatch:
     gateways: tuple[str, ...] = ()
 
     @property
+    def uri_case_sensitive(self) -> bool:
+        """Whether Envoy compares an exact or prefix path case-sensitively
+        (ignoreUriCase turns that off; a regex takes it as `uri_regex`'s flag)."""
+        return not (self.ignore_uri_case and self.uri is not None
+                    and self.uri.kind != "regex")
+
+    @property
+    def uri_regex(self) -> str | None:
+        """The path regex as Envoy gets it: Envoy's case_sensitive does not reach a
+        regex, so ignoreUriCase becomes RE2's inline "(?i)" (as in Istio)."""
+        if self.uri is None or self.uri.kind != "regex":
+            return None
+        return f"(?i){self.uri.value}" if self.ignore_uri_case else self.uri.value
+
+    @property
     def selects_client(self) -> bool:
         """Whether the match depends on the proxy asking."""
         return bool(self.source_labels or self.source_namespace or self.gateways)
@@ -49,6 +64,12 @@ class HTTPMatch:
         if self.gateways:
             return MESH_GATEWAY in self.gateways
         return self.source_labels <= labels and self.source_namespace in ("", namespace)
+
+
+def query_presence(m: StringMatch | None) -> bool:
+    """Whether a query parameter's match only asks that it be there: no value, or (as
+    Istio reads it) an empty exact value."""
+    return m is None or (m.kind == "exact" and not m.value)
 
 
 @dataclass(frozen=True)

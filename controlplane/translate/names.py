@@ -22,19 +22,8 @@ def virtual_host_name(fqdn: str, port: int) -> str:
 
 
 def host_aliases(service: Service) -> list[str]:
-    """Every name any client may use for the service, longest first: as Istio's
-    domains, the absolute FQDN (trailing dot, which DNS resolves and clients may send
-    as the Host) and the cluster IP (an IPv6 one in brackets, as in a Host header)."""
-    name, ns = service.meta.name, service.meta.namespace
-    names = [service.fqdn, f"{service.fqdn}.", f"{name}.{ns}.svc", f"{name}.{ns}"]
-    if service.cluster_ip:
-        names.append(host_ip(service.cluster_ip))
-    return names
-
-
-def host_ip(ip: str) -> str:
-    """An IP as a Host header carries it: IPv6 in brackets, so a port can follow."""
-    return f"[{ip}]" if ":" in ip else ip
+    """Every name any client may use for the service (model: Service.aliases)."""
+    return service.aliases()
 
 
 def short_alias(service: Service) -> str:

@@ -32,6 +32,7 @@ from controlplane.model.virtual_service import (
     Redirect,
     Retries,
     VirtualService,
+    query_presence,
 )
 from controlplane.translate.destinations import resolve_destination
 from controlplane.translate.headless import pod_aliases, pod_hosts, pod_short_alias
@@ -120,11 +121,11 @@ def route_match(m: HTTPMatch | None) -> rc.RouteMatch:
     elif uri.kind == "prefix":
         out.prefix = uri.value
     else:
-        # case_sensitive does not reach a regex; RE2's inline flag does (as in Istio).
-        out.safe_regex.regex = f"(?i){uri.value}" if m and m.ignore_uri_case else uri.value
+        assert m is not None and m.uri_regex is not None
+        out.safe_regex.regex = m.uri_regex
     if m is None:
         return out
-    if m.ignore_uri_case and uri is not None and uri.kind != "regex":
+    if not m.uri_case_sensitive:
         out.case_sensitive.value = False
     for name, hm in m.headers:
         out.headers.append(_header(name.lower(), hm))
@@ -136,8 +137,8 @@ def route_match(m: HTTPMatch | None) -> rc.RouteMatch:
         out.headers.append(_header(":authority", m.authority))
     for name, qm in m.query_params:
         qp = out.query_parameters.add(name=name)
-        if qm is None or (qm.kind == "exact" and not qm.value):
-            qp.present_match = True  # Istio: an empty exact value means "present"
+        if qm is None or query_presence(qm):
+            qp.present_match = True
         else:
             qp.string_match.CopyFrom(_string_matcher(qm))
     return out

@@ -1,7 +1,10 @@
 """Shadowed HTTP routes (CP0110) and matches (CP0111), from the decision in
 analysis/shadow.py, for every VirtualService some sidecar routes by.
 
-A route merged from a delegate is reported on the delegate, at its own index there.
+A route merged from a delegate is reported on the delegate, at its own index there,
+and only when it is unreachable under every root that merges it (a delegate may be
+shared; under another root it may still be taken, and then nothing is reported: the
+delegate's own author cannot fix one root's order).
 A route configuration is per port, so the routes are decided per HTTP port of each
 host (its port, the names a client may send there); a route is reported only when it
 is unreachable on every one of them.
@@ -9,8 +12,9 @@ is unreachable on every one of them.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from controlplane.analysis.findings import CODES, Finding
@@ -78,21 +82,20 @@ def _origins(vs: VirtualService, objects: dict[Key, Object], mesh: Mesh
                                 for n, m in enumerate(leaf.matches)
                                 for _ in merge_matches(root.matches, (m,)) or ())
             out.append(_Where(dkey, f"spec.http[{j}]", matches))
-    # Should the replay disagree with the Mesh's merge, plain indexes beat wrong ones.
-    return out if len(out) == len(vs.http) and all(
-        len(w.matches) == len(r.matches) for w, r in zip(out, vs.http, strict=True)) \
-        else plain
+    if len(out) == len(vs.http) and all(
+            len(w.matches) == len(r.matches) for w, r in zip(out, vs.http, strict=True)):
+        return out
+    # The replay disagrees with the Mesh's merge: the merged list's indexes need not
+    # exist in the object as written, so name only its route list.
+    return [_Where(key, "spec.http", tuple((key, "spec.http") for _ in r.matches))
+            for r in vs.http]
 
 
 def spaces(service: Service) -> list[Space]:
     """Per HTTP port of the service, what its virtual host there receives: the port,
     and the Host values that reach it (each name, bare or with that port; the short
     name only from the service's namespace, which only makes a cover rarer)."""
-    name, ns = service.meta.name, service.meta.namespace
-    names = [service.fqdn, f"{service.fqdn}.", f"{name}.{ns}.svc", f"{name}.{ns}", name]
-    if service.cluster_ip:
-        names.append(f"[{service.cluster_ip}]" if ":" in service.cluster_ip
-                     else service.cluster_ip)
+    names = [*service.aliases(), service.meta.name]  # the virtual host's domains
     return [Space((p.port,), tuple([*names, *(f"{n}:{p.port}" for n in names)]))
             for p in service.ports if p.l7.is_http]
 
@@ -159,11 +162,69 @@ def forget() -> None:
     _decided.cache_clear()
 
 
+@dataclass
+class _Delegated:
+    """What the roots say about a delegate's routes and matches: a delegate is shared,
+    so a route of it is unreachable (a match ineffective) only if so in every place a
+    root merges it; the finding stands for all of them."""
+
+    # Per delegate route or match (object, path): its merged copies some sidecar
+    # takes, those never taken, and per route those unreachable.
+    places: Counter[tuple[Key, str]] = field(default_factory=Counter)
+    dead: Counter[tuple[Key, str]] = field(default_factory=Counter)
+    routes_dead: Counter[tuple[Key, str]] = field(default_factory=Counter)
+    first: dict[tuple[str, Key, str], tuple[Finding, Key]] = field(default_factory=dict)
+    roots: defaultdict[tuple[Key, str], list[Key]] = field(
+        default_factory=lambda: defaultdict(list))
+
+    def add(self, key: Key, verdicts: list[RouteVerdict], where: list[_Where],
+            found: list[Finding]) -> Iterator[Finding]:
+        """Takes the root's findings on its delegates; yields those on the root."""
+        for v in verdicts:
+            w = where[v.route]
+            if w.object == key:
+                continue
+            dead = v.outcome is Outcome.COVERED
+            self.places[(w.object, w.route)] += 1
+            if key not in self.roots[(w.object, w.route)]:
+                self.roots[(w.object, w.route)].append(key)
+            self.routes_dead[(w.object, w.route)] += dead
+            for m in v.matches:
+                if m.match is not None and w.matches[m.match][0] == w.object:
+                    self.places[w.matches[m.match]] += 1
+                    if key not in self.roots[w.matches[m.match]]:
+                        self.roots[w.matches[m.match]].append(key)
+                    self.dead[w.matches[m.match]] += dead or m.outcome is Outcome.COVERED
+        for f in found:
+            if f.object == key:
+                yield f
+                continue
+            self.first.setdefault((f.code.code, f.object, f.path), (f, key))
+
+    def findings(self) -> Iterator[Finding]:
+        for (code, obj, path), (f, root) in self.first.items():
+            if code == UNREACHABLE.code:
+                copies, dead = self.places[(obj, path)], self.routes_dead[(obj, path)]
+            else:
+                copies, dead = self.places[(obj, path)], self.dead[(obj, path)]
+                route = path.split(".match[")[0]
+                if self.routes_dead[(obj, route)] == self.places[(obj, route)]:
+                    continue  # the route's CP0110 says it
+            if dead < copies:
+                continue  # some root still takes it
+            others = [r for r in self.roots[(obj, path)] if r != root]
+            yield f if not others else replace(
+                f, message=f"{f.message} (and likewise under "
+                           f"{', '.join(str(r) for r in others)}, which also "
+                           f"merge{'s' if len(others) == 1 else ''} this delegate)")
+
+
 def check(inputs: Inputs) -> Iterator[Finding]:
     mesh = inputs.mesh
     objects = dict(inputs.objects)
     in_force = dict.fromkeys([*mesh.virtual_services.values(),
                               *(vs for _, vs in mesh.scoping().alternates())])
+    delegated = _Delegated()
     for vs in in_force:
         if not vs.applies_to_sidecars or not vs.http:
             continue
@@ -173,7 +234,9 @@ def check(inputs: Inputs) -> Iterator[Finding]:
         if not services:
             continue
         verdicts = _decided(vs.http, tuple(sp for s in services for sp in spaces(s)))
-        yield from _findings(verdicts, _origins(vs, objects, mesh))
+        where = _origins(vs, objects, mesh)
+        yield from delegated.add(_key(vs), verdicts, where, list(_findings(verdicts, where)))
+    yield from delegated.findings()
 
 
 CHECKS = [check]
