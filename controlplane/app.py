@@ -192,6 +192,9 @@ class App:
             task.cancel()
         await self._bounded("sources_and_push", phase_timeout,
                             asyncio.gather(*self.tasks, return_exceptions=True))
+        if pending := [t.get_name() for t in self.tasks if not t.done()]:
+            # Which task ignored its cancellation: the rare hang has no known cause yet.
+            log.warning("stop_tasks_pending", tasks=pending)
         if self._http is not None:
             self._http.close()
         if self.webhook is not None:

@@ -97,7 +97,11 @@ def test_serve_takes_log_flags_after_the_command(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, log.read_text()
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
-    assert events[0] == "serving" and events[-1] == "stopping", log.read_text()
+    assert events[0] == "serving" and "stopping" in events, log.read_text()
+    # A stop phase running over is logged (stop_phase_timed_out, stop_tasks_pending)
+    # and the process still exits 0: on a loaded machine that happens, rarely.
+    assert set(events[events.index("stopping") + 1:]) <= {
+        "stop_phase_timed_out", "stop_tasks_pending"}, log.read_text()
 
 
 def test_help_says_what_it_is_and_how_to_start() -> None:
