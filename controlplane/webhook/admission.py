@@ -15,6 +15,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from controlplane.model.errors import ValidationError
 from controlplane.model.istio_common import ISTIO_GROUP
 from controlplane.model.mesh_config import is_mesh_config_map
@@ -23,8 +25,10 @@ from controlplane.store import Store
 from controlplane.webhook import advice
 from controlplane.webhook.review import Request, Verdict
 
-# The verdict with the analysis's warnings: runs in a worker thread.
+# The verdict with the analysis's warnings: runs in a worker thread; never raises.
 Later = Callable[[], Verdict]
+
+log = structlog.get_logger("controlplane.webhook")
 
 VALIDATED = {(ISTIO_GROUP, "VirtualService"), (ISTIO_GROUP, "DestinationRule"),
              (ISTIO_GROUP, "Sidecar"), ("", "ConfigMap")}
@@ -79,8 +83,15 @@ class Admission:
         inputs = advice.inputs(store, obj)
         if inputs is None:
             return verdict, None
-        return verdict, lambda: dataclasses.replace(verdict, warnings=tuple(
-            advice.warnings(advice.findings(inputs, obj), obj)))
+
+        def later() -> Verdict:
+            try:
+                return dataclasses.replace(verdict, warnings=tuple(
+                    advice.warnings(advice.findings(inputs, obj), obj)))
+            except Exception:  # a bug of ours: only the analysis's warnings are lost
+                log.exception("webhook_analysis_failed", object=request.ref)
+                return verdict
+        return verdict, later
 
 
 def _with_namespace(request: Request) -> dict[str, Any]:

@@ -192,13 +192,8 @@ class WebhookServer:
         step = self._validate(body)
         if isinstance(step, _Answered):
             return step.status, step.body
-        verdict = step.verdict
-        if step.later is not None:
-            try:
-                verdict = step.later()
-            except Exception:  # a bug of ours: only the warnings are lost
-                log.exception("webhook_analysis_failed", object=step.request.ref)
-        return self._answer(step.request, verdict, started)
+        return self._answer(step.request, step.later() if step.later else step.verdict,
+                            started)
 
     async def _review(self, body: bytes) -> tuple[int, bytes]:
         """As `review`, with the analysis in a worker thread and bounded by
@@ -221,8 +216,6 @@ class WebhookServer:
                 verdict = dataclasses.replace(verdict, warnings=(*verdict.warnings, line(
                     "controlplane", "", f"analysis took over {ANALYSIS_TIMEOUT:g} s and "
                     "was left out; run `controlplane analyze`")))
-            except Exception:  # a bug of ours: only the warnings are lost
-                log.exception("webhook_analysis_failed", object=step.request.ref)
         return self._answer(step.request, verdict, started)
 
     def _validate(self, body: bytes) -> _Answered | _Validated:
