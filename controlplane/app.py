@@ -5,9 +5,12 @@ run several in one process."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -31,8 +34,9 @@ from controlplane.webhook.admission import Admission
 from controlplane.webhook.server import CertificateFiles, WebhookServer
 from controlplane.xds import types
 from controlplane.xds.cache import Snapshot, SnapshotCache
-from controlplane.xds.server import AdsServer, start_grpc_server
+from controlplane.xds.server import EXCLUSIVE_PORT, AdsServer, start_grpc_server
 
+T = TypeVar("T")
 log = structlog.get_logger("controlplane")
 
 
@@ -160,22 +164,30 @@ class App:
         return True
 
     async def start(self) -> None:
+        """Listen on every address, then start the sources, the push and the analysis.
+        An address that cannot be listened on raises CannotListen, naming it; what was
+        already listening is left for `stop`."""
         s = self.settings
-        xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
-        admin = grpc.aio.server()
+        xds, self.xds_port = await _listening("xds", s.xds_address, start_grpc_server(
+            [self.ads.handler()], s.xds_address))
+        self._servers.append(xds)
+        admin = grpc.aio.server(options=EXCLUSIVE_PORT)
         add_to_server(admin, AdminService(self.registry, self.cache, self.store))
-        self.admin_port = admin.add_insecure_port(s.admin_address)
+        self._servers.append(admin)
+        self.admin_port = await _listening("admin", s.admin_address,
+                                           _grpc_port(admin, s.admin_address))
         await admin.start()
-        self._servers = [xds, admin]
         http = HttpEndpoints(self.store, self.registry, self.cache, self.metrics,
                              source_problems=self._source_problems, analysis=self.analysis)
-        self._http, self.http_port = await http.start(s.http_address)
+        self._http, self.http_port = await _listening("http", s.http_address,
+                                                      http.start(s.http_address))
         if s.webhook_address:
             self.webhook = WebhookServer(
                 Admission(self.store, self._serves),
                 CertificateFiles(s.webhook_cert, s.webhook_key),
                 on_review=lambda outcome: self.webhook_reviews.labels(outcome).inc())
-            self.webhook_port = await self.webhook.start(s.webhook_address)
+            self.webhook_port = await _listening("webhook", s.webhook_address,
+                                                 self.webhook.start(s.webhook_address))
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)
                       for src in self.sources]
         self.tasks.append(asyncio.create_task(self.push.run(), name="push"))
@@ -208,3 +220,47 @@ class App:
         done, _ = await asyncio.wait({asyncio.ensure_future(work)}, timeout=timeout)
         if not done:
             log.warning("stop_phase_timed_out", phase=phase, timeout_s=timeout)
+
+
+class CannotListen(Exception):
+    """An address given to serve cannot be listened on (in use, not this machine's)."""
+
+    def __init__(self, listener: str, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address} ({listener}): {reason}")
+        self.listener = listener
+        self.address = address
+        self.reason = reason
+
+
+async def _listening(listener: str, address: str, starting: Awaitable[T]) -> T:
+    try:
+        return await starting
+    except OSError as e:  # asyncio's servers
+        raise CannotListen(listener, address, os.strerror(e.errno) if e.errno else str(e)
+                           ) from e
+    except RuntimeError as e:  # grpc's "Failed to bind": it does not say why
+        raise CannotListen(listener, address, _bind_error(address) or str(e)) from e
+
+
+async def _grpc_port(server: grpc.aio.Server, address: str) -> int:
+    port = server.add_insecure_port(address)
+    if port == 0:  # older grpc reports a failed bind this way rather than raising
+        raise RuntimeError("bind failed")
+    return port
+
+
+def _bind_error(address: str) -> str:
+    """Why binding `address` fails, as the OS says it, found by trying: grpc only says
+    that it failed. "" if it binds now, or the address is not host:port."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, where = infos[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(where)
+    except (OSError, ValueError, IndexError) as e:
+        return getattr(e, "strerror", None) or str(e)
+    return ""

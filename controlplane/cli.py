@@ -19,7 +19,7 @@ import yaml
 
 from controlplane import __version__
 from controlplane import log as logsetup
-from controlplane.app import App, Settings, Source
+from controlplane.app import App, CannotListen, Settings, Source
 from controlplane.bootstrap import bootstrap
 from controlplane.sources.files import FileSource
 from controlplane.sources.kubernetes import KubernetesSource, load_api_client
@@ -277,7 +277,7 @@ def _sources(args: argparse.Namespace, store: Store) -> list[Source]:
     return sources
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace) -> int:
     app = App(Settings(
         xds_address=args.xds_address, admin_address=args.admin_address,
         http_address=args.http_address, debounce_quiet=args.debounce_quiet,
@@ -292,7 +292,12 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await app.start()
+    try:
+        await app.start()
+    except CannotListen as e:
+        log.error("cannot_listen", listener=e.listener, address=e.address, error=e.reason)
+        await app.stop()
+        return 1
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*app.tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
     for task in done:
@@ -300,6 +305,7 @@ async def serve(args: argparse.Namespace) -> None:
             log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
     log.info("stopping")
     await app.stop()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -310,8 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return webhook_commands.run_certs(args)
     if args.command == "serve":
         webhook_commands.check_serve_args(p, args)
-        asyncio.run(serve(args))
-        return 0
+        return asyncio.run(serve(args))
     if args.command == "bootstrap":
         text = yaml.safe_dump(bootstrap(
             node_id=args.node_id, cluster=args.cluster, xds_address=args.xds_address,

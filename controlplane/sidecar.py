@@ -79,24 +79,45 @@ class Envoy:
         self.instance_ip = instance_ip
         self.owned = owned
         self.concurrency = concurrency
-        self.admin_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"envoy-{node_id}-"))
         self.config = self.dir / "bootstrap.yaml"
+        # Port 0, and Envoy writes the port it bound to admin_path: a port picked free
+        # beforehand can be taken (by any process's outgoing connection) before Envoy
+        # binds it, and Envoy then exits.
+        self.admin_path = self.dir / "admin-address"
+        self._admin_port = 0
         self.config.write_text(yaml.safe_dump(bootstrap(
             node_id=node_id, xds_address=f"127.0.0.1:{xds_port}",
-            admin_address=f"127.0.0.1:{self.admin_port}", instance_ip=instance_ip,
+            admin_address="127.0.0.1:0", instance_ip=instance_ip,
             namespace=namespace, delta=delta, locality=locality, labels=labels)))
         self.log = self.dir / "envoy.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
+        self.admin_path.unlink(missing_ok=True)
+        self._admin_port = 0
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config), "--disable-hot-restart",
+             "--admin-address-path", str(self.admin_path),
              "--drain-time-s", "1", "-l", "warning", "--log-path", str(self.log),
              *(["--concurrency", str(self.concurrency)] if self.concurrency else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             **(owned_process() if self.owned else {}))
+
+    @property
+    def admin_port(self) -> int:
+        """The port Envoy's admin listens on, once Envoy has bound it (OSError before)."""
+        if not self._admin_port:
+            try:
+                address = self.admin_path.read_text().strip()
+            except FileNotFoundError:
+                raise ConnectionRefusedError(f"envoy {self.node_id}: admin not bound yet"
+                                             ) from None
+            if not address:
+                raise ConnectionRefusedError(f"envoy {self.node_id}: admin not bound yet")
+            self._admin_port = int(address.rpartition(":")[2])
+        return self._admin_port
 
     def admin(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}",

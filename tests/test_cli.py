@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from controlplane import cli
-from tests.harness import envoy_binary, free_port, get, wait_until, write_yaml
+from tests.harness import envoy_binary, get, wait_until, write_yaml
 from tests.manifests import pod, service
 
 CLI = [sys.executable, "-m", "controlplane.cli"]
@@ -48,17 +48,16 @@ def test_serve_from_a_directory_to_a_real_envoy(tmp_path: Path, ip: Any, upstrea
     write_yaml(config / "web.yaml", service("web", 19090, target=18080),
                pod("web-1", pod_ip, {"app": "web"}))
     (config / "broken.yaml").write_text("kind: [")
-    xds_port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as log_file:
         proc = subprocess.Popen(
             [*CLI, "--log-format", "json", "serve", "--config-dir", str(config),
-             "--xds-address", f"127.0.0.1:{xds_port}",
              # not the defaults: a control plane running on this machine keeps them
-             "--admin-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"],
+             "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
+             "--http-address", "127.0.0.1:0"],
             stdout=log_file, stderr=log_file)
     try:
-        envoy("cli-1", xds_port, instance_ip=sidecar)
+        envoy("cli-1", serving(log)["xds_port"], instance_ip=sidecar)
         wait_until(lambda: get(sidecar, 19090, "web")[0] == 200, what="route through envoy")
         assert get(sidecar, 19090, "web")[1]["pod"] == "web-1"
     finally:
@@ -67,6 +66,50 @@ def test_serve_from_a_directory_to_a_real_envoy(tmp_path: Path, ip: Any, upstrea
     text = log.read_text()
     assert '"event": "file_rejected"' in text and "broken.yaml" in text
     assert '"event": "push"' in text and '"event": "ack"' in text
+
+
+def serving(log: Path) -> dict[str, Any]:
+    """The fields of serve's "serving" line in its JSON log, once it is there."""
+    def line() -> dict[str, Any] | None:
+        for text in log.read_text().splitlines():
+            if text.startswith("{") and (event := json.loads(text))["event"] == "serving":
+                return event
+        return None
+    return wait_until(line, what="serving")
+
+
+@pytest.mark.parametrize("listener", ["xds", "admin", "http", "webhook"])
+def test_serve_on_an_address_in_use_says_which_and_exits_1(tmp_path: Path,
+                                                             listener: str) -> None:
+    """A clear error naming the listener, the address and the OS's reason, an exit
+    code a supervisor sees, and no traceback; what already listened is closed."""
+    with socket.socket() as taken:
+        # as another control plane's gRPC listener holds it (gRPC sets SO_REUSEPORT):
+        # ours must not share it
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        addresses = {name: "127.0.0.1:0" for name in ("xds", "admin", "http", "webhook")}
+        addresses[listener] = address
+        certs = tmp_path / "certs"
+        cert, key = certs / "tls.crt", certs / "tls.key"
+        assert subprocess.run([*CLI, "webhook-certs", "--service", "cp", "--namespace", "ns",
+                               "--out", str(certs)], capture_output=True).returncode == 0
+        result = subprocess.run(
+            [*CLI, "serve", "--log-format", "json", "--config-dir", str(tmp_path / "config"),
+             *(a for name, addr in addresses.items() for a in (f"--{name}-address", addr)),
+             "--webhook-cert", str(cert), "--webhook-key", str(key)],
+            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    events = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()
+              if line.startswith("{")]
+    errors = [e for e in events if e["event"] == "cannot_listen"]
+    assert len(errors) == 1, events
+    assert errors[0]["listener"] == listener and errors[0]["address"] == address, errors
+    assert errors[0]["error"] == "Address already in use", errors
+    assert not [e for e in events if e["event"] == "serving"], events
 
 
 @pytest.mark.parametrize(("argv", "level", "fmt"), [

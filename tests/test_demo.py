@@ -4,6 +4,7 @@ left running."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import select
@@ -13,12 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controlplane.demo.story import LIVE_PACE, REQUESTS
+from controlplane.demo.story import LIVE_PACE, MANIFESTS, REQUESTS, Demo, DemoFailed
 from tests.harness import wait_until
 
 DEMO = [sys.executable, "-m", "controlplane.cli", "demo"]
@@ -194,3 +196,50 @@ def test_ctrl_c_at_the_terminal_of_an_interactive_demo_stops_everything() -> Non
     redraws = re.findall(rf"\r    {REQUESTS} requests to reviews: [^\r]*", step2)
     assert len(redraws) == LIVE_PACE.redraws(REQUESTS), redraws
     assert took >= LIVE_PACE.seconds(REQUESTS - 1), took
+
+
+def test_a_control_plane_that_exits_at_start_is_reported_with_its_log() -> None:
+    """The demo reads the control plane's ports from its "serving" line. If it exits
+    first, the demo stops at once and says so, with the end of its log: not a sidecar
+    timing out 30 s later with the cause deleted along the demo's directory."""
+    demo = Demo(MANIFESTS, interactive=False, out=io.StringIO())
+    try:
+        with demo.log_path.open("w") as log:
+            demo.serve = demo.spawn(
+                [sys.executable, "-c", "import sys; print('cannot_listen listener=xds'); "
+                 "sys.exit(1)"], stdout=log, stderr=log)
+        started = time.monotonic()
+        with pytest.raises(DemoFailed) as failed:
+            demo._serving(60)
+        assert time.monotonic() - started < 30
+        assert "exited with 1" in str(failed.value), failed.value
+        assert "cannot_listen listener=xds" in str(failed.value), failed.value
+    finally:
+        demo.stop()
+
+
+def test_a_control_plane_that_never_serves_is_reported_running() -> None:
+    demo = Demo(MANIFESTS, interactive=False, out=io.StringIO())
+    try:
+        with demo.log_path.open("w") as log:
+            demo.serve = demo.spawn(
+                [sys.executable, "-c", "import time; print('loading', flush=True); "
+                 "time.sleep(60)"], stdout=log, stderr=log)
+        with pytest.raises(DemoFailed) as failed:
+            demo._serving(1)
+        assert "is running" in str(failed.value) and "loading" in str(failed.value)
+    finally:
+        demo.stop()
+
+
+@pytest.mark.e2e
+def test_the_ports_come_from_the_serving_line_of_the_real_control_plane() -> None:
+    demo = Demo(MANIFESTS, interactive=False, out=io.StringIO())
+    try:
+        demo.start()
+        assert demo.xds_port and demo.admin_address and demo.http_address
+        with urllib.request.urlopen(f"http://{demo.http_address}/healthz", timeout=5) as r:
+            assert r.status == 200
+        assert all(e.admin("/ready").strip() == "LIVE" for e in demo.envoys)
+    finally:
+        demo.stop()

@@ -17,6 +17,7 @@ runner, so two modules would import each other.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
@@ -37,7 +38,7 @@ import yaml
 from controlplane.demo.prompt import wait_for_enter
 from controlplane.samples.traffic import Client, bar
 from controlplane.samples.workload import Workload
-from controlplane.sidecar import Envoy, free_port, owned_process
+from controlplane.sidecar import Envoy, owned_process
 
 # The demo's mesh, read through the package: it ships in the wheel (package data in
 # pyproject.toml), so `controlplane demo` runs from an installation as from a checkout.
@@ -53,6 +54,9 @@ DB0_HOST = f"db-0.db.{NAMESPACE}.svc.cluster.local"
 DB0_CLUSTER = f"outbound|{SERVICE_PORT}||{DB0_HOST}"
 DB0_NEW_IP = "127.0.10.33"
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The control plane's "serving" log line (console format) and the ports on it.
+SERVING = re.compile(r"\]\s+serving\s.*\bxds_port=\d+")
+PORT = re.compile(r"\b(xds_port|admin_port|http_port)=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,10 @@ def deferred_interrupts() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+class DemoFailed(Exception):
+    """The demo cannot go on (a part did not start); the message says what and why."""
+
+
 class Demo:
     def __init__(self, config: Traversable, interactive: bool, out: TextIO = sys.stdout,
                  pace: Pace = LIVE_PACE) -> None:
@@ -263,9 +271,12 @@ class Demo:
         self.workdir = Path(tempfile.mkdtemp(prefix="controlplane-demo-"))
         self.config = self.workdir / "config"
         copy_tree(config, self.config)
-        self.xds_port = free_port()
-        self.admin_address = f"127.0.0.1:{free_port()}"
-        self.http_address = f"127.0.0.1:{free_port()}"
+        # Known once the control plane listens (`start`): it binds port 0 and says which
+        # ports it got, so no port picked beforehand can be taken in between.
+        self.xds_port = 0
+        self.admin_address = self.http_address = ""
+        self.serve: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "controlplane.log"
         self.processes: list[subprocess.Popen[bytes]] = []
         self.workloads: list[Workload] = []
         self.envoys: list[Envoy] = []
@@ -300,17 +311,20 @@ class Demo:
         self.workloads.remove(workload)
 
     def start(self) -> None:
-        log_path = self.workdir / "controlplane.log"
         self.say(f"config directory:  {self.config}  (edit it while the demo runs)")
-        with log_path.open("w") as log:
-            serve = self.spawn(
+        with self.log_path.open("w") as log:
+            self.serve = self.spawn(
                 [sys.executable, "-m", "controlplane.cli", "serve", "--config-dir",
-                 str(self.config), "--xds-address", f"127.0.0.1:{self.xds_port}",
-                 "--admin-address", self.admin_address, "--http-address",
-                 self.http_address], stdout=log, stderr=log)
-        self.say(f"control plane:     pid {serve.pid}, xDS on 127.0.0.1:{self.xds_port}, "
+                 str(self.config), "--xds-address", "127.0.0.1:0",
+                 "--admin-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"],
+                stdout=log, stderr=log)
+        ports = self._serving(60)
+        self.xds_port = ports["xds_port"]
+        self.admin_address = f"127.0.0.1:{ports['admin_port']}"
+        self.http_address = f"127.0.0.1:{ports['http_port']}"
+        self.say(f"control plane:     pid {self.serve.pid}, xDS on 127.0.0.1:{self.xds_port}, "
                  f"admin {self.admin_address}, http://{self.http_address}/debug/configz, "
-                 f"log {log_path}")
+                 f"log {self.log_path}")
         for doc in self._pods():
             labels = doc["metadata"].get("labels", {})
             self.start_workload(doc["status"]["podIP"], labels.get("app", "?"),
@@ -322,12 +336,37 @@ class Demo:
                 self.envoys.append(Envoy(node_id, self.xds_port, instance_ip=ip,
                                          namespace=NAMESPACE, owned=True))
         for envoy in self.envoys:
-            envoy.wait_ready(30)
+            try:
+                envoy.wait_ready(30)
+            except (TimeoutError, RuntimeError) as e:  # not ready; exited
+                raise DemoFailed(f"{e}\n{self._control_plane_state()}") from None
             assert envoy.proc is not None
             self.say(f"sidecar {envoy.node_id}: Envoy pid {envoy.proc.pid} on "
                      f"{envoy.instance_ip}:{SERVICE_PORT}, admin "
                      f"http://127.0.0.1:{envoy.admin_port}, bootstrap {envoy.config}")
             self.clients.append(Client(envoy.instance_ip, SERVICE_PORT))
+
+    def _serving(self, timeout: float) -> dict[str, int]:
+        """The ports of the control plane's `serving` line, once it is logged. Raises,
+        with the log's end, if the control plane exits or says nothing in time."""
+        assert self.serve is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if SERVING.search(line):
+                    return {k: int(v) for k, v in PORT.findall(line)}
+            if self.serve.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise DemoFailed(f"the control plane is not serving\n{self._control_plane_state()}")
+
+    def _control_plane_state(self) -> str:
+        assert self.serve is not None
+        code = self.serve.poll()
+        tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+        return (f"control plane (pid {self.serve.pid}) "
+                f"{'is running' if code is None else f'exited with {code}'}; "
+                f"the end of its log ({self.log_path}):\n{tail}")
 
     def _end(self, procs: list[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
         for p in procs:
@@ -471,6 +510,9 @@ def run(config: Path | None, interactive: bool) -> int:
     try:
         demo = Demo(config or MANIFESTS, interactive)
         return 0 if demo.run() else 1
+    except DemoFailed as e:
+        print(f"\nthe demo cannot go on: {e}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything the demo started", flush=True)
         return 130

@@ -67,6 +67,12 @@ class AdsServer:
         })
 
 
+# gRPC sets SO_REUSEPORT on its listeners by default: a second control plane started on
+# the same address then binds too, and the kernel splits new connections between the two.
+# A port in use must be an error instead.
+EXCLUSIVE_PORT = (("grpc.so_reuseport", 0),)
+
+
 async def start_grpc_server(handlers: list[grpc.GenericRpcHandler], address: str
                             ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=[
@@ -84,6 +90,7 @@ async def start_grpc_server(handlers: list[grpc.GenericRpcHandler], address: str
         ("grpc.server.max_pending_requests", 1 << 20),
         ("grpc.server.max_pending_requests_hard_limit", 1 << 20),
         ("grpc.server_max_unrequested_time_in_server", 24 * 3600),
+        *EXCLUSIVE_PORT,
     ])
     server.add_generic_rpc_handlers(handlers)
     port = server.add_insecure_port(address)
