@@ -8,7 +8,7 @@ import asyncio
 import os
 import socket
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -17,7 +17,7 @@ import structlog
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
-from controlplane.admin.analysis import LiveAnalysis
+from controlplane.admin.analysis import LiveAnalysis, SourceReport
 from controlplane.admin.http import HttpEndpoints
 from controlplane.admin.metrics import Metrics
 from controlplane.admin.service import AdminService, add_to_server
@@ -77,7 +77,7 @@ class App:
         self.metrics.large_held.set_function(lambda: self.ads.large.held)
         self.metrics.large_waiting.set_function(lambda: self.ads.large.waiting)
         self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
-        self.analysis = LiveAnalysis(self.store, self.metrics, self._source_invalid,
+        self.analysis = LiveAnalysis(self.store, self.metrics, self._source_report,
                                      self._source_locator)
         self.push.on_publish.append(self._published)
         self.quarantine = (
@@ -129,14 +129,26 @@ class App:
                 out.extend(problems())
         return out
 
-    def _source_invalid(self) -> dict[Key, tuple[str, ...]]:
-        """Objects the sources refused (validation), for the analysis (CP0001)."""
-        out: dict[Key, tuple[str, ...]] = {}
+    def _source_report(self) -> SourceReport:
+        """What the sources know that the mesh does not say, for the analysis: objects
+        they refused (CP0001), kinds not served (CP0003/CP0004), objects several files
+        define differently (CP0005). Taken on the loop."""
+        refused: dict[Key, tuple[str, ...]] = {}
+        unserved: dict[Key, bool] = {}
+        duplicates: dict[Key, tuple[str, tuple[str, ...]]] = {}
+        first_lines: list[Callable[[str, Key], int]] = []
         for source in self.sources:
-            invalid = getattr(source, "invalid", None)
-            if callable(invalid):
-                out.update(invalid())
-        return out
+            for method, into in (("invalid", refused), ("unserved", unserved),
+                                 ("duplicates", duplicates)):
+                if callable(report := getattr(source, method, None)):
+                    into.update(report())
+            if callable(lines := getattr(source, "first_lines", None)):
+                first_lines.append(lines())
+
+        def first_line(file: str, key: Key) -> int:
+            return next((n for lines in first_lines if (n := lines(file, key))), 0)
+        return SourceReport(refused, unserved, duplicates,
+                            first_line if first_lines else None)
 
     def _source_locator(self) -> Locate | None:
         """Where the sources' objects are written (file, line), for the analysis: the

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.model.meta import Key
 from tests.analysis_helpers import BASE
 from tests.harness import ControlPlane, get, wait_until
 
@@ -85,3 +86,52 @@ def test_filters(plane: ControlPlane, tmp_path: Path) -> None:
     assert f["object"]["name"] == "t"
     assert analysis(plane, "?code=CP0112") == []
     assert {f["code"] for f in analysis(plane, "?namespace=team")} >= {"CP0101"}
+
+
+EXTRA = """\
+apiVersion: v1
+kind: Service
+metadata: {name: extra, namespace: default}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: %d}]
+"""
+
+
+def test_what_only_the_files_say(plane: ControlPlane, tmp_path: Path) -> None:
+    """Kinds not served (CP0003, CP0004) and objects two files define differently
+    (CP0005) are reported as `analyze -f` reports them, at their files and lines, and
+    go when the files do, though neither changes what is published."""
+    (tmp_path / "a-extra.yaml").write_text("# one\n---\n" + EXTRA % 9080)
+    wait_until(lambda: Key("Service", "default", "extra") in plane.store.published_objects(),
+               what="a-extra.yaml served")
+    # written later, so it is the one served (the watched directory's rule)
+    (tmp_path / "b-extra.yaml").write_text(EXTRA % 9081)
+    (tmp_path / "kinds.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: se, namespace: default}\nspec: {hosts: [x.example.com]}\n---\n"
+        "apiVersion: networking.istio.io/v1\nkind: VirtualSevice\n"
+        "metadata: {name: typo, namespace: default}\nspec: {}\n")
+
+    def found() -> dict[str, dict[str, Any]] | None:
+        by_code = {f["code"]: f for f in analysis(plane) or []
+                   if f["code"] in ("CP0003", "CP0004", "CP0005")}
+        return by_code if len(by_code) == 3 else None
+    by_code = wait_until(found, what="CP0003, CP0004, CP0005")
+    dup = by_code["CP0005"]
+    assert dup["object"]["name"] == "extra"
+    assert (dup["file"], dup["line"]) == (str(tmp_path / "a-extra.yaml"), 3)
+    assert f"{tmp_path / 'b-extra.yaml'}:1" in dup["message"], dup
+    assert (by_code["CP0004"]["object"]["name"], by_code["CP0004"]["file"],
+            by_code["CP0004"]["line"]) == ("se", str(tmp_path / "kinds.yaml"), 2)
+    assert (by_code["CP0003"]["object"]["name"], by_code["CP0003"]["line"]) == ("typo", 7)
+    assert gauge(plane, "CP0005") == 1 and gauge(plane, "CP0003") == 1
+
+    assert plane.cache.snapshot is not None
+    generation = plane.cache.snapshot.generation
+    (tmp_path / "a-extra.yaml").unlink()  # the definition not served: nothing to publish
+    (tmp_path / "kinds.yaml").unlink()
+    wait_until(lambda: not any(f["code"] in ("CP0003", "CP0004", "CP0005")
+                               for f in analysis(plane) or []), what="the findings to go")
+    assert plane.cache.snapshot.generation == generation  # gone without a publish
+    assert gauge(plane, "CP0005") == 0 and gauge(plane, "CP0004") == 0

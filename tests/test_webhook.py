@@ -310,6 +310,32 @@ def test_findings_about_the_object_become_warnings_and_others_do_not(
     assert store.published is not None and not store.published.virtual_services
 
 
+def test_a_root_that_hides_its_delegates_route_is_warned_about_it() -> None:
+    """The finding is on the delegate (its route can never match), but the root's
+    order causes it: applying the root warns too, naming the delegate's route."""
+    to_reviews = [{"destination": {"host": "reviews"}}]
+    delegate = vs("d", http=[{"route": to_reviews}])
+    hiding = [{"match": [{"uri": {"prefix": "/"}}], "route": to_reviews},
+              {"match": [{"uri": {"prefix": "/api"}}], "delegate": {"name": "d"}}]
+    store = synced_store(SERVICE, delegate)
+    [warning] = decide(review(vs("r", hosts=["reviews"], http=hiding)), store)["warnings"]
+    assert warning.startswith("CP0110 VirtualService default/d spec.http[0]: this route can "
+                              "never match: VirtualService default/r spec.http[0].match[0] "
+                              "covers"), warning
+    # The same root in an order that reaches the delegate: nothing to say.
+    reaching = list(reversed(hiding))
+    assert "warnings" not in decide(review(vs("r", hosts=["reviews"], http=reaching)), store)
+    # With the hiding root in force, an object that is neither the delegate nor a root
+    # merging it is not told about the delegate.
+    store = synced_store(SERVICE, delegate, vs("r", hosts=["reviews"], http=hiding))
+    other = vs("other", hosts=["reviews.other.svc.cluster.local"], http=[{"route": to_reviews}])
+    assert not [w for w in decide(review(other), store).get("warnings", [])
+                if "default/d" in w]
+    # ... and the delegate itself still is.
+    assert any(w.startswith("CP0110 spec.http[0]:")
+               for w in decide(review(delegate), store)["warnings"])
+
+
 def test_a_check_that_raises_costs_its_warnings_only(registered: list[Any]) -> None:
     def broken(inputs: Inputs) -> Iterable[Finding]:
         raise RuntimeError("a bug in a check")

@@ -38,6 +38,10 @@ class Finding:
     fix: str  # what to do about it
     file: str = ""  # where the object was read from, when known (analyze -f)
     line: int = 0  # 1-based line of `path` (or of the object) in `file`; 0: unknown
+    # Other objects whose change caused it or can fix it: for a delegate's route no
+    # request reaches, the roots whose order hides it. The admission webhook warns
+    # about it when one of them is applied too.
+    related: tuple[Key, ...] = ()
 
     @property
     def severity(self) -> Severity:

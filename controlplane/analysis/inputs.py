@@ -31,6 +31,7 @@ class Duplicate:
     key: Key
     used: tuple[str, int]
     others: tuple[tuple[str, int], ...]
+    why: str = "the file whose path sorts last"  # the rule that chose `used`
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,8 @@ def walk(directory: Path) -> dict[Identity, Found] | None:
 class FileState:
     signature: Signature
     objects: dict[Key, Object] = field(default_factory=dict)
-    ignored: set[Key] = field(default_factory=set)  # unserved kinds already warned about
+    # Documents of kinds not served: key -> whether the kind is a real one (manifests.py)
+    ignored: dict[Key, bool] = field(default_factory=dict)
     error: str = ""  # why the last read was refused (its objects are from before)
     problems: list[str] = field(default_factory=list)  # what the last good read reported
     # Documents of the last good read that failed validation: key -> "path: message"s
@@ -284,7 +285,7 @@ class FileSource:
             else:
                 log.warning("unknown_kind", file=str(path), kind=key.kind, object=str(key),
                             served=list(KINDS), hint="a typo? the object is ignored")
-        state.ignored = set(ignored)
+        state.ignored = {key: item.known for key, item in ignored.items()}
         state.problems = problems
         state.invalid = {r.key: r.errors for r in result.rejected}
         self._set_objects(path, objects)
@@ -352,7 +353,7 @@ class FileSource:
         lines, read again on demand: locations.FileLines)."""
         serving = {key: str(_newest(defs)[0]) for key, defs in self.definitions.items()}
         for path, state in sorted(self.files.items()):
-            for key in state.invalid:  # the version being edited, not the one kept
+            for key in [*state.invalid, *state.ignored]:  # not served: where written
                 serving[key] = str(path)
         lines = self._lines
 
@@ -360,6 +361,26 @@ class FileSource:
             file = serving.get(key)
             return lines.where(file, key, path) if file is not None else ("", 0)
         return where
+
+    def first_lines(self) -> Callable[[str, Key], int]:
+        """The first line of a file's document of a key (0: unknown), for definitions
+        not served (CP0005). Called in the analysis thread, as `locator`'s function."""
+        lines = self._lines
+        return lambda file, key: lines.where(file, key, "")[1]
+
+    def unserved(self) -> dict[Key, bool]:
+        """Documents of kinds not served (key -> whether the kind is a real one), for
+        the analysis (CP0003, CP0004)."""
+        out: dict[Key, bool] = {}
+        for _, state in sorted(self.files.items()):
+            out.update(state.ignored)
+        return out
+
+    def duplicates(self) -> dict[Key, tuple[str, tuple[str, ...]]]:
+        """Objects several files define differently: key -> (the file served, the
+        others), for the analysis (CP0005)."""
+        return {key: (str(c.used), tuple(str(p) for p in c.files if p != c.used))
+                for key, c in self.conflicts.items()}
 
     def invalid(self) -> dict[Key, tuple[str, ...]]:
         """The documents that fail validation now (key -> "path: message" errors), for

@@ -11,8 +11,10 @@ too: CP0002.
 
 The API server's limits shape the lines: a warning with a control character is dropped;
 once all warnings of a response pass 4,096 characters each is cut to 256 and the rest are
-dropped. So a line is one line, at most `MAX_LINE` characters, and the lines together stay
-under `MAX_TOTAL`, the last one saying how many were left out.
+dropped (characters: it counts runes, not bytes; k8s.io/apiserver's
+endpoints/filters/warning.go). So a line is one line, at most `MAX_LINE` characters,
+and the lines together stay under `MAX_TOTAL`, the last one saying how many were left
+out.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import structlog
 from controlplane.analysis import checks
 from controlplane.analysis.findings import CODES, Finding
 from controlplane.analysis.inputs import Inputs
+from controlplane.model.meta import Key
 from controlplane.model.parse import Object, key_of
 from controlplane.store import Store
 
@@ -58,15 +61,16 @@ def inputs(store: Store | None, obj: Object) -> Inputs | None:
 
 
 def findings(taken: Inputs, obj: Object) -> list[Finding]:
-    """The findings of every check about `obj`. Reads only `taken` (immutable once
-    taken), so it may run in a worker thread. A check that raises is logged and
-    skipped: a warning left out never refuses an object."""
+    """The findings of every check about `obj`, or related to it (`Finding.related`).
+    Reads only `taken` (immutable once taken), so it may run in a worker thread. A
+    check that raises is logged and skipped: a warning left out never refuses an
+    object."""
     key = key_of(obj)
     started = time.perf_counter()
     out: list[Finding] = []
     for check in checks.CHECKS:  # read now: the registry is the analysis's to fill
         try:
-            out.extend(f for f in check(taken) if f.object == key)
+            out.extend(f for f in check(taken) if f.object == key or key in f.related)
         except Exception:
             log.exception("webhook_check_failed", check=getattr(check, "__name__", repr(check)),
                           object=str(key))
@@ -78,11 +82,15 @@ def findings(taken: Inputs, obj: Object) -> list[Finding]:
 def warnings(found: list[Finding], obj: Object) -> list[str]:
     """The admission warnings for a valid `obj`: `found` (its analysis findings), then
     the fields its parser ignored that no finding named already."""
-    once: dict[tuple[str, str], Finding] = {}  # two checks may say one thing of one field
+    key = key_of(obj)
+    once: dict[tuple[str, Key, str], Finding] = {}  # two checks may say one thing of a field
     for f in found:
-        once.setdefault((f.code.code, f.path), f)
-    lines = [line(f.code.code, f.path, f.message) for f in once.values()]
-    reported = {f.path for f in found if f.code.code == IGNORED_FIELD.code}
+        once.setdefault((f.code.code, f.object, f.path), f)
+    # A finding on another object (a delegate whose route this root hides) names it.
+    lines = [line(f.code.code, f.path if f.object == key else f"{f.object} {f.path}",
+                  f.message) for f in once.values()]
+    reported = {f.path for f in found if f.code.code == IGNORED_FIELD.code
+                and f.object == key}
     for remark in getattr(obj, "warnings", ()):
         path, _, message = remark.partition(": ")
         if path not in reported:

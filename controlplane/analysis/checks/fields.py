@@ -60,7 +60,7 @@ def duplicates(inputs: Inputs) -> Iterator[Finding]:
         for file, line in dup.others:
             yield replace(finding(
                 "CP0005", dup.key, "", f"also defined, differently, in {used}, the definition "
-                "served (the file whose path sorts last); this one is ignored",
+                f"served ({dup.why}); this one is ignored",
                 f"keep one definition of {dup.key.kind} {dup.key.namespace}/"
                 f"{dup.key.name}: delete or rename the others"), file=file, line=line)
 

@@ -213,6 +213,7 @@ class _Delegated:
             if dead < copies:
                 continue  # some root still takes it
             others = [r for r in self.roots[(obj, path)] if r != root]
+            f = replace(f, related=tuple(self.roots[(obj, path)]))
             yield f if not others else replace(
                 f, message=f"{f.message} (and likewise under "
                            f"{', '.join(str(r) for r in others)}, which also "
