@@ -78,7 +78,8 @@ class App:
         self.metrics.large_waiting.set_function(lambda: self.ads.large.waiting)
         self.convergence = Convergence(self.registry, self.metrics.convergence.observe)
         self.analysis = LiveAnalysis(self.store, self.metrics, self._source_report,
-                                     self._source_locator)
+                                     self._source_locator,
+                                     report_version=self._source_report_version)
         self.push.on_publish.append(self._published)
         self.quarantine = (
             Quarantine(self.store, self.registry, lambda: self.push.committed,
@@ -135,7 +136,7 @@ class App:
         define differently (CP0005). Taken on the loop."""
         refused: dict[Key, tuple[str, ...]] = {}
         unserved: dict[Key, bool] = {}
-        duplicates: dict[Key, tuple[str, tuple[str, ...]]] = {}
+        duplicates: dict[Key, tuple[str, tuple[str, ...], str]] = {}
         first_lines: list[Callable[[str, Key], int]] = []
         for source in self.sources:
             for method, into in (("invalid", refused), ("unserved", unserved),
@@ -149,6 +150,12 @@ class App:
             return next((n for lines in first_lines if (n := lines(file, key))), 0)
         return SourceReport(refused, unserved, duplicates,
                             first_line if first_lines else None)
+
+    def _source_report_version(self) -> tuple[object, ...]:
+        """Changes whenever `_source_report` may have: cheap, for the analysis to look
+        at once a second."""
+        return tuple(version() if callable(version := getattr(src, "report_version", None))
+                     else None for src in self.sources)
 
     def _source_locator(self) -> Locate | None:
         """Where the sources' objects are written (file, line), for the analysis: the
@@ -248,8 +255,10 @@ async def _listening(listener: str, address: str, starting: Awaitable[T]) -> T:
     try:
         return await starting
     except OSError as e:  # asyncio's servers
-        raise CannotListen(listener, address, os.strerror(e.errno) if e.errno else str(e)
-                           ) from e
+        # asyncio's strerror repeats the address; a lookup error (gaierror) has a negative
+        # errno that os.strerror cannot name, and its own strerror
+        reason = os.strerror(e.errno) if e.errno and e.errno > 0 else e.strerror or str(e)
+        raise CannotListen(listener, address, reason) from e
     except RuntimeError as e:  # grpc's "Failed to bind": it does not say why
         raise CannotListen(listener, address, _bind_error(address) or str(e)) from e
 
@@ -273,6 +282,8 @@ def _bind_error(address: str) -> str:
         with socket.socket(family, kind, proto) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(where)
-    except (OSError, ValueError, IndexError) as e:
-        return getattr(e, "strerror", None) or str(e)
+    except OSError as e:
+        return e.strerror or str(e)
+    except (ValueError, IndexError):  # not host:port (a unix: address)
+        return ""
     return ""

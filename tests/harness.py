@@ -53,6 +53,17 @@ __all__ = ["Client", "ControlPlane", "Envoy", "Upstream", "envoy_binary", "free_
 
 # -- envoy ------------------------------------------------------------------------------------
 
+def serving(log: Path, timeout: float = 30.0) -> dict[str, Any]:
+    """The fields of `controlplane serve`'s "serving" line in its JSON log (the ports it
+    got: start it on port 0), once it is there."""
+    def line() -> dict[str, Any] | None:
+        for text in log.read_text().splitlines():
+            if text.startswith("{") and (event := json.loads(text))["event"] == "serving":
+                return event
+        return None
+    return wait_until(line, timeout, what="serve's serving line")
+
+
 def http_request(ip: str, port: int, host: str, path: str = "/",
                  headers: dict[str, str] | None = None, method: str = "GET",
                  timeout: float = 5.0) -> tuple[int, dict[str, str], Any]:

@@ -102,11 +102,11 @@ def test_what_only_the_files_say(plane: ControlPlane, tmp_path: Path) -> None:
     """Kinds not served (CP0003, CP0004) and objects two files define differently
     (CP0005) are reported as `analyze -f` reports them, at their files and lines, and
     go when the files do, though neither changes what is published."""
-    (tmp_path / "a-extra.yaml").write_text("# one\n---\n" + EXTRA % 9080)
+    (tmp_path / "b-extra.yaml").write_text(EXTRA % 9080)
     wait_until(lambda: Key("Service", "default", "extra") in plane.store.published_objects(),
-               what="a-extra.yaml served")
-    # written later, so it is the one served (the watched directory's rule)
-    (tmp_path / "b-extra.yaml").write_text(EXTRA % 9081)
+               what="b-extra.yaml served")
+    # written later, so it is the one served, though its path sorts first
+    (tmp_path / "a-extra.yaml").write_text("# one\n---\n" + EXTRA % 9081)
     (tmp_path / "kinds.yaml").write_text(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
         "metadata: {name: se, namespace: default}\nspec: {hosts: [x.example.com]}\n---\n"
@@ -120,8 +120,9 @@ def test_what_only_the_files_say(plane: ControlPlane, tmp_path: Path) -> None:
     by_code = wait_until(found, what="CP0003, CP0004, CP0005")
     dup = by_code["CP0005"]
     assert dup["object"]["name"] == "extra"
-    assert (dup["file"], dup["line"]) == (str(tmp_path / "a-extra.yaml"), 3)
-    assert f"{tmp_path / 'b-extra.yaml'}:1" in dup["message"], dup
+    assert (dup["file"], dup["line"]) == (str(tmp_path / "b-extra.yaml"), 1)
+    assert f"{tmp_path / 'a-extra.yaml'}:3, the definition served (the one written last)" \
+        in dup["message"], dup
     assert (by_code["CP0004"]["object"]["name"], by_code["CP0004"]["file"],
             by_code["CP0004"]["line"]) == ("se", str(tmp_path / "kinds.yaml"), 2)
     assert (by_code["CP0003"]["object"]["name"], by_code["CP0003"]["line"]) == ("typo", 7)
@@ -129,9 +130,22 @@ def test_what_only_the_files_say(plane: ControlPlane, tmp_path: Path) -> None:
 
     assert plane.cache.snapshot is not None
     generation = plane.cache.snapshot.generation
-    (tmp_path / "a-extra.yaml").unlink()  # the definition not served: nothing to publish
+    (tmp_path / "b-extra.yaml").unlink()  # the definition not served: nothing to publish
     (tmp_path / "kinds.yaml").unlink()
     wait_until(lambda: not any(f["code"] in ("CP0003", "CP0004", "CP0005")
                                for f in analysis(plane) or []), what="the findings to go")
     assert plane.cache.snapshot.generation == generation  # gone without a publish
     assert gauge(plane, "CP0005") == 0 and gauge(plane, "CP0004") == 0
+
+
+def test_definitions_read_together_tie_to_the_path_that_sorts_last(tmp_path: Path) -> None:
+    (tmp_path / "z-extra.yaml").write_text(EXTRA % 9080)
+    (tmp_path / "a-extra.yaml").write_text(EXTRA % 9081)
+    plane = ControlPlane(tmp_path)
+    try:
+        [dup] = wait_until(lambda: analysis(plane, "?code=CP0005"), what="CP0005")
+    finally:
+        plane.stop()
+    assert dup["file"] == str(tmp_path / "a-extra.yaml")
+    assert (f"{tmp_path / 'z-extra.yaml'}:1, the definition served (of the files read "
+            "together, the one whose path sorts last)") in dup["message"], dup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import signal
 import socket
@@ -15,7 +16,8 @@ import pytest
 import yaml
 
 from controlplane import cli
-from tests.harness import envoy_binary, get, wait_until, write_yaml
+from controlplane.app import App, CannotListen, Settings
+from tests.harness import envoy_binary, get, serving, wait_until, write_yaml
 from tests.manifests import pod, service
 
 CLI = [sys.executable, "-m", "controlplane.cli"]
@@ -68,21 +70,11 @@ def test_serve_from_a_directory_to_a_real_envoy(tmp_path: Path, ip: Any, upstrea
     assert '"event": "push"' in text and '"event": "ack"' in text
 
 
-def serving(log: Path) -> dict[str, Any]:
-    """The fields of serve's "serving" line in its JSON log, once it is there."""
-    def line() -> dict[str, Any] | None:
-        for text in log.read_text().splitlines():
-            if text.startswith("{") and (event := json.loads(text))["event"] == "serving":
-                return event
-        return None
-    return wait_until(line, what="serving")
-
-
 @pytest.mark.parametrize("listener", ["xds", "admin", "http", "webhook"])
 def test_serve_on_an_address_in_use_says_which_and_exits_1(tmp_path: Path,
                                                              listener: str) -> None:
     """A clear error naming the listener, the address and the OS's reason, an exit
-    code a supervisor sees, and no traceback; what already listened is closed."""
+    code a supervisor sees, and no traceback."""
     with socket.socket() as taken:
         # as another control plane's gRPC listener holds it (gRPC sets SO_REUSEPORT):
         # ours must not share it
@@ -110,6 +102,36 @@ def test_serve_on_an_address_in_use_says_which_and_exits_1(tmp_path: Path,
     assert errors[0]["listener"] == listener and errors[0]["address"] == address, errors
     assert errors[0]["error"] == "Address already in use", errors
     assert not [e for e in events if e["event"] == "serving"], events
+
+
+def test_what_listened_before_the_address_in_use_is_closed() -> None:
+    """xds and admin listen before http: when http's address is taken, start raises
+    CannotListen and stop closes the two that listened (serve then exits 1)."""
+    async def run(taken: str) -> tuple[CannotListen, list[int]]:
+        app = App(Settings(xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
+                           http_address=taken))
+        with pytest.raises(CannotListen) as failed:
+            await app.start()
+        opened = [app.xds_port, app.admin_port]
+        assert all(opened) and connects(opened[0]) and connects(opened[1])
+        await app.stop()
+        return failed.value, opened
+
+    def connects(port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return True
+        except ConnectionRefusedError:
+            return False
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = f"127.0.0.1:{blocker.getsockname()[1]}"
+        error, opened = asyncio.run(run(taken))
+    assert (error.listener, error.address, error.reason) == (
+        "http", taken, "Address already in use")
+    assert not any(connects(port) for port in opened)
 
 
 @pytest.mark.parametrize(("argv", "level", "fmt"), [

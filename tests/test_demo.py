@@ -4,6 +4,7 @@ left running."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,38 +200,38 @@ def test_ctrl_c_at_the_terminal_of_an_interactive_demo_stops_everything() -> Non
     assert took >= LIVE_PACE.seconds(REQUESTS - 1), took
 
 
+@contextlib.contextmanager
+def demo_whose_control_plane_runs(code: str) -> Iterator[Demo]:
+    """A demo whose "control plane" is `python -c code`, its output in the demo's log."""
+    demo = Demo(MANIFESTS, interactive=False, out=io.StringIO())
+    try:
+        with demo.log_path.open("w") as log:
+            demo.serve = demo.spawn([sys.executable, "-c", code], stdout=log, stderr=log)
+        yield demo
+    finally:
+        demo.stop()
+
+
 def test_a_control_plane_that_exits_at_start_is_reported_with_its_log() -> None:
     """The demo reads the control plane's ports from its "serving" line. If it exits
     first, the demo stops at once and says so, with the end of its log: not a sidecar
     timing out 30 s later with the cause deleted along the demo's directory."""
-    demo = Demo(MANIFESTS, interactive=False, out=io.StringIO())
-    try:
-        with demo.log_path.open("w") as log:
-            demo.serve = demo.spawn(
-                [sys.executable, "-c", "import sys; print('cannot_listen listener=xds'); "
-                 "sys.exit(1)"], stdout=log, stderr=log)
+    with demo_whose_control_plane_runs(
+            "import sys; print('cannot_listen listener=xds'); sys.exit(1)") as demo:
         started = time.monotonic()
         with pytest.raises(DemoFailed) as failed:
             demo._serving(60)
         assert time.monotonic() - started < 30
-        assert "exited with 1" in str(failed.value), failed.value
-        assert "cannot_listen listener=xds" in str(failed.value), failed.value
-    finally:
-        demo.stop()
+    assert "exited with 1" in str(failed.value), failed.value
+    assert "cannot_listen listener=xds" in str(failed.value), failed.value
 
 
 def test_a_control_plane_that_never_serves_is_reported_running() -> None:
-    demo = Demo(MANIFESTS, interactive=False, out=io.StringIO())
-    try:
-        with demo.log_path.open("w") as log:
-            demo.serve = demo.spawn(
-                [sys.executable, "-c", "import time; print('loading', flush=True); "
-                 "time.sleep(60)"], stdout=log, stderr=log)
-        with pytest.raises(DemoFailed) as failed:
-            demo._serving(1)
-        assert "is running" in str(failed.value) and "loading" in str(failed.value)
-    finally:
-        demo.stop()
+    with demo_whose_control_plane_runs(
+            "import time; print('loading', flush=True); time.sleep(60)") as demo, \
+            pytest.raises(DemoFailed) as failed:
+        demo._serving(1)
+    assert "is running" in str(failed.value) and "loading" in str(failed.value)
 
 
 @pytest.mark.e2e
@@ -241,5 +243,8 @@ def test_the_ports_come_from_the_serving_line_of_the_real_control_plane() -> Non
         with urllib.request.urlopen(f"http://{demo.http_address}/healthz", timeout=5) as r:
             assert r.status == 200
         assert all(e.admin("/ready").strip() == "LIVE" for e in demo.envoys)
+        status = subprocess.run([*DEMO[:-1], "proxy-status", "--server", demo.admin_address],
+                                capture_output=True, text=True, timeout=30)
+        assert "productpage-0" in status.stdout, status.stdout + status.stderr
     finally:
         demo.stop()

@@ -453,14 +453,14 @@ def test_serve_with_kubeconfig(cluster: Any, api: Any, ns: str, tmp_path: Path) 
 
     from controlplane.xds import types
     from tests.ads_client import CATCH_ALL_CLUSTERS, AdsClient, names_of
-    from tests.harness import free_port
+    from tests.harness import serving
 
     create(api, service("api", 8080, ns=ns))
-    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "--log-format", "json",
                              "serve", "--kubeconfig", str(cluster.kubeconfig_path),
-                             "--namespaces", ns, "--xds-address", f"127.0.0.1:{port}"],
+                             "--namespaces", ns, "--xds-address", "127.0.0.1:0",
+                             "--admin-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"],
                             stdout=log, stderr=log)
 
     async def fetch_clusters() -> list[str]:
@@ -472,6 +472,7 @@ def test_serve_with_kubeconfig(cluster: Any, api: Any, ns: str, tmp_path: Path) 
         finally:
             await ads.close()
     try:
+        port = serving(tmp_path / "serve.log")["xds_port"]
         names = wait_until(lambda: asyncio.run(fetch_clusters()), 30, interval=0.5,
                            what="CDS from controlplane serve --kubeconfig")
         assert names == [f"outbound|8080||api.{ns}.svc.cluster.local", *CATCH_ALL_CLUSTERS]

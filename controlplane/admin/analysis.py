@@ -8,8 +8,8 @@ the published Mesh and the objects it was built from (both immutable, read and n
 moved forward: `store.published`), at most once per `interval`, and a burst of
 publishes costs one run. What only the sources know (`SourceReport`: objects they
 refused, CP0001; documents of kinds not served, CP0003/CP0004; objects several files
-define differently, CP0005) may change without a publish: it is looked at once per
-`interval`. Findings are of the last analysed publish; `generation` says which.
+define differently, CP0005) may change without a publish: its version is looked at
+once per `interval`. Findings are of the last analysed publish; `generation` says which.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ class SourceReport:
     refused: Mapping[Key, tuple[str, ...]] = field(default_factory=dict)
     # documents of kinds not served: key -> whether the kind is a real one
     unserved: Mapping[Key, bool] = field(default_factory=dict)
-    # objects several files define differently: key -> (file served, other files)
-    duplicates: Mapping[Key, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # objects several files define differently: key -> (file served, other files, why
+    # that one)
+    duplicates: Mapping[Key, tuple[str, tuple[str, ...], str]] = field(default_factory=dict)
     # (file, key) -> first line of that file's document of key, 0 if unknown; called in
     # the analysis thread
     first_line: Callable[[str, Key], int] | None = field(default=None, compare=False)
@@ -51,14 +52,17 @@ class LiveAnalysis:
     def __init__(self, store: Store, metrics: Metrics,
                  report: Callable[[], SourceReport] = SourceReport,
                  locator: Callable[[], Locate | None] = lambda: None,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0,
+                 report_version: Callable[[], object] = lambda: None) -> None:
         """`report`: what the sources know that the mesh does not say (the push loop's
-        rejections come from the store). `locator`: called on the loop before each run,
-        where the sources' objects are written (a function the analysis thread may
-        call), or None."""
+        rejections come from the store). `report_version`: cheap, changes whenever
+        `report` may have (compared once per `interval`; building the report is not
+        cheap). `locator`: called on the loop before each run, where the sources'
+        objects are written (a function the analysis thread may call), or None."""
         self.store, self.metrics, self.interval = store, metrics, interval
-        self.report, self.locator = report, locator
+        self.report, self.locator, self.report_version = report, locator, report_version
         self._report_seen = SourceReport()
+        self._version_seen: object = None
         self.findings: list[Finding] | None = None  # None: not analysed yet
         self.generation = 0  # of the publish analysed
         self._published = 0  # generation of the newest publish
@@ -78,6 +82,7 @@ class LiveAnalysis:
         mesh = self.store.published
         if mesh is None:
             return None
+        self._version_seen = self.report_version()  # first: a change meanwhile is seen
         report = self._report_seen = self.report()
         invalid = {key: Invalid(key, tuple(field_error(e) for e in errors))
                    for key, errors in report.refused.items()}
@@ -96,10 +101,9 @@ class LiveAnalysis:
         def at(file: str, key: Key) -> tuple[str, int]:
             return file, report.first_line(file, key) if report.first_line else 0
         return replace(inputs, duplicates=tuple(
-            Duplicate(key, at(used, key), tuple(at(o, key) for o in others),
-                      why="the one written last")
-            for key, (used, others) in sorted(report.duplicates.items(),
-                                              key=lambda i: str(i[0]))))
+            Duplicate(key, at(used, key), tuple(at(o, key) for o in others), why)
+            for key, (used, others, why) in sorted(report.duplicates.items(),
+                                                   key=lambda i: str(i[0]))))
 
     def _analyze(self, inputs: Inputs, report: SourceReport,
                  locate: Locate | None) -> list[Finding]:
@@ -114,7 +118,7 @@ class LiveAnalysis:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except TimeoutError:
-                if self.findings is None or self.report() == self._report_seen:
+                if self.findings is None or self.report_version() == self._version_seen:
                     continue
             self._wake.clear()
             generation = self._published

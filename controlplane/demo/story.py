@@ -352,7 +352,8 @@ class Demo:
         assert self.serve is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in self.log_path.read_text(errors="replace").splitlines():
+            # whole lines only: a line still being written may hold half a port
+            for line in self.log_path.read_text(errors="replace").split("\n")[:-1]:
                 if SERVING.search(line):
                     return {k: int(v) for k, v in PORT.findall(line)}
             if self.serve.poll() is not None:

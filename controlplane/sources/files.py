@@ -155,6 +155,7 @@ class FileSource:
         self.conflicts: dict[Key, Conflict] = {}
         self._unsettled: dict[Path, Signature] = {}
         self._scans = 0
+        self._changes = 0  # report_version
         self._lines = FileLines(max_file_bytes)
         store.register_source(self.NAME)
 
@@ -227,6 +228,8 @@ class FileSource:
         return reads
 
     def _commit(self, reads: list[tuple[Path, Signature, Read]], removed: list[Path]) -> None:
+        if reads or removed:
+            self._changes += 1
         # Reads first: an object moving from a removed file to a new one is never deleted
         # in between.
         for path, signature, result in reads:
@@ -237,6 +240,7 @@ class FileSource:
             del self.files[path]
 
     def _rename(self, old: Path, new: Path) -> None:
+        self._changes += 1
         log.info("file_renamed", file=str(new), was=str(old))
         state = self.files.pop(old)
         self.files[new] = state
@@ -372,15 +376,28 @@ class FileSource:
         """Documents of kinds not served (key -> whether the kind is a real one), for
         the analysis (CP0003, CP0004)."""
         out: dict[Key, bool] = {}
-        for _, state in sorted(self.files.items()):
+        for state in self.files.values():  # a key's value is the same in every file
             out.update(state.ignored)
         return out
 
-    def duplicates(self) -> dict[Key, tuple[str, tuple[str, ...]]]:
+    def duplicates(self) -> dict[Key, tuple[str, tuple[str, ...], str]]:
         """Objects several files define differently: key -> (the file served, the
-        others), for the analysis (CP0005)."""
-        return {key: (str(c.used), tuple(str(p) for p in c.files if p != c.used))
-                for key, c in self.conflicts.items()}
+        others, why that one), for the analysis (CP0005)."""
+        out: dict[Key, tuple[str, tuple[str, ...], str]] = {}
+        for key, c in self.conflicts.items():
+            defs = self.definitions[key]
+            newest = defs[c.used].seen
+            tie = any(d.seen == newest for p, d in defs.items() if p != c.used)
+            out[key] = (str(c.used), tuple(str(p) for p in c.files if p != c.used),
+                        "of the files read together, the one whose path sorts last" if tie
+                        else "the one written last")
+        return out
+
+    def report_version(self) -> int:
+        """Goes up whenever what `invalid`, `unserved` or `duplicates` say may have
+        changed: compared once a second on the loop, where building them is not free
+        (thousands of files)."""
+        return self._changes
 
     def invalid(self) -> dict[Key, tuple[str, ...]]:
         """The documents that fail validation now (key -> "path: message" errors), for

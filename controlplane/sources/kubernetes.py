@@ -145,6 +145,10 @@ class KubernetesSource:
         errors), for the analysis (CP0001)."""
         return dict(self.rejected)
 
+    def report_version(self) -> frozenset[tuple[Key, tuple[str, ...]]]:
+        """Changes whenever `invalid` does (compared once a second; few objects)."""
+        return frozenset(self.rejected.items())
+
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(fn, *args)

@@ -94,7 +94,7 @@ async def start_grpc_server(handlers: list[grpc.GenericRpcHandler], address: str
     ])
     server.add_generic_rpc_handlers(handlers)
     port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    if port == 0:  # older grpc reports a failed bind this way rather than raising
+        raise RuntimeError(f"cannot listen on {address}")
     await server.start()
     return server, port
