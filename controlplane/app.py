@@ -8,9 +8,10 @@ import asyncio
 import os
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -34,9 +35,8 @@ from controlplane.webhook.admission import Admission
 from controlplane.webhook.server import CertificateFiles, WebhookServer
 from controlplane.xds import types
 from controlplane.xds.cache import Snapshot, SnapshotCache
-from controlplane.xds.server import EXCLUSIVE_PORT, AdsServer, start_grpc_server
+from controlplane.xds.server import EXCLUSIVE_PORT, AdsServer, add_port, start_grpc_server
 
-T = TypeVar("T")
 log = structlog.get_logger("controlplane")
 
 
@@ -187,26 +187,26 @@ class App:
         An address that cannot be listened on raises CannotListen, naming it; what was
         already listening is left for `stop`."""
         s = self.settings
-        xds, self.xds_port = await _listening("xds", s.xds_address, start_grpc_server(
-            [self.ads.handler()], s.xds_address))
+        with _listening("xds", s.xds_address):
+            xds, self.xds_port = await start_grpc_server([self.ads.handler()], s.xds_address)
         self._servers.append(xds)
         admin = grpc.aio.server(options=EXCLUSIVE_PORT)
         add_to_server(admin, AdminService(self.registry, self.cache, self.store))
         self._servers.append(admin)
-        self.admin_port = await _listening("admin", s.admin_address,
-                                           _grpc_port(admin, s.admin_address))
+        with _listening("admin", s.admin_address):
+            self.admin_port = add_port(admin, s.admin_address)
         await admin.start()
         http = HttpEndpoints(self.store, self.registry, self.cache, self.metrics,
                              source_problems=self._source_problems, analysis=self.analysis)
-        self._http, self.http_port = await _listening("http", s.http_address,
-                                                      http.start(s.http_address))
+        with _listening("http", s.http_address):
+            self._http, self.http_port = await http.start(s.http_address)
         if s.webhook_address:
             self.webhook = WebhookServer(
                 Admission(self.store, self._serves),
                 CertificateFiles(s.webhook_cert, s.webhook_key),
                 on_review=lambda outcome: self.webhook_reviews.labels(outcome).inc())
-            self.webhook_port = await _listening("webhook", s.webhook_address,
-                                                 self.webhook.start(s.webhook_address))
+            with _listening("webhook", s.webhook_address):
+                self.webhook_port = await self.webhook.start(s.webhook_address)
         self.tasks = [asyncio.create_task(src.run(), name=type(src).__name__)
                       for src in self.sources]
         self.tasks.append(asyncio.create_task(self.push.run(), name="push"))
@@ -251,9 +251,11 @@ class CannotListen(Exception):
         self.reason = reason
 
 
-async def _listening(listener: str, address: str, starting: Awaitable[T]) -> T:
+@contextmanager
+def _listening(listener: str, address: str) -> Iterator[None]:
+    """Binding `address` inside: a failure becomes CannotListen, with the OS's reason."""
     try:
-        return await starting
+        yield
     except OSError as e:  # asyncio's servers
         # asyncio's strerror repeats the address; a lookup error (gaierror) has a negative
         # errno that os.strerror cannot name, and its own strerror
@@ -261,13 +263,6 @@ async def _listening(listener: str, address: str, starting: Awaitable[T]) -> T:
         raise CannotListen(listener, address, reason) from e
     except RuntimeError as e:  # grpc's "Failed to bind": it does not say why
         raise CannotListen(listener, address, _bind_error(address) or str(e)) from e
-
-
-async def _grpc_port(server: grpc.aio.Server, address: str) -> int:
-    port = server.add_insecure_port(address)
-    if port == 0:  # older grpc reports a failed bind this way rather than raising
-        raise RuntimeError("bind failed")
-    return port
 
 
 def _bind_error(address: str) -> str:

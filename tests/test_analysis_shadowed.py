@@ -269,6 +269,18 @@ spec:
 """ + extra
 
 
+def _delegate(http: str) -> str:
+    """The delegate team/api (no hosts), its `http` list as written."""
+    return f"""
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: team}}
+spec:
+  http:{http}
+"""
+
+
 def _found(text: str) -> list[tuple[str, Key, str]]:
     return [(f.code.code, f.object, f.path) for f in check(_inputs(text))]
 
@@ -323,17 +335,10 @@ def test_cp0111_an_ineffective_match() -> None:
 def test_a_route_merged_from_a_delegate_is_reported_on_the_delegate() -> None:
     text = _vs(f"""
   - {{match: [{{uri: {{prefix: /api}}}}], delegate: {{name: api, namespace: team}}}}
-  - {{{DIRECT}}}""", extra=f"""
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: api, namespace: team}}
-spec:
-  http:
+  - {{{DIRECT}}}""", extra=_delegate(f"""
   - {{match: [{{uri: {{prefix: /api/v2}}}}], {DIRECT}}}
   - {{{DIRECT}}}
-  - {{match: [{{uri: {{prefix: /api/v1/x}}}}], {DIRECT}}}
-""")
+  - {{match: [{{uri: {{prefix: /api/v1/x}}}}], {DIRECT}}}"""))
     found = _found(text)
     assert found == [("CP0110", Key("VirtualService", "team", "api"), "spec.http[2]")]
     [finding] = check(_inputs(text))
@@ -354,17 +359,10 @@ metadata: {{name: ratings, namespace: default}}
 spec:
   hosts: [ratings]
   http:{b_first}
-  - {{delegate: {{name: api, namespace: team}}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: api, namespace: team}}
-spec:
-  http:
+  - {{delegate: {{name: api, namespace: team}}}}""" + _delegate(f"""
   - {{match: [{{uri: {{prefix: /api/v2}}}}, {{uri: {{prefix: /x}}}}], {DIRECT}}}
   - {{match: [{{uri: {{prefix: /api/v3}}}}], {DIRECT}}}
-  - {{{DIRECT}}}
-""")
+  - {{{DIRECT}}}"""))
 
 
 API = Key("VirtualService", "team", "api")
@@ -397,16 +395,9 @@ def test_a_replay_that_disagrees_with_the_mesh_names_no_index(
     # object's, so the finding names the route list only.
     text = _vs(f"""
   - {{match: [{{uri: {{prefix: /api}}}}], delegate: {{name: api, namespace: team}}}}
-  - {{{DIRECT}}}""", extra=f"""
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: api, namespace: team}}
-spec:
-  http:
+  - {{{DIRECT}}}""", extra=_delegate(f"""
   - {{{DIRECT}}}
-  - {{match: [{{uri: {{prefix: /api/v1/x}}}}], {DIRECT}}}
-""")
+  - {{match: [{{uri: {{prefix: /api/v1/x}}}}], {DIRECT}}}"""))
     monkeypatch.setattr(shadowed, "merge_route", lambda *_: None)
     assert _found(text) == [("CP0110", WEB, "spec.http")]  # not spec.http[1]: live
 

@@ -93,8 +93,15 @@ async def start_grpc_server(handlers: list[grpc.GenericRpcHandler], address: str
         *EXCLUSIVE_PORT,
     ])
     server.add_generic_rpc_handlers(handlers)
-    port = server.add_insecure_port(address)
-    if port == 0:  # older grpc reports a failed bind this way rather than raising
-        raise RuntimeError(f"cannot listen on {address}")
+    port = add_port(server, address)
     await server.start()
     return server, port
+
+
+def add_port(server: grpc.aio.Server, address: str) -> int:
+    """Bind `address` (port 0: any free one); the port bound. A failed bind raises
+    RuntimeError, as grpc does (older grpc returned 0 instead)."""
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    return port
